@@ -1,0 +1,85 @@
+"""Debian packages through the host's own apt sources, with apt state kept inside our cache.
+
+We never name a mirror: the sources file (the host's by default, a config key overrides it) is copied into a
+private apt configuration, so our package lists and downloads neither depend on nor disturb the host's apt.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from ..progress import run, say, step
+
+LISTS_MAX_AGE = 6 * 3600  # refresh package lists at most this often, so warm runs stay fast
+
+
+class Apt:
+    def __init__(self, state_dir: Path, sources: Path, log: Path):
+        self.dir = Path(state_dir)
+        self.sources = Path(sources)
+        self.log = log
+        parts = self.dir / "sources.list.d"
+        parts.mkdir(parents=True, exist_ok=True)
+        for old in parts.iterdir():
+            old.unlink()
+        suffix = ".sources" if self.sources.name.endswith(".sources") else ".list"
+        shutil.copyfile(self.sources, parts / f"harness{suffix}")
+        for sub in ("lists/partial", "cache/archives/partial", "debs"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.dir / "status").touch()
+        self.opts = [
+            "-o", f"Dir::Etc::SourceList=/dev/null",
+            "-o", f"Dir::Etc::SourceParts={parts}",
+            "-o", f"Dir::State::Lists={self.dir / 'lists'}",
+            "-o", f"Dir::State::status={self.dir / 'status'}",
+            "-o", f"Dir::Cache={self.dir / 'cache'}",
+            "-o", "APT::Sandbox::User=root",
+            "-o", "Debug::NoLocking=1",
+        ]
+        self._versions: dict[str, str] = {}
+
+    def update(self) -> None:
+        stamp = self.dir / "lists" / ".updated"
+        same_sources = stamp.exists() and stamp.read_text() == self.sources.read_text()
+        if same_sources and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE:
+            return
+        with step("apt-get update (private lists)"):
+            try:
+                run(["apt-get", *self.opts, "update"], self.log)
+            except Exception as e:
+                if any((self.dir / "lists").glob("*Packages*")):
+                    say(f"warning: apt-get update failed, using the package lists we have: {e}")
+                    return
+                raise
+        stamp.write_text(self.sources.read_text())
+
+    def version(self, package: str) -> str:
+        """The candidate version of package in our sources; a clear error if it does not exist."""
+        if package not in self._versions:
+            out = subprocess.run(["apt-cache", *self.opts, "policy", package], capture_output=True, text=True)
+            candidate = next((line.split(":", 1)[1].strip() for line in out.stdout.splitlines()
+                              if line.strip().startswith("Candidate:")), "")
+            if not candidate or candidate == "(none)":
+                raise LookupError(f"package {package!r} is not available from apt sources {self.sources}")
+            self._versions[package] = candidate
+        return self._versions[package]
+
+    def download(self, package: str) -> Path:
+        """Download package at its candidate version (once) and return the .deb path."""
+        version = self.version(package)
+        debs = self.dir / "debs"
+        safe = version.replace(":", "%3a")
+        found = list(debs.glob(f"{package}_{safe}_*.deb"))
+        if not found:
+            run(["apt-get", *self.opts, "download", f"{package}={version}"], self.log, cwd=debs)
+            found = list(debs.glob(f"{package}_{safe}_*.deb"))
+        if not found:
+            raise LookupError(f"apt-get download {package}={version} produced no .deb in {debs}")
+        return found[0]
+
+    def extract(self, package: str, dest: Path) -> Path:
+        deb = self.download(package)
+        run(["dpkg-deb", "-x", str(deb), str(dest)], self.log)
+        return dest

@@ -1,0 +1,197 @@
+"""The artifact recipe: config -> Xen, dom0 kernel + initramfs + disk, writer, guest payload disk.
+
+Every entry's cache key holds the package versions it came from, the config values it used and a hash of our
+own files that shape it, so changing any of them rebuilds it and nothing stale is reused.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config
+from ..progress import run, step
+from .apt import Apt
+from .cache import Cache, hash_files
+from .cpio import CpioWriter
+from .kernel import bzimage, extract_vmlinux, kernel_version, module_load_order
+
+HERE = Path(__file__).resolve().parent
+FILES = HERE.parent / "files"
+WRITER_SRC = HERE.parent / "writer" / "xfb-writer.c"
+
+DOM0_MODULES = ["virtio_blk", "virtio_pci", "ext4", "e1000",
+                "xenfs", "xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd"]
+DOM0_EXTRA_PACKAGES = ["xenstore-utils", "qemu-system-xen", "kmod", "iproute2", "mount", "procps",
+                       "openssh-server", "socat"]
+BUSYBOX = "busybox-static"
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    xen: Path
+    dom0_kernel: Path
+    dom0_initrd: Path
+    dom0_image: Path
+    payload_image: Path  # ext4 disk with the guest kernel and initramfs, mounted at /guest in dom0
+    ssh_host_key_pub: str
+    ssh_client_key: Path
+    xen_version: str  # e.g. "4.17", for /usr/lib/xen-<version>
+    versions: dict  # package -> version, for the report
+
+
+def xen_series(package: str) -> str:
+    m = re.fullmatch(r"xen-hypervisor-(\d+\.\d+)-amd64", package)
+    if not m:
+        raise ValueError(f"host.xen_package {package!r}: expected a name like xen-hypervisor-4.17-amd64")
+    return m.group(1)
+
+
+def _ext4_image(src: Path, image: Path, label: str, log: Path) -> None:
+    used = int(subprocess.run(["du", "-sm", str(src)], capture_output=True, text=True).stdout.split()[0])
+    size_mb = int(used * 1.25) + 64  # room for ext4 metadata and dom0's few writes
+    run(["mkfs.ext4", "-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d", str(src), str(image), f"{size_mb}M"],
+        log)
+
+
+def _xen(cache: Cache, apt: Apt, package: str, log: Path) -> Path:
+    def build(out: Path) -> None:
+        tree = apt.extract(package, out / "deb")
+        gz = next((tree / "boot").glob("xen-*.gz"))
+        # QEMU's multiboot loader wants the plain 32-bit ELF.
+        (out / "xen").write_bytes(gzip.decompress(gz.read_bytes()))
+        shutil.rmtree(out / "deb")
+    return cache.entry("xen", {"package": package, "version": apt.version(package)}, build) / "xen"
+
+
+def _kernel(cache: Cache, apt: Apt, package: str, log: Path) -> Path:
+    """Kernel image, vmlinux and the dom0 module set, out of one linux-image package."""
+    def build(out: Path) -> None:
+        tree = apt.extract(package, out / "deb")
+        version = kernel_version(tree)
+        shutil.copyfile(bzimage(tree, version), out / "vmlinuz")
+        extract_vmlinux(out / "vmlinuz", out / "vmlinux")
+        order = module_load_order(tree, version, DOM0_MODULES, log)
+        for rel in order:
+            (out / "modules" / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tree / rel, out / "modules" / rel)
+        (out / "modules.order").write_text("".join(f"{rel}\n" for rel in order))
+        (out / "version").write_text(version)
+        shutil.rmtree(out / "deb")
+    inputs = {"package": package, "version": apt.version(package), "modules": DOM0_MODULES,
+              "recipe": hash_files(HERE / "kernel.py")}
+    return cache.entry("kernel", inputs, build)
+
+
+def _busybox(apt: Apt, dest: Path) -> Path:
+    tree = apt.extract(BUSYBOX, dest / "bb")
+    return tree / "bin" / "busybox"
+
+
+def _dom0_initrd(cache: Cache, apt: Apt, kernel: Path, log: Path) -> Path:
+    def build(out: Path) -> None:
+        busybox = _busybox(apt, out)
+        with open(out / "initrd.cpio", "wb") as f:
+            cpio = CpioWriter(f)
+            for d in ("bin", "dev", "proc", "sys", "newroot"):
+                cpio.directory(d)
+            cpio.char_device("dev/console", 5, 1)
+            cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+            cpio.file("init", (FILES / "dom0-initramfs-init").read_bytes(), 0o755)
+            cpio.file("modules.order", (kernel / "modules.order").read_bytes())
+            cpio.tree(kernel / "modules" / "lib", "lib")
+            cpio.close()
+        shutil.rmtree(out / "bb")
+    inputs = {"kernel": kernel.name, "busybox": apt.version(BUSYBOX),
+              "recipe": hash_files(FILES / "dom0-initramfs-init", HERE / "cpio.py")}
+    return cache.entry("dom0-initrd", inputs, build) / "initrd.cpio"
+
+
+def _dom0_image(cache: Cache, apt: Apt, cfg: Config, series: str, log: Path) -> Path:
+    from .keys import make_keypair
+    packages = [f"xen-utils-{series}", "xen-utils-common", *DOM0_EXTRA_PACKAGES]
+    sources = Path(cfg["apt.sources"])
+
+    def build(out: Path) -> None:
+        root = out / "rootfs"
+        with step("mmdebstrap dom0 root filesystem"):
+            run(["mmdebstrap", "--mode=root", "--variant=essential", f"--include={','.join(packages)}",
+                 cfg["apt.suite"], str(root), str(sources)], log)
+        init = (FILES / "dom0-init").read_text().replace("@XEN_VERSION@", series)
+        (root / "usr/local/sbin/xfb-dom0-init").write_text(init)
+        (root / "usr/local/sbin/xfb-dom0-init").chmod(0o755)
+        for old in (root / "etc/ssh").glob("ssh_host_*"):
+            old.unlink()
+        shutil.copyfile(FILES / "sshd_config", root / "etc/ssh/sshd_config")
+        host_pub = make_keypair(root / "etc/ssh/ssh_host_ed25519_key")
+        (root / "etc/ssh/ssh_host_ed25519_key.pub").write_text(host_pub + "\n")
+        client_pub = make_keypair(out / "client_key")
+        (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
+        (root / "root/.ssh/authorized_keys").write_text(client_pub + "\n")
+        (out / "host_key.pub").write_text(host_pub + "\n")
+        with step("mkfs.ext4 dom0 disk"):
+            _ext4_image(root, out / "dom0.img", "xfb-dom0", log)
+        shutil.rmtree(root)
+    inputs = {"suite": cfg["apt.suite"], "packages": {p: apt.version(p) for p in packages},
+              "sources": sources.read_text(),
+              "recipe": hash_files(FILES / "dom0-init", FILES / "sshd_config", HERE / "keys.py")}
+    return cache.entry("dom0-image", inputs, build)
+
+
+def _writer(cache: Cache, log: Path) -> Path:
+    def build(out: Path) -> None:
+        run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-o", str(out / "xfb-writer"), str(WRITER_SRC)], log)
+    gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    return cache.entry("writer", {"source": hash_files(WRITER_SRC), "gcc": gcc}, build) / "xfb-writer"
+
+
+def _payload(cache: Cache, apt: Apt, kernel: Path, writer: Path, log: Path) -> Path:
+    def build(out: Path) -> None:
+        busybox = _busybox(apt, out)
+        disk = out / "disk"
+        disk.mkdir()
+        shutil.copyfile(kernel / "vmlinux", disk / "vmlinux")
+        with open(disk / "initrd.cpio", "wb") as f:
+            cpio = CpioWriter(f)
+            for d in ("bin", "dev", "proc", "sys", "tmp"):
+                cpio.directory(d)
+            cpio.char_device("dev/console", 5, 1)
+            cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+            for applet in ("sh", "mount", "grep", "stty", "poweroff", "cat", "echo", "sleep", "insmod", "ls"):
+                cpio.symlink(f"bin/{applet}", "busybox")
+            cpio.file("bin/xfb-writer", writer.read_bytes(), 0o755)
+            cpio.file("init", (FILES / "guest-init").read_bytes(), 0o755)
+            cpio.close()
+        _ext4_image(disk, out / "payload.img", "xfb-guest", log)
+        shutil.rmtree(disk)
+        shutil.rmtree(out / "bb")
+    inputs = {"kernel": kernel.name, "writer": writer.parent.name, "busybox": apt.version(BUSYBOX),
+              "recipe": hash_files(FILES / "guest-init", HERE / "cpio.py")}
+    return cache.entry("guest-payload", inputs, build) / "payload.img"
+
+
+def build_all(cfg: Config, cache: Cache, log: Path) -> Artifacts:
+    cache.prune_stale_tmp()
+    apt = Apt(cache.root / "apt", Path(cfg["apt.sources"]), log)
+    apt.update()
+    series = xen_series(cfg["host.xen_package"])
+    xen = _xen(cache, apt, cfg["host.xen_package"], log)
+    dom0_kernel = _kernel(cache, apt, cfg["host.dom0_kernel_package"], log)
+    guest_kernel = _kernel(cache, apt, cfg["guest.kernel_package"], log)
+    dom0_initrd = _dom0_initrd(cache, apt, dom0_kernel, log)
+    dom0 = _dom0_image(cache, apt, cfg, series, log)
+    writer = _writer(cache, log)
+    payload = _payload(cache, apt, guest_kernel, writer, log)
+    versions = {p: apt.version(p) for p in (cfg["host.xen_package"], cfg["host.dom0_kernel_package"],
+                                            cfg["guest.kernel_package"], f"xen-utils-{series}",
+                                            "qemu-system-xen")}
+    versions["dom0_kernel"] = (dom0_kernel / "version").read_text()
+    versions["guest_kernel"] = (guest_kernel / "version").read_text()
+    return Artifacts(xen=xen, dom0_kernel=dom0_kernel / "vmlinuz", dom0_initrd=dom0_initrd,
+                     dom0_image=dom0 / "dom0.img", payload_image=payload,
+                     ssh_host_key_pub=(dom0 / "host_key.pub").read_text().strip(),
+                     ssh_client_key=dom0 / "client_key", xen_version=series, versions=versions)

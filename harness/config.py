@@ -1,0 +1,190 @@
+"""Scenario configuration: one schema, every default written down here, every key checked.
+
+A config file is YAML. Keys not in SCHEMA, values of the wrong type and paths that do not exist are errors
+that name the file, the dotted key and what was expected; nothing is guessed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    def __init__(self, source: str, key: str, message: str):
+        super().__init__(f"{source}: {key or '(top level)'}: {message}")
+        self.source, self.key = source, key
+
+
+@dataclass(frozen=True)
+class Field:
+    default: Any
+    kind: str  # int | str | bool | enum | path | rects | str_list
+    doc: str
+    choices: tuple = ()
+    minimum: int | None = None
+
+
+# Every key, its default and what it means. `xenfb-harness --help` and the README point here.
+SCHEMA: dict[str, Any] = {
+    "frontend": Field("upstream", "enum", "guest framebuffer frontend: 'upstream' is the kernel's built-in "
+                      "xen-fbfront (fb_deferred_io)", choices=("upstream",)),
+    "rounds": Field(10, "int", "pattern rounds after the baseline (round 0 clears the screen)", minimum=1),
+    "seed": Field(1, "int", "pattern seed; the same seed draws the same frames", minimum=0),
+    "writer": {
+        "tick_ms": Field(10, "int", "heartbeat period of the writer while it waits (keeps the display busy)",
+                         minimum=1),
+    },
+    "compare": {
+        "exclude": Field([], "rects", "extra areas left out of the comparison, as {x, y, w, h}"),
+    },
+    "guest": {
+        "memory_mb": Field(256, "int", "guest memory", minimum=64),
+        "kernel_package": Field("linux-image-6.1.0-56-amd64", "str", "Debian package of the guest kernel"),
+        "extra_cmdline": Field("", "str", "appended to the guest kernel command line"),
+        "boot_timeout": Field(180, "int", "seconds from 'xl create' to the writer's READY line", minimum=1),
+    },
+    "host": {
+        "kind": Field("nested", "enum", "where Xen runs: 'nested' boots Xen and dom0 under QEMU here",
+                      choices=("nested",)),
+        "accel": Field("auto", "enum", "outer QEMU accelerator: auto probes KVM and falls back to TCG",
+                       choices=("auto", "tcg", "kvm")),
+        "memory_mb": Field(2048, "int", "outer QEMU memory", minimum=512),
+        "cpus": Field(2, "int", "outer QEMU virtual CPUs", minimum=1),
+        "dom0_memory_mb": Field(1024, "int", "dom0 memory", minimum=256),
+        "xen_package": Field("xen-hypervisor-4.17-amd64", "str", "Debian package of the Xen hypervisor"),
+        "dom0_kernel_package": Field("linux-image-6.1.0-56-amd64", "str", "Debian package of the dom0 kernel"),
+        "xen_cmdline": Field("", "str", "appended to Xen's command line"),
+        "boot_timeout": Field(600, "int", "seconds for Xen and dom0 to boot to a ready SSH server", minimum=1),
+    },
+    "apt": {
+        "sources": Field("/etc/apt/sources.list.d/debian.sources", "path",
+                         "apt sources file (one-line or deb822) used for every package; defaults to the host's"),
+        "suite": Field("bookworm", "str", "Debian suite of the dom0 root filesystem"),
+    },
+    "timeouts": {
+        "round": Field(120, "int", "seconds for the writer to finish one round", minimum=1),
+        "settle": Field(8, "int", "seconds to wait for the backend to show a round before comparing anyway "
+                        "(QEMU's idle refresh is about 3 s)", minimum=1),
+    },
+}
+
+
+def _walk(schema: dict, prefix: str = ""):
+    for key, value in schema.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _walk(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def defaults() -> dict:
+    def build(schema):
+        return {k: build(v) if isinstance(v, dict) else _copy(v.default) for k, v in schema.items()}
+    return build(SCHEMA)
+
+
+def _copy(v):
+    return list(v) if isinstance(v, list) else v
+
+
+def describe() -> str:
+    """Every key with its default and meaning, for --help."""
+    lines = []
+    for dotted, f in _walk(SCHEMA):
+        extra = f" (one of: {', '.join(f.choices)})" if f.choices else ""
+        lines.append(f"  {dotted} = {f.default!r}{extra}\n      {f.doc}")
+    return "\n".join(lines)
+
+
+def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
+    def fail(expected: str):
+        raise ConfigError(source, dotted, f"expected {expected}, got {value!r}")
+
+    if f.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+        if f.minimum is not None and value < f.minimum:
+            fail(f"an integer >= {f.minimum}")
+        return value
+    if f.kind == "bool":
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if f.kind in ("str", "enum", "path"):
+        if not isinstance(value, str):
+            fail("a string")
+        if "\n" in value or "\0" in value:
+            fail("a single line")
+        if f.kind == "enum" and value not in f.choices:
+            fail("one of " + ", ".join(repr(c) for c in f.choices))
+        if f.kind == "path":
+            path = Path(value) if os.path.isabs(value) else base / value
+            if not path.is_file():
+                raise ConfigError(source, dotted, f"expected an existing file, {str(path)!r} does not exist")
+            return str(path)
+        return value
+    if f.kind == "rects":
+        if not isinstance(value, list):
+            fail("a list of {x, y, w, h} mappings")
+        for i, item in enumerate(value):
+            if not isinstance(item, dict) or set(item) != {"x", "y", "w", "h"} or not all(
+                    isinstance(item[k], int) and not isinstance(item[k], bool) and item[k] >= 0
+                    for k in item):
+                raise ConfigError(source, f"{dotted}[{i}]",
+                                  f"expected a mapping with non-negative integers x, y, w, h, got {item!r}")
+        return [dict(item) for item in value]
+    raise AssertionError(f.kind)
+
+
+def _merge(source: str, schema: dict, data: Any, out: dict, prefix: str, base: Path) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(source, prefix.rstrip("."), f"expected a mapping, got {type(data).__name__}")
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(source, dotted, "unknown key; expected one of " + ", ".join(sorted(schema)))
+        spec = schema[key]
+        if isinstance(spec, dict):
+            _merge(source, spec, value, out[key], dotted + ".", base)
+        else:
+            out[key] = _check(source, dotted, spec, value, base)
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    data: dict
+
+    def get(self, dotted: str) -> Any:
+        node = self.data
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    def __getitem__(self, dotted: str) -> Any:
+        return self.get(dotted)
+
+
+def load(path: str | os.PathLike | None) -> Config:
+    """Load and validate a scenario file; None gives the defaults alone."""
+    data = defaults()
+    loaded: dict = {}
+    source, base = "(defaults)", Path.cwd()
+    if path is not None:
+        source, p = str(path), Path(path)
+        if not p.is_file():
+            raise ConfigError(source, "", "config file does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(source, "", f"not valid YAML: {e}") from None
+        base = p.parent
+        _merge(source, SCHEMA, loaded, data, "", base)
+    if "sources" not in (loaded.get("apt") or {}):  # the default path must exist too, and say so if not
+        _check(source, "apt.sources", SCHEMA["apt"]["sources"], data["apt"]["sources"], base)
+    return Config(source, data)

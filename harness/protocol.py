@@ -1,0 +1,121 @@
+"""The line protocol between the harness and xfb-writer (harness/writer/xfb-writer.c) on the guest console.
+
+Writer -> harness, one line each, always starting with "XFB "::
+
+    XFB READY width=800 height=600 bpp=32 stride=3200 red=16/8 green=8/8 blue=0/8 smem=2097152
+    XFB DONE <round> tick=<tick>
+    XFB BYE
+    XFB ERROR <message>
+
+Harness -> writer: "GO <round> <seed>" and "QUIT".
+
+The console is shared with the kernel and the tty echoes our input, so anything without "XFB " is not ours
+(parse_line returns None), and "XFB " may follow junk on the same line (a leading \\r, an interleaved message).
+A line that has the prefix but not the expected shape raises ProtocolError: it is our writer misbehaving or a
+garbled console, and a silent skip would turn that into a timeout.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from harness.geometry import Channel, Geometry
+
+PREFIX = "XFB "
+MAX_ROUND = 2**32 - 1  # the writer parses rounds as 32-bit unsigned
+MAX_SEED = 2**64 - 1
+
+
+class ProtocolError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Ready:
+    geometry: Geometry
+
+
+@dataclass(frozen=True)
+class Done:
+    round: int
+    tick: int
+
+
+@dataclass(frozen=True)
+class Bye:
+    pass
+
+
+@dataclass(frozen=True)
+class WriterError:
+    message: str
+
+
+Message = Ready | Done | Bye | WriterError
+
+_READY_KEYS = ("width", "height", "bpp", "stride", "red", "green", "blue", "smem")
+_NUMBER = re.compile(r"[0-9]+")
+_CHANNEL = re.compile(r"([0-9]+)/([0-9]+)")
+_DONE = re.compile(r"([0-9]+)\s+tick=([0-9]+)")
+
+
+def _parse_ready(rest: str, line: str) -> Ready:
+    expected = "READY " + " ".join(f"{k}=..." for k in _READY_KEYS)
+    fields = {}
+    for item in rest.split():
+        key, sep, value = item.partition("=")
+        if not sep or key not in _READY_KEYS or key in fields:
+            raise ProtocolError(f"malformed writer line {line!r}: unexpected field {item!r}, expected {expected}")
+        fields[key] = value
+    missing = [k for k in _READY_KEYS if k not in fields]
+    if missing:
+        raise ProtocolError(f"malformed writer line {line!r}: missing {', '.join(missing)}, expected {expected}")
+    values = {}
+    for key, value in fields.items():
+        pattern = _CHANNEL if key in ("red", "green", "blue") else _NUMBER
+        m = pattern.fullmatch(value)
+        if not m:
+            form = "OFFSET/LENGTH" if pattern is _CHANNEL else "a decimal number"
+            raise ProtocolError(f"malformed writer line {line!r}: {key}={value!r} is not {form}")
+        values[key] = Channel(int(m[1]), int(m[2])) if pattern is _CHANNEL else int(value)
+    try:
+        return Ready(Geometry(**values))
+    except ValueError as exc:  # the numbers parse but describe a framebuffer we cannot use
+        raise ProtocolError(f"writer line {line!r}: {exc}") from exc
+
+
+def parse_line(line: str) -> Message | None:
+    """One console line -> Message, or None if it is not a writer line. Raises ProtocolError if malformed."""
+    start = line.find(PREFIX)
+    if start < 0:
+        return None
+    text = line[start:].strip()
+    word, _, rest = text[len(PREFIX):].partition(" ")
+    rest = rest.strip()
+    if word == "READY":
+        return _parse_ready(rest, line)
+    if word == "DONE":
+        m = _DONE.fullmatch(rest)
+        if not m:
+            raise ProtocolError(f"malformed writer line {line!r}: expected 'XFB DONE <round> tick=<tick>'")
+        return Done(int(m[1]), int(m[2]))
+    if word == "BYE":
+        if rest:
+            raise ProtocolError(f"malformed writer line {line!r}: expected 'XFB BYE' alone")
+        return Bye()
+    if word == "ERROR":
+        return WriterError(rest)
+    raise ProtocolError(f"malformed writer line {line!r}: expected READY, DONE, BYE or ERROR after 'XFB'")
+
+
+def format_go(round: int, seed: int) -> str:
+    """The command that makes the writer draw round `round` of `seed`."""
+    if not 0 <= round <= MAX_ROUND:
+        raise ValueError(f"round {round} outside 0..{MAX_ROUND}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed {seed} outside 0..{MAX_SEED}")
+    return f"GO {round} {seed}\n"
+
+
+def format_quit() -> str:
+    return "QUIT\n"

@@ -1,0 +1,83 @@
+"""harness/protocol.py: the writer's console line protocol."""
+from __future__ import annotations
+
+import pytest
+
+from harness.geometry import Channel, Geometry
+from harness.protocol import Bye, Done, ProtocolError, Ready, WriterError, format_go, format_quit, parse_line
+
+READY = "XFB READY width=800 height=600 bpp=32 stride=3200 red=16/8 green=8/8 blue=0/8 smem=2097152"
+GEOMETRY = Geometry(800, 600, 32, 3200, Channel(16, 8), Channel(8, 8), Channel(0, 8), smem=2097152)
+
+
+def test_good_lines():
+    assert parse_line(READY) == Ready(GEOMETRY)
+    assert parse_line("XFB DONE 3 tick=1234") == Done(3, 1234)
+    assert parse_line("XFB DONE 4294967295 tick=0") == Done(2**32 - 1, 0)
+    assert parse_line("XFB BYE") == Bye()
+    assert parse_line("XFB ERROR unknown command: GO x") == WriterError("unknown command: GO x")
+
+
+def test_ready_565():
+    line = "XFB READY width=640 height=480 bpp=16 stride=1280 red=11/5 green=5/6 blue=0/5 smem=614400"
+    g = parse_line(line).geometry
+    assert (g.width, g.height, g.bpp, g.stride, g.smem) == (640, 480, 16, 1280, 614400)
+    assert g.channels() == (Channel(11, 5), Channel(5, 6), Channel(0, 5))
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("\rXFB DONE 1 tick=7\r\n", Done(1, 7)),
+    ("[   12.345678] random: crng init done XFB BYE", Bye()),
+    ("GO 3 12345XFB DONE 3 tick=99", Done(3, 99)),
+    ("\x1b[0m" + READY + "\r", Ready(GEOMETRY)),
+    ("XFB DONE 2   tick=5  ", Done(2, 5)),  # spacing is not meaningful
+])
+def test_junk_around_the_prefix(line, expected):
+    assert parse_line(line) == expected
+
+
+@pytest.mark.parametrize("line", [
+    "", "\r", "GO 3 12345", "QUIT", "[    0.000000] Linux version 6.1.0", "login: ", "XFBREADY", "xfb BYE",
+])
+def test_non_writer_lines_are_none(line):
+    assert parse_line(line) is None
+
+
+@pytest.mark.parametrize("line, needle", [
+    ("XFB DONE", "XFB DONE <round> tick=<tick>"),
+    ("XFB DONE 3", "XFB DONE <round> tick=<tick>"),
+    ("XFB DONE x tick=1", "XFB DONE <round> tick=<tick>"),
+    ("XFB DONE 3 tick=-1", "XFB DONE <round> tick=<tick>"),
+    ("XFB BYE now", "XFB BYE"),
+    ("XFB HELLO", "READY, DONE, BYE or ERROR"),
+    ("XFB ", "READY, DONE, BYE or ERROR"),
+    (READY.replace(" smem=2097152", ""), "missing smem"),
+    (READY.replace("red=16/8", "red=16"), "red='16' is not OFFSET/LENGTH"),
+    (READY.replace("width=800", "width=8x0"), "width='8x0' is not a decimal number"),
+    (READY + " depth=24", "unexpected field 'depth=24'"),
+    (READY + " bpp=32", "unexpected field 'bpp=32'"),
+    (READY.replace("bpp=32", "bpp=8"), "unsupported bits per pixel 8"),
+    (READY.replace("stride=3200", "stride=100"), "stride 100"),
+])
+def test_malformed_lines_name_the_line_and_the_expectation(line, needle):
+    with pytest.raises(ProtocolError) as info:
+        parse_line("junk " + line)
+    text = str(info.value)
+    assert repr("junk " + line) in text
+    assert needle in text
+    assert isinstance(info.value, ValueError)
+
+
+def test_format_commands():
+    assert format_go(3, 12345) == "GO 3 12345\n"
+    assert format_go(0, 2**64 - 1) == f"GO 0 {2**64 - 1}\n"
+    assert format_quit() == "QUIT\n"
+    for bad in [(-1, 0), (2**32, 0), (0, -1), (0, 2**64)]:
+        with pytest.raises(ValueError):
+            format_go(*bad)
+
+
+def test_format_and_parse_agree_with_the_writer_shape():
+    # The writer echoes nothing of GO/QUIT with an XFB prefix, so the tty echo of our commands is never parsed.
+    assert parse_line(format_go(1, 2).strip()) is None
+    assert parse_line(format_quit().strip()) is None
