@@ -65,10 +65,15 @@ SCHEMA: dict[str, Any] = {
                          "apt sources file (one-line or deb822) used for every package; defaults to the host's"),
         "suite": Field("bookworm", "str", "Debian suite of the dom0 root filesystem"),
     },
+    "capture": {
+        "settle_window_ms": Field(1000, "int", "a round that does not match yet is compared once the view shows "
+                                  "a heartbeat this much newer than the round (covers deferred-I/O batching)",
+                                  minimum=100),
+        "settle_timeout": Field(8, "int", "seconds to wait if the heartbeat stalls before comparing anyway "
+                                "(QEMU's idle refresh is about 3 s)", minimum=4),
+    },
     "timeouts": {
         "round": Field(120, "int", "seconds for the writer to finish one round", minimum=1),
-        "settle": Field(8, "int", "seconds to wait for the backend to show a round before comparing anyway "
-                        "(QEMU's idle refresh is about 3 s)", minimum=1),
     },
 }
 

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 FILES = HERE.parent / "files"
 WRITER_SRC = HERE.parent / "writer" / "xfb-writer.c"
 
-DOM0_MODULES = ["virtio_blk", "virtio_pci", "ext4", "e1000",
+DOM0_MODULES = ["virtio_blk", "virtio_pci", "ext4", "virtio_net",
                 "xenfs", "xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd"]
 DOM0_EXTRA_PACKAGES = ["xenstore-utils", "qemu-system-xen", "kmod", "iproute2", "mount", "procps",
                        "openssh-server", "socat"]

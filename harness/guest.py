@@ -1,0 +1,124 @@
+"""The test guest: a PV domU with a vfb, started with `xl create -c` so its console is ours from the first line,
+and the writer on that console driven round by round (lockstep; see harness/protocol.py)."""
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from .config import Config, ConfigError
+from .geometry import Geometry
+from .hosts.base import Console, HostError, XenHost
+from .protocol import Bye, Done, ProtocolError, Ready, WriterError, format_go, format_quit, parse_line
+
+NAME = "xfb-guest"
+REMOTE_CFG = "/tmp/xfb-guest.cfg"
+GUEST_FATAL = re.compile(r"Kernel panic.*|XFB-GUEST-WRITER-EXIT.*|BUG: .*|Oops: .*")
+
+
+class GuestError(RuntimeError):
+    """The guest, its kernel or the writer broke: an ERROR verdict, with the console tail."""
+
+
+def xl_config(cfg: Config, host: XenHost) -> str:
+    extra = cfg["guest.extra_cmdline"]
+    if '"' in extra or "\\" in extra:
+        raise ConfigError(cfg.source, "guest.extra_cmdline", "expected no double quotes or backslashes")
+    cmdline = f"console=hvc0 quiet xfb_tick_ms={cfg['writer.tick_ms']} {extra}".strip()
+    return "\n".join([
+        f'name = "{NAME}"',
+        'type = "pv"',
+        f'kernel = "{host.guest_dir}/vmlinux"',  # uncompressed: xl create is much faster with it
+        f'ramdisk = "{host.guest_dir}/initrd.cpio"',
+        f'extra = "{cmdline}"',
+        f"memory = {cfg['guest.memory_mb']}",
+        "vcpus = 1",
+        f"vfb = [ \"vnc=1,vnclisten={host.vnc_listen},vncdisplay=0\" ]",
+        'on_crash = "preserve"',
+        "",
+    ])
+
+
+class Guest:
+    VNC_PORT = 5900  # vncdisplay=0
+
+    def __init__(self, host: XenHost, cfg: Config, run_dir: Path):
+        self.host, self.cfg, self.run_dir = host, cfg, run_dir
+        self.console: Console | None = None
+        self.domid: int | None = None
+        self.geometry: Geometry | None = None
+
+    def __enter__(self) -> "Guest":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> Geometry:
+        local = Path(tempfile.mkstemp(prefix="xfb-guest-", suffix=".cfg")[1])
+        try:
+            local.write_text(xl_config(self.cfg, self.host))
+            self.host.put(local, REMOTE_CFG)
+        finally:
+            local.unlink()
+        self.host.exec(["xl", "destroy", NAME], check=False)  # a leftover from an aborted run on a real host
+        self.console = self.host.console(["xl", "create", "-c", REMOTE_CFG], self.run_dir / "guest-console.log")
+        msg = self._next_message(self.cfg["guest.boot_timeout"], "the writer's READY line (guest.boot_timeout)")
+        if not isinstance(msg, Ready):
+            raise GuestError(f"expected READY from the writer, got {msg}")
+        self.geometry = msg.geometry
+        self.domid = int(self.host.exec(["xl", "domid", NAME]).stdout.strip())
+        return msg.geometry
+
+    def _next_message(self, timeout: float, waiting_for: str):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self.console.read_line(max(left, 0)) if left > 0 else None
+            except EOFError:
+                raise GuestError(f"the guest console closed while waiting for {waiting_for}\n"
+                                 f"--- last guest console lines ---\n{self.console.tail()}") from None
+            if line is None:
+                raise GuestError(f"timed out after {timeout} s waiting for {waiting_for}\n"
+                                 f"--- last guest console lines ---\n{self.console.tail()}")
+            fatal = GUEST_FATAL.search(line)
+            if fatal:
+                time.sleep(1)  # let the rest of a panic arrive for the message
+                raise GuestError(f"the guest broke: {fatal.group(0)}\n"
+                                 f"--- last guest console lines ---\n{self.console.tail(60)}")
+            try:
+                msg = parse_line(line)
+            except ProtocolError as e:
+                raise GuestError(str(e)) from None
+            if isinstance(msg, WriterError):
+                raise GuestError(f"the writer reported an error: {msg.message}")
+            if msg is not None:
+                return msg
+
+    def go(self, round_no: int, seed: int) -> Done:
+        self.console.send_line(format_go(round_no, seed))
+        msg = self._next_message(self.cfg["timeouts.round"], f"round {round_no} (timeouts.round)")
+        if not isinstance(msg, Done) or msg.round != round_no:
+            raise GuestError(f"expected DONE {round_no} from the writer, got {msg}")
+        return msg
+
+    def stop(self) -> None:
+        """Ask the writer to finish, then make sure the domain is gone either way."""
+        if self.console is not None:
+            try:
+                self.console.send_line(format_quit())
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    line = self.console.read_line(0.5)
+                    if line is not None and isinstance(parse_line(line), Bye):
+                        break
+            except (EOFError, OSError, ProtocolError):
+                pass
+            self.console.close()
+            self.console = None
+        try:
+            self.host.exec(["xl", "destroy", NAME], check=False, timeout=30)
+        except HostError:
+            pass

@@ -1,0 +1,109 @@
+"""The run directory: result.json, junit.xml, images of every round that differed, and the logs."""
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PASS, FAIL, ERROR = "PASS", "FAIL", "ERROR"
+EXIT_CODES = {PASS: 0, FAIL: 1, ERROR: 2}
+
+
+@dataclass
+class RoundResult:
+    round: int
+    compared_pixels: int
+    missed_pixels: int
+    rects: list = field(default_factory=list)
+    pages: list = field(default_factory=list)
+    settle: str = ""
+    settle_s: float = 0.0
+    duration_s: float = 0.0
+    guest_memory_ok: bool = True  # the screendump (guest memory) matched the expected frame
+    images: dict = field(default_factory=dict)
+
+    @property
+    def missed(self) -> bool:
+        return self.missed_pixels > 0
+
+
+@dataclass
+class Result:
+    config: str
+    frontend: str
+    seed: int
+    rounds_planned: int
+    verdict: str = ERROR
+    reason: str = ""
+    rounds: list[RoundResult] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    host: str = ""
+    geometry: dict = field(default_factory=dict)
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    def decide(self) -> None:
+        """PASS only if every planned round was compared and none missed anything."""
+        if self.verdict == ERROR and self.reason:
+            return
+        compared = [r for r in self.rounds if r.compared_pixels > 0]
+        missed = [r for r in self.rounds if r.missed]
+        if missed:
+            self.verdict = FAIL
+            first = missed[0]
+            self.reason = (f"{len(missed)} of {len(self.rounds)} rounds show missed updates; first in round "
+                           f"{first.round}: {first.missed_pixels} pixels, e.g. {first.rects[:1]}")
+        elif len(compared) != self.rounds_planned + 1 or not compared:
+            self.verdict = ERROR
+            self.reason = self.reason or (f"only {len(compared)} of {self.rounds_planned + 1} rounds were "
+                                          f"compared")
+        else:
+            self.verdict = PASS
+            self.reason = f"all {len(compared)} rounds matched ({sum(r.compared_pixels for r in compared)} pixels)"
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["exit_code"] = EXIT_CODES[self.verdict]
+        return d
+
+
+def write(result: Result, run_dir: Path) -> None:
+    (run_dir / "result.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    write_junit(result, run_dir / "junit.xml")
+
+
+def write_junit(result: Result, path: Path) -> None:
+    """One test case per round, so CI shows where a miss happened; an ERROR is its own failing case."""
+    suite = ET.Element("testsuite", name=f"xenfb-harness.{Path(result.config).stem}",
+                       tests=str(len(result.rounds) + (result.verdict == ERROR)),
+                       failures=str(sum(r.missed for r in result.rounds)),
+                       errors=str(int(result.verdict == ERROR)),
+                       time=str(result.timings.get("total", 0)))
+    for r in result.rounds:
+        case = ET.SubElement(suite, "testcase", classname=f"{result.frontend}.seed{result.seed}",
+                             name=f"round_{r.round:03d}", time=str(r.duration_s))
+        if r.missed:
+            f = ET.SubElement(case, "failure", message=f"{r.missed_pixels} missed pixels")
+            f.text = json.dumps({"rects": r.rects, "pages": r.pages, "images": r.images}, indent=1)
+    if result.verdict == ERROR:
+        case = ET.SubElement(suite, "testcase", classname=result.frontend, name="stack")
+        ET.SubElement(case, "error", message=result.reason.splitlines()[0] if result.reason else "error").text = \
+            result.reason
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def summary(result: Result, run_dir: Path) -> str:
+    lines = [f"verdict: {result.verdict}  ({result.reason.splitlines()[0] if result.reason else ''})",
+             f"frontend: {result.frontend}  seed: {result.seed}  host: {result.host}"]
+    if result.rounds:
+        lines.append("round  missed   settle           rects")
+        for r in result.rounds:
+            rects = ", ".join(f"{x['w']}x{x['h']}+{x['x']}+{x['y']}" for x in r.rects[:3])
+            lines.append(f"{r.round:5d}  {r.missed_pixels:6d}   {r.settle:7s} {r.settle_s:5.2f}s  {rects}")
+    t = result.timings
+    if t:
+        lines.append("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
+    lines.append(f"run directory: {run_dir}")
+    return "\n".join(lines)

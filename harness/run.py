@@ -1,0 +1,97 @@
+"""One end-to-end run: artifacts -> Xen host -> guest -> writer rounds -> capture -> compare -> report."""
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+
+from . import pattern, report
+from .artifacts.build import build_all
+from .artifacts.cache import Cache
+from .capture import Capture
+from .compare import compare
+from .config import Config
+from .geometry import Rect
+from .guest import Guest
+from .hosts.nested import NestedHost, qemu_version
+from .images import diff_image, save_png
+from .progress import TIMINGS, say, step
+from .report import ERROR, Result, RoundResult
+
+
+def run(cfg: Config, run_dir: Path, cache: Cache) -> Result:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = Result(config=cfg.source, frontend=cfg["frontend"], seed=cfg["seed"], rounds_planned=cfg["rounds"])
+    TIMINGS.clear()
+    start = time.monotonic()
+    host = None
+    try:
+        artifacts = build_all(cfg, cache, run_dir / "build.log")
+        result.versions = dict(artifacts.versions, qemu_outer=qemu_version())
+        with NestedHost(cfg, artifacts, run_dir) as host:
+            result.host = host.description
+            try:
+                with Guest(host, cfg, run_dir) as guest:
+                    with step("start guest"):
+                        geometry = guest.start()
+                    result.geometry = geometry.as_dict()
+                    say(f"guest framebuffer: {geometry.width}x{geometry.height}x{geometry.bpp}, "
+                        f"stride {geometry.stride}")
+                    with Capture(host, geometry, Guest.VNC_PORT, guest.domid) as capture:
+                        with step("rounds"):
+                            _rounds(cfg, guest, capture, geometry, result, run_dir)
+            finally:
+                host.save_logs(run_dir)
+    except KeyboardInterrupt:
+        result.verdict, result.reason = ERROR, "interrupted (Ctrl-C or SIGTERM); every process was stopped"
+    except Exception as e:  # the stack or the harness broke: ERROR, with what we know
+        result.verdict, result.reason = ERROR, f"{type(e).__name__}: {e}"
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+    result.timings = dict(TIMINGS, total=round(time.monotonic() - start, 3))
+    result.decide()
+    report.write(result, run_dir)
+    return result
+
+
+def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Result, run_dir: Path) -> None:
+    seed = cfg["seed"]
+    exclude = [geometry.ticker_rect] + [Rect(**r) for r in cfg["compare.exclude"]]
+    window_ticks = -(-cfg["capture.settle_window_ms"] // cfg["writer.tick_ms"])
+    for r in range(cfg["rounds"] + 1):  # round 0 is the baseline clear
+        t0 = time.monotonic()
+        expected = pattern.expected_rgb(geometry, seed, r + 1)
+        done = guest.go(r, seed)
+        settled = capture.settle(done.tick, lambda frame: compare(expected, frame, geometry, exclude).ok,
+                                 window_ticks, cfg["capture.settle_timeout"])
+        seen = compare(expected, settled.frame, geometry, exclude)
+        dump_path = run_dir / f"round-{r:03d}-screendump.ppm"
+        truth = compare(expected, capture.screendump(dump_path), geometry, exclude)
+        rr = RoundResult(round=r, compared_pixels=seen.compared_pixels, missed_pixels=seen.missed_pixels,
+                         rects=[x.as_dict() for x in seen.rects], pages=seen.pages, settle=settled.how,
+                         settle_s=settled.waited_s, guest_memory_ok=truth.ok,
+                         duration_s=round(time.monotonic() - t0, 3))
+        if seen.missed_pixels or not truth.ok:
+            base = run_dir / f"round-{r:03d}"
+            save_png(f"{base}-expected.png", expected)
+            save_png(f"{base}-seen-vnc.png", settled.frame)
+            save_png(f"{base}-diff.png", diff_image(expected, settled.frame, seen.mask))
+            rr.images = {k: f"round-{r:03d}-{k}.png" for k in ("expected", "seen-vnc", "diff")}
+        if truth.ok:
+            dump_path.unlink()  # kept only as evidence of a guest-side problem
+        result.rounds.append(rr)
+        say(f"round {r}: {seen.missed_pixels} missed pixels (settled by {settled.how} in {settled.waited_s:.2f} s)")
+        if not truth.ok:
+            # The guest memory itself is not what the writer should have drawn: the writer or the guest is
+            # wrong, which says nothing about the backend. That is an ERROR, not a FAIL.
+            result.verdict = ERROR
+            result.reason = (f"round {r}: the guest framebuffer memory (screendump) differs from the expected "
+                             f"frame in {truth.missed_pixels} pixels, e.g. {truth.rects[:1]}; the writer or "
+                             f"guest is wrong, not the backend")
+            save_png(run_dir / f"round-{r:03d}-diff-screendump.png",
+                     diff_image(expected, load_dump(dump_path), truth.mask))
+            return
+
+
+def load_dump(path: Path):
+    from .images import load_ppm
+    return load_ppm(path)
