@@ -41,7 +41,10 @@ def run(cfg: Config, run_dir: Path, cache: Cache) -> Result:
                         with step("rounds"):
                             _rounds(cfg, guest, capture, geometry, result, run_dir)
             finally:
-                host.save_logs(run_dir)
+                try:
+                    host.save_logs(run_dir)
+                except Exception as e:  # never let log collection hide the real outcome
+                    say(f"warning: could not collect dom0 logs: {e}")
     except KeyboardInterrupt:
         result.verdict, result.reason = ERROR, "interrupted (Ctrl-C or SIGTERM); every process was stopped"
     except Exception as e:  # the stack or the harness broke: ERROR, with what we know
@@ -79,6 +82,9 @@ def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Resul
         if truth.ok:
             dump_path.unlink()  # kept only as evidence of a guest-side problem
         result.rounds.append(rr)
+        if r == cfg["rounds"]:
+            # The last view is always kept: evidence of a PASS, and real captured data for the oracle's tests.
+            save_png(run_dir / "final-seen-vnc.png", settled.frame)
         say(f"round {r}: {seen.missed_pixels} missed pixels (settled by {settled.how} in {settled.waited_s:.2f} s)")
         if not truth.ok:
             # The guest memory itself is not what the writer should have drawn: the writer or the guest is

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import logging
 import shlex
 import socket
 import threading
@@ -12,6 +13,10 @@ from pathlib import Path
 import paramiko
 
 from .base import ExecResult, HostError
+
+# paramiko logs every refused connection attempt while dom0 boots; the errors we act on are raised anyway.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 
 class SSHSession:
