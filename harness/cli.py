@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import signal
 import sys
 import textwrap
 import time
 from pathlib import Path
 
-from . import config
+from . import config, signals
 from .artifacts.cache import Cache, default_cache_dir
 from .report import ERROR, EXIT_CODES
 
@@ -40,14 +41,6 @@ The first run builds the artifacts (about a minute); later runs reuse them from 
 """
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: unwind, stop every process, report ERROR."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -86,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         print("Config keys (YAML, nested by the dots):\n" + config.describe())
         return 0
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signals.install()
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack: for hangs
     try:
         cfg = _load(args.config)
     except config.ConfigError as e:

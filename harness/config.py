@@ -185,10 +185,13 @@ def load(path: str | os.PathLike | None) -> Config:
         if not p.is_file():
             raise ConfigError(source, "", "config file does not exist")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(source, "", f"not valid YAML: {e}") from None
-        base = p.parent
+        except UnicodeDecodeError as e:
+            raise ConfigError(source, "", f"not valid UTF-8: {e}") from None
+        loaded = {} if loaded is None else loaded  # an empty file means all defaults; [] or 0 does not
+        base = p.resolve().parent
         _merge(source, SCHEMA, loaded, data, "", base)
     if "sources" not in (loaded.get("apt") or {}):  # the default path must exist too, and say so if not
         _check(source, "apt.sources", SCHEMA["apt"]["sources"], data["apt"]["sources"], base)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
@@ -74,6 +75,11 @@ def write(result: Result, run_dir: Path) -> None:
     write_junit(result, run_dir / "junit.xml")
 
 
+def _xml_text(s: str) -> str:
+    """XML 1.0 forbids most control characters; tool output (colour codes) carries them."""
+    return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", lambda m: f"\\x{ord(m.group()):02x}", s)
+
+
 def write_junit(result: Result, path: Path) -> None:
     """One test case per round, so CI shows where a miss happened; an ERROR is its own failing case."""
     suite = ET.Element("testsuite", name=f"xenfb-harness.{Path(result.config).stem}",
@@ -89,8 +95,8 @@ def write_junit(result: Result, path: Path) -> None:
             f.text = json.dumps({"rects": r.rects, "pages": r.pages, "images": r.images}, indent=1)
     if result.verdict == ERROR:
         case = ET.SubElement(suite, "testcase", classname=result.frontend, name="stack")
-        ET.SubElement(case, "error", message=result.reason.splitlines()[0] if result.reason else "error").text = \
-            result.reason
+        reason = _xml_text(result.reason)
+        ET.SubElement(case, "error", message=reason.splitlines()[0] if reason else "error").text = reason
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 
 

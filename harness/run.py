@@ -5,7 +5,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import pattern, report
+from . import pattern, report, signals
 from .artifacts.build import build_all
 from .artifacts.cache import Cache
 from .capture import Capture
@@ -45,11 +45,13 @@ def run(cfg: Config, run_dir: Path, cache: Cache) -> Result:
                     host.save_logs(run_dir)
                 except Exception as e:  # never let log collection hide the real outcome
                     say(f"warning: could not collect dom0 logs: {e}")
-    except KeyboardInterrupt:
-        result.verdict, result.reason = ERROR, "interrupted (Ctrl-C or SIGTERM); every process was stopped"
-    except Exception as e:  # the stack or the harness broke: ERROR, with what we know
-        result.verdict, result.reason = ERROR, f"{type(e).__name__}: {e}"
+    except (KeyboardInterrupt, Exception) as e:  # the stack or the harness broke, or we were stopped: ERROR
         (run_dir / "error.txt").write_text(traceback.format_exc())
+        result.verdict = ERROR
+        if signals.received:
+            result.reason = f"interrupted by {signals.received}; every process we started was stopped"
+        else:
+            result.reason = f"{type(e).__name__}: {e}"
     result.timings = dict(TIMINGS, total=round(time.monotonic() - start, 3))
     result.decide()
     report.write(result, run_dir)

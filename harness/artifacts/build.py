@@ -6,7 +6,7 @@ own files that shape it, so changing any of them rebuilds it and nothing stale i
 from __future__ import annotations
 
 import gzip
-import json
+import os
 import re
 import shutil
 import subprocess
@@ -117,6 +117,9 @@ def _dom0_image(cache: Cache, apt: Apt, cfg: Config, series: str, log: Path) -> 
     sources = Path(cfg["apt.sources"])
 
     def build(out: Path) -> None:
+        if os.geteuid() != 0:
+            raise PermissionError("building the dom0 image needs root (mmdebstrap --mode=root); run the build as "
+                                  "root once, later runs reuse the cached image")
         root = out / "rootfs"
         with step("mmdebstrap dom0 root filesystem"):
             run(["mmdebstrap", "--mode=root", "--variant=essential", f"--include={','.join(packages)}",

@@ -46,8 +46,10 @@ class CpioWriter:
 
     def tree(self, root: Path, prefix: str = "") -> None:
         """Add a host directory tree under prefix, keeping file modes and symlinks."""
-        if prefix.strip("/") and prefix.strip("/") not in self.seen:
-            self.directory(prefix)  # the kernel creates no missing parents while unpacking
+        parts = [p for p in prefix.strip("/").split("/") if p]
+        for i in range(1, len(parts) + 1):  # the kernel creates no missing parents while unpacking
+            if "/".join(parts[:i]) not in self.seen:
+                self.directory("/".join(parts[:i]))
         for path in sorted(Path(root).rglob("*")):
             rel = f"{prefix.rstrip('/')}/{path.relative_to(root)}".lstrip("/")
             if path.is_symlink():

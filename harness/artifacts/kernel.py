@@ -31,11 +31,12 @@ def extract_vmlinux(bz: Path, out: Path) -> None:
     data = bz.read_bytes()
     start = data.find(XZ_MAGIC)
     while start != -1:
+        decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
         try:
-            elf = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data[start:])
+            elf = decompressor.decompress(data[start:])
         except lzma.LZMAError:
             elf = b""
-        if elf.startswith(b"\x7fELF"):
+        if decompressor.eof and elf.startswith(b"\x7fELF"):  # a truncated stream decodes partly, silently
             out.write_bytes(elf)
             return
         start = data.find(XZ_MAGIC, start + 1)

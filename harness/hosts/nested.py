@@ -156,6 +156,7 @@ class NestedHost:
             self.child = pexpect.spawn(cmd[0], cmd[1:], encoding="utf-8", codec_errors="replace",
                                        preexec_fn=_die_with_parent, timeout=None, maxread=65536)
             self.child.logfile_read = open(self.serial_log, "w", buffering=1)
+            (self.run_dir / "qemu.pid").write_text(f"{self.child.pid}\n")  # lets tests prove it is gone
             self._wait_ready(deadline, cmd)
             self.drain = threading.Thread(target=self._drain, daemon=True, name="serial-drain")
             self.drain.start()

@@ -1,0 +1,259 @@
+from __future__ import annotations
+
+import fcntl
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.artifacts.cache import Cache, hash_files, key_of
+
+
+class Builder:
+    """A build function that records its calls and writes a file into the entry."""
+
+    def __init__(self, content: str = "built"):
+        self.calls: list[Path] = []
+        self.content = content
+        self.lock = threading.Lock()
+
+    def __call__(self, out: Path) -> None:
+        with self.lock:
+            self.calls.append(out)
+        assert out.is_dir() and not any(out.iterdir())
+        (out / "artifact").write_text(self.content)
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name.startswith(".tmp-"))
+
+
+def entries(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+
+
+def test_root_is_created(tmp_path):
+    Cache(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_first_entry_builds_second_reuses(tmp_path):
+    cache = Cache(tmp_path)
+    build = Builder()
+    inputs = {"package": "linux-image", "version": "6.1.0-56"}
+    first = cache.entry("kernel", inputs, build)
+    assert len(build.calls) == 1
+    assert first == tmp_path / f"kernel-{key_of(inputs)}"
+    assert first.is_dir() and (first / "artifact").read_text() == "built"
+    assert build.calls[0] != first and build.calls[0].parent == tmp_path  # built elsewhere, then renamed
+    assert not build.calls[0].exists()
+    assert leftovers(tmp_path) == []
+
+    def must_not_build(out: Path) -> None:
+        raise AssertionError("built twice")
+
+    second = cache.entry("kernel", dict(inputs), must_not_build)
+    assert second == first
+    # A fresh Cache object on the same root (another run) also reuses it.
+    assert Cache(tmp_path).entry("kernel", dict(inputs), must_not_build) == first
+
+
+def test_inputs_json_written(tmp_path):
+    inputs = {"b": [1, 2], "a": {"z": "x", "y": None}}
+    path = Cache(tmp_path).entry("thing", inputs, Builder())
+    assert json.loads((path / "inputs.json").read_text()) == inputs
+
+
+def test_different_inputs_different_dirs(tmp_path):
+    cache = Cache(tmp_path)
+    a = cache.entry("kernel", {"version": "1"}, Builder("one"))
+    b = cache.entry("kernel", {"version": "2"}, Builder("two"))
+    c = cache.entry("initrd", {"version": "1"}, Builder("three"))  # same inputs, other name
+    assert len({a, b, c}) == 3
+    assert (a / "artifact").read_text() == "one"
+    assert (b / "artifact").read_text() == "two"
+    assert (c / "artifact").read_text() == "three"
+    assert entries(tmp_path) == sorted(p.name for p in (a, b, c))
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()], ids=["exception", "keyboardinterrupt"])
+def test_failed_build_leaves_nothing(tmp_path, exc):
+    cache = Cache(tmp_path)
+    seen = []
+
+    def build(out: Path) -> None:
+        seen.append(out)
+        (out / "half").write_text("partial")
+        (out / "sub").mkdir()
+        (out / "sub" / "f").write_text("x")
+        raise exc
+
+    with pytest.raises(type(exc)):
+        cache.entry("kernel", {"v": 1}, build)
+    assert seen and not seen[0].exists()
+    assert leftovers(tmp_path) == []
+    assert entries(tmp_path) == []
+    final = tmp_path / f"kernel-{key_of({'v': 1})}"
+    assert not final.exists()
+
+    # The next attempt builds from scratch, and the lock was released.
+    build2 = Builder()
+    assert cache.entry("kernel", {"v": 1}, build2) == final
+    assert len(build2.calls) == 1
+
+
+def test_concurrent_requests_build_once(tmp_path):
+    cache = Cache(tmp_path)
+    started = threading.Event()
+    calls = []
+    calls_lock = threading.Lock()
+
+    def build(out: Path) -> None:
+        with calls_lock:
+            calls.append(out)
+        started.set()
+        time.sleep(0.3)  # long enough for the second thread to arrive while this one is building
+        (out / "artifact").write_text("once")
+
+    results: dict[str, Path] = {}
+    errors: list[BaseException] = []
+
+    def worker(tag: str) -> None:
+        try:
+            results[tag] = cache.entry("writer", {"source": "abc"}, build)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    first = threading.Thread(target=worker, args=("first",))
+    first.start()
+    assert started.wait(5)
+    second_started = time.monotonic()
+    second = threading.Thread(target=worker, args=("second",))
+    second.start()
+    first.join(10)
+    second.join(10)
+    assert not errors
+    assert len(calls) == 1
+    assert results["first"] == results["second"]
+    assert (results["second"] / "artifact").read_text() == "once"
+    assert leftovers(tmp_path) == []
+    assert time.monotonic() - second_started < 5
+
+
+def test_many_threads_build_once(tmp_path):
+    cache = Cache(tmp_path)
+    calls = []
+    barrier = threading.Barrier(6)
+
+    def build(out: Path) -> None:
+        calls.append(out)
+        time.sleep(0.1)
+        (out / "artifact").write_text("x")
+
+    results = []
+
+    def worker():
+        barrier.wait()
+        results.append(cache.entry("rootfs", {"k": 1}, build))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(calls) == 1 and len(results) == 6 and len(set(results)) == 1
+
+
+def test_prune_stale_tmp_removes_unlocked_leftovers(tmp_path):
+    cache = Cache(tmp_path)
+    stale = tmp_path / ".tmp-dom0-initrd-k3j_x9ab"  # name with a dash, like tempfile makes it
+    (stale / "deep").mkdir(parents=True)
+    (stale / "deep" / "f").write_text("half built")
+    kept = cache.entry("dom0-initrd", {"v": 1}, Builder())
+    cache.prune_stale_tmp()
+    assert not stale.exists()
+    assert kept.is_dir() and (kept / "artifact").exists()
+
+
+def test_prune_stale_tmp_keeps_dir_being_built(tmp_path):
+    cache = Cache(tmp_path)
+    busy = tmp_path / ".tmp-kernel-abcd1234"
+    busy.mkdir()
+    (busy / "f").write_text("in progress")
+    # Another run holds the lock of 'kernel' while it builds.
+    with open(tmp_path / ".kernel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache.prune_stale_tmp()
+        assert busy.is_dir() and (busy / "f").exists()
+    cache.prune_stale_tmp()
+    assert not busy.exists()
+
+
+def test_prune_during_build_leaves_build_alone(tmp_path):
+    cache = Cache(tmp_path)
+    in_build = threading.Event()
+    release = threading.Event()
+    result = {}
+
+    def build(out: Path) -> None:
+        (out / "artifact").write_text("x")
+        in_build.set()
+        assert release.wait(5)
+
+    t = threading.Thread(target=lambda: result.setdefault("path", cache.entry("writer", {"a": 1}, build)))
+    t.start()
+    assert in_build.wait(5)
+    assert len(leftovers(tmp_path)) == 1
+    cache.prune_stale_tmp()
+    assert len(leftovers(tmp_path)) == 1  # still building: not touched
+    release.set()
+    t.join(5)
+    assert (result["path"] / "artifact").read_text() == "x"
+
+
+def test_key_of_order_independent():
+    a = {"package": "p", "version": "1", "nested": {"x": 1, "y": [1, 2]}}
+    b = {"nested": {"y": [1, 2], "x": 1}, "version": "1", "package": "p"}
+    assert key_of(a) == key_of(b)
+    assert len(key_of(a)) == 16 and all(c in "0123456789abcdef" for c in key_of(a))
+
+
+def test_key_of_distinguishes_values():
+    base = {"package": "p", "version": "1"}
+    keys = {key_of(base), key_of({**base, "version": "2"}), key_of({"package": "p"}),
+            key_of({**base, "extra": None}), key_of({"package": "p", "version": 1}),
+            key_of({"l": [1, 2]}), key_of({"l": [2, 1]})}
+    assert len(keys) == 7
+
+
+def test_hash_files(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("one")
+    b.write_text("two")
+    h1 = hash_files(a, b)
+    assert h1 == hash_files(a, b) == hash_files(b, a)  # stable, order-independent
+    assert len(h1) == 16
+    a.write_text("one!")
+    h2 = hash_files(a, b)
+    assert h2 != h1
+    a.write_text("one")
+    assert hash_files(a, b) == h1
+    assert hash_files(a) != hash_files(b) != hash_files(a, b)
+
+
+def test_hash_files_boundary_between_files(tmp_path):
+    # Moving bytes from one file to the next must change the hash.
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"xy")
+    b.write_bytes(b"z")
+    h1 = hash_files(a, b)
+    a.write_bytes(b"x")
+    b.write_bytes(b"yz")
+    assert hash_files(a, b) != h1
+
+
+def test_hash_files_missing_file_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        hash_files(tmp_path / "nope")

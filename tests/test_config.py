@@ -1,0 +1,358 @@
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from harness import config
+from harness.config import SCHEMA, ConfigError, Field, defaults, describe, load
+
+REPO = Path(__file__).resolve().parent.parent
+HOST_SOURCES = Path(SCHEMA["apt"]["sources"].default)
+needs_host_sources = pytest.mark.skipif(not HOST_SOURCES.is_file(),
+                                        reason=f"default apt.sources {HOST_SOURCES} does not exist on this host")
+
+
+def schema_leaves(schema=SCHEMA, prefix=""):
+    for key, value in schema.items():
+        if isinstance(value, dict):
+            yield from schema_leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def lookup(data: dict, dotted: str):
+    for part in dotted.split("."):
+        data = data[part]
+    return data
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> Path:
+    """An apt sources file next to the scenario files, so no test depends on the host's apt setup."""
+    p = tmp_path / "test.sources"
+    p.write_text("deb http://deb.debian.org/debian bookworm main\n")
+    return p
+
+
+def write_config(tmp_path: Path, text: str, name: str = "scenario.yaml", with_sources: bool = True) -> Path:
+    if with_sources and not re.search(r"^apt:", text, re.M):
+        (tmp_path / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+        text = text + "\napt:\n  sources: test.sources\n"
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def load_error(path: Path) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    return info.value
+
+
+# --- defaults and describe -------------------------------------------------------------------------------------------
+
+
+def test_defaults_match_schema():
+    d = defaults()
+    leaves = dict(schema_leaves())
+    assert len(leaves) > 10
+    for dotted, f in leaves.items():
+        assert isinstance(f, Field)
+        assert lookup(d, dotted) == f.default, dotted
+    # Same shape: no extra keys anywhere.
+    def shape(node):
+        return {k: shape(v) for k, v in node.items()} if isinstance(node, dict) else None
+    def schema_shape(node):
+        return {k: schema_shape(v) for k, v in node.items()} if isinstance(node, dict) else None
+    assert shape(d) == schema_shape(SCHEMA)
+
+
+def test_defaults_are_fresh_copies():
+    d = defaults()
+    d["compare"]["exclude"].append({"x": 0, "y": 0, "w": 1, "h": 1})
+    d["guest"]["memory_mb"] = 1
+    assert SCHEMA["compare"]["exclude"].default == []
+    assert defaults()["compare"]["exclude"] == []
+    assert defaults()["guest"]["memory_mb"] == SCHEMA["guest"]["memory_mb"].default
+
+
+@needs_host_sources
+def test_load_none_gives_defaults():
+    cfg = load(None)
+    assert cfg.source == "(defaults)"
+    assert cfg.data == defaults()
+    assert cfg["rounds"] == SCHEMA["rounds"].default
+    assert cfg.get("guest.memory_mb") == SCHEMA["guest"]["memory_mb"].default
+    assert cfg["apt.sources"] == str(HOST_SOURCES)
+
+
+def test_load_none_reports_missing_default_sources(monkeypatch, tmp_path):
+    missing = tmp_path / "no-such.sources"
+    monkeypatch.setitem(SCHEMA["apt"], "sources", Field(str(missing), "path", "test"))
+    err = load_error(None)
+    assert err.key == "apt.sources"
+    assert "apt.sources" in str(err) and str(missing) in str(err)
+
+
+@needs_host_sources
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load(path)
+    assert cfg.source == str(path)
+    assert set(cfg.data) == set(SCHEMA)
+    assert cfg["frontend"] in SCHEMA["frontend"].choices
+
+
+def test_there_are_shipped_configs():
+    assert list((REPO / "configs").glob("*.yaml"))
+
+
+def test_describe_mentions_every_key():
+    text = describe()
+    for dotted, f in schema_leaves():
+        assert f"  {dotted} = {f.default!r}" in text, dotted
+        assert f.doc in text
+    assert "one of: auto, tcg, kvm" in text
+
+
+# --- valid files ----------------------------------------------------------------------------------------------------
+
+
+def test_values_override_defaults_and_rest_keep_defaults(tmp_path):
+    p = write_config(tmp_path, "rounds: 3\nguest:\n  memory_mb: 512\nhost:\n  accel: tcg\n"
+                               "compare:\n  exclude:\n    - {x: 0, y: 1, w: 2, h: 3}\n")
+    cfg = load(p)
+    assert cfg["rounds"] == 3
+    assert cfg["guest.memory_mb"] == 512
+    assert cfg["guest.boot_timeout"] == SCHEMA["guest"]["boot_timeout"].default
+    assert cfg["host.accel"] == "tcg"
+    assert cfg["compare.exclude"] == [{"x": 0, "y": 1, "w": 2, "h": 3}]
+    assert cfg["seed"] == SCHEMA["seed"].default
+
+
+def test_empty_file_is_all_defaults(tmp_path, sources):
+    p = tmp_path / "empty.yaml"
+    p.write_text("# nothing\n")
+    if HOST_SOURCES.is_file():
+        cfg = load(p)
+        assert cfg.data == defaults()
+    else:
+        assert load_error(p).key == "apt.sources"
+
+
+def test_relative_sources_resolve_against_config_folder(tmp_path, monkeypatch):
+    sub = tmp_path / "scenarios"
+    sub.mkdir()
+    (sub / "my.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    p = sub / "s.yaml"
+    p.write_text("apt:\n  sources: my.sources\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not the config's folder
+    cfg = load(p)
+    assert Path(cfg["apt.sources"]) == sub / "my.sources"
+
+
+def test_absolute_sources_path(tmp_path, sources):
+    p = tmp_path / "s.yaml"
+    p.write_text(f"apt:\n  sources: {sources}\n")
+    assert load(p)["apt.sources"] == str(sources)
+
+
+# --- unknown keys ---------------------------------------------------------------------------------------------------
+
+
+def test_unknown_top_level_key(tmp_path):
+    p = write_config(tmp_path, "rounds: 3\nround: 4\n")
+    err = load_error(p)
+    msg = str(err)
+    assert err.key == "round" and err.source == str(p)
+    assert msg.startswith(f"{p}: round: unknown key")
+    expected = msg.split("expected one of", 1)[1]
+    assert [k.strip() for k in expected.split(",")] == sorted(SCHEMA)
+
+
+def test_unknown_nested_key(tmp_path):
+    p = write_config(tmp_path, "guest:\n  memroy_mb: 512\n")
+    err = load_error(p)
+    msg = str(err)
+    assert err.key == "guest.memroy_mb"
+    assert msg.startswith(f"{p}: guest.memroy_mb: unknown key")
+    expected = msg.split("expected one of", 1)[1]
+    assert [k.strip() for k in expected.split(",")] == sorted(SCHEMA["guest"])  # guest's keys, not the top level
+
+
+# --- wrong types ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, key, expected", [
+    ("rounds: '3'", "rounds", "an integer"),            # string for int
+    ("rounds: true", "rounds", "an integer"),           # bool for int
+    ("rounds: 2.5", "rounds", "an integer"),            # float for int
+    ("guest:\n  memory_mb: yes", "guest.memory_mb", "an integer"),
+    ("guest:\n  kernel_package: 5", "guest.kernel_package", "a string"),   # int for string
+    ("host:\n  xen_cmdline: [a, b]", "host.xen_cmdline", "a string"),
+    ("guest: [1, 2]", "guest", "a mapping"),            # list for mapping
+    ("host: 5", "host", "a mapping"),
+    ("compare:\n  exclude: {x: 1, y: 1, w: 1, h: 1}", "compare.exclude", "a list"),
+    ("guest:\n  extra_cmdline: \"a\\nb\"", "guest.extra_cmdline", "a single line"),
+])
+def test_wrong_type_names_key_and_expectation(tmp_path, text, key, expected):
+    p = write_config(tmp_path, text + "\n")
+    err = load_error(p)
+    assert err.key == key
+    msg = str(err)
+    assert msg.startswith(f"{p}: {key}: "), msg
+    assert f"expected {expected}" in msg
+
+
+def test_top_level_list_is_rejected(tmp_path):
+    p = tmp_path / "list.yaml"
+    p.write_text("- rounds: 3\n")
+    err = load_error(p)
+    assert str(p) in str(err) and "(top level)" in str(err) and "expected a mapping" in str(err)
+
+
+def test_enum_bad_value_lists_choices(tmp_path):
+    p = write_config(tmp_path, "host:\n  accel: hvf\n")
+    err = load_error(p)
+    msg = str(err)
+    assert err.key == "host.accel"
+    assert "'hvf'" in msg
+    expected = msg.split("expected", 1)[1].split(", got")[0]
+    for choice in ("auto", "tcg", "kvm"):
+        assert repr(choice) in expected
+
+
+def test_frontend_enum(tmp_path):
+    err = load_error(write_config(tmp_path, "frontend: custom\n"))
+    assert err.key == "frontend" and "'upstream'" in str(err)
+
+
+@pytest.mark.parametrize("text, key, minimum", [
+    ("rounds: 0", "rounds", 1),
+    ("seed: -1", "seed", 0),
+    ("guest:\n  memory_mb: 63", "guest.memory_mb", 64),
+    ("capture:\n  settle_timeout: 3", "capture.settle_timeout", 4),
+])
+def test_integer_below_minimum(tmp_path, text, key, minimum):
+    err = load_error(write_config(tmp_path, text + "\n"))
+    assert err.key == key
+    assert f">= {minimum}" in str(err)
+
+
+@pytest.mark.parametrize("text, key, value", [
+    ("rounds: 1", "rounds", 1),
+    ("seed: 0", "seed", 0),
+    ("guest:\n  memory_mb: 64", "guest.memory_mb", 64),
+])
+def test_integer_at_minimum_is_fine(tmp_path, text, key, value):
+    assert load(write_config(tmp_path, text + "\n"))[key] == value
+
+
+# --- paths ----------------------------------------------------------------------------------------------------------
+
+
+def test_missing_relative_sources(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("apt:\n  sources: nope.sources\n")
+    err = load_error(p)
+    msg = str(err)
+    assert err.key == "apt.sources"
+    assert str(p) in msg
+    assert str(tmp_path / "nope.sources") in msg  # resolved against the config's folder
+
+
+def test_missing_absolute_sources(tmp_path):
+    missing = tmp_path / "abs" / "missing.sources"
+    p = tmp_path / "s.yaml"
+    p.write_text(f"apt:\n  sources: {missing}\n")
+    err = load_error(p)
+    assert err.key == "apt.sources" and str(missing) in str(err)
+
+
+def test_sources_pointing_at_directory(tmp_path):
+    (tmp_path / "dir.sources").mkdir()
+    p = tmp_path / "s.yaml"
+    p.write_text("apt:\n  sources: dir.sources\n")
+    assert load_error(p).key == "apt.sources"
+
+
+# --- compare.exclude ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [
+    "{x: 0, y: 0, w: 5}",               # missing h
+    "{x: 0, y: 0, w: 5, h: 5, z: 1}",   # extra key
+    "{x: -1, y: 0, w: 5, h: 5}",        # negative
+    "{x: 0, y: 0, w: '5', h: 5}",       # string
+    "{x: 0, y: 0, w: true, h: 5}",      # bool
+    "{x: 0, y: 0, w: 1.5, h: 5}",       # float
+    "[0, 0, 5, 5]",                     # not a mapping
+])
+def test_exclude_item_names_index(tmp_path, bad):
+    p = write_config(tmp_path, f"compare:\n  exclude:\n    - {{x: 1, y: 2, w: 3, h: 4}}\n    - {bad}\n")
+    err = load_error(p)
+    msg = str(err)
+    assert err.key == "compare.exclude[1]"
+    assert f"{p}: compare.exclude[1]: " in msg
+    assert "x, y, w, h" in msg
+
+
+def test_exclude_first_item_bad(tmp_path):
+    p = write_config(tmp_path, "compare:\n  exclude:\n    - {x: 1}\n    - {x: 1, y: 2, w: 3, h: 4}\n")
+    assert load_error(p).key == "compare.exclude[0]"
+
+
+# --- file-level errors ----------------------------------------------------------------------------------------------
+
+
+def test_invalid_yaml_names_file(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("rounds: [1, 2\nseed: 3\n")
+    err = load_error(p)
+    msg = str(err)
+    assert msg.startswith(f"{p}: ")
+    assert "not valid YAML" in msg
+    assert "line 2" in msg  # the parser's position survives
+
+
+def test_invalid_yaml_tab_indent(tmp_path):
+    p = tmp_path / "tabs.yaml"
+    p.write_text("guest:\n\tmemory_mb: 3\n")
+    err = load_error(p)
+    assert str(p) in str(err) and "not valid YAML" in str(err)
+
+
+def test_missing_config_file(tmp_path):
+    p = tmp_path / "does-not-exist.yaml"
+    err = load_error(p)
+    assert str(p) in str(err) and "does not exist" in str(err)
+
+
+def test_config_error_is_value_error():
+    assert issubclass(ConfigError, ValueError)
+    e = ConfigError("f.yaml", "a.b", "boom")
+    assert str(e) == "f.yaml: a.b: boom" and e.source == "f.yaml" and e.key == "a.b"
+    assert str(ConfigError("f.yaml", "", "boom")) == "f.yaml: (top level): boom"
+
+
+def test_non_utf8_file_names_file(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("guest:\n  extra_cmdline: 'caf\u00e9'\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load(p)
+    assert str(p) in str(info.value)
+
+
+def test_module_has_no_hidden_state_between_loads(tmp_path):
+    p1 = write_config(tmp_path, "rounds: 3\ncompare:\n  exclude:\n    - {x: 1, y: 2, w: 3, h: 4}\n", "a.yaml")
+    p2 = write_config(tmp_path, "seed: 9\n", "b.yaml")
+    a, b = load(p1), load(p2)
+    assert a["rounds"] == 3 and b["rounds"] == SCHEMA["rounds"].default
+    assert b["compare.exclude"] == [] and b["seed"] == 9
+    assert config.defaults()["compare"]["exclude"] == []
+    assert os.path.isabs(b["apt.sources"])

@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.report import ERROR, EXIT_CODES, FAIL, PASS, Result, RoundResult, summary, write, write_junit
+
+PIXELS = 640 * 480
+
+
+def make(rounds_planned: int = 2, missed: dict[int, int] | None = None, compared: int | None = None,
+         count: int | None = None) -> Result:
+    """A result with `count` rounds (default: all planned + baseline), `missed[r]` pixels missed in round r."""
+    missed = missed or {}
+    n = rounds_planned + 1 if count is None else count
+    res = Result(config="configs/default.yaml", frontend="upstream", seed=7, rounds_planned=rounds_planned)
+    for r in range(n):
+        m = missed.get(r, 0)
+        rects = [{"x": 10 + r, "y": 20, "w": 30, "h": 2}] if m else []
+        res.rounds.append(RoundResult(round=r, compared_pixels=PIXELS if compared is None else compared,
+                                      missed_pixels=m, rects=rects, pages=[3, 4] if m else [],
+                                      settle="window" if not m else "timeout", settle_s=0.25 * r,
+                                      duration_s=1.5 + r))
+    return res
+
+
+# --- decide ---------------------------------------------------------------------------------------------------------
+
+
+def test_new_result_is_error():
+    assert Result(config="c", frontend="upstream", seed=1, rounds_planned=1).verdict == ERROR
+
+
+def test_pass_when_all_rounds_compared_clean():
+    res = make(rounds_planned=2)
+    res.decide()
+    assert res.verdict == PASS
+    assert "3" in res.reason and str(3 * PIXELS) in res.reason
+
+
+def test_fail_names_first_missed_round():
+    res = make(rounds_planned=4, missed={2: 17, 4: 99})
+    res.decide()
+    assert res.verdict == FAIL
+    assert "round 2" in res.reason and "17 pixels" in res.reason
+    assert "2 of 5" in res.reason
+    assert "round 4" not in res.reason
+
+
+def test_fail_in_baseline_round():
+    res = make(rounds_planned=1, missed={0: 1})
+    res.decide()
+    assert res.verdict == FAIL and "round 0" in res.reason and "1 pixels" in res.reason
+
+
+def test_fail_even_if_run_stopped_early():
+    res = make(rounds_planned=5, missed={1: 8}, count=2)
+    res.decide()
+    assert res.verdict == FAIL and "round 1" in res.reason
+
+
+@pytest.mark.parametrize("count", [0, 1, 2])
+def test_error_when_fewer_rounds_compared(count):
+    res = make(rounds_planned=2, count=count)
+    res.decide()
+    assert res.verdict == ERROR
+    assert f"only {count} of 3" in res.reason
+
+
+def test_error_when_more_rounds_than_planned():
+    res = make(rounds_planned=2, count=4)
+    res.decide()
+    assert res.verdict == ERROR
+
+
+def test_rounds_that_compared_nothing_do_not_count():
+    res = make(rounds_planned=2)
+    res.rounds[1].compared_pixels = 0
+    res.decide()
+    assert res.verdict == ERROR and "only 2 of 3" in res.reason
+
+
+@pytest.mark.parametrize("planned", [0, -1])
+def test_never_pass_when_nothing_compared(planned):
+    res = Result(config="c", frontend="upstream", seed=1, rounds_planned=planned)
+    res.decide()
+    assert res.verdict == ERROR and res.reason
+
+
+def test_never_pass_when_all_rounds_compared_zero_pixels():
+    res = make(rounds_planned=1, compared=0)
+    res.decide()
+    assert res.verdict == ERROR
+
+
+def test_earlier_error_with_reason_stays():
+    res = make(rounds_planned=2)
+    res.verdict, res.reason = ERROR, "round 1: the guest framebuffer memory differs"
+    res.decide()
+    assert res.verdict == ERROR and res.reason == "round 1: the guest framebuffer memory differs"
+
+
+def test_earlier_error_stays_even_with_missed_rounds():
+    res = make(rounds_planned=2, missed={1: 5})
+    res.verdict, res.reason = ERROR, "interrupted"
+    res.decide()
+    assert res.verdict == ERROR and res.reason == "interrupted"
+
+
+def test_decide_is_idempotent():
+    for res in (make(), make(missed={1: 3}), make(count=1)):
+        res.decide()
+        verdict, reason = res.verdict, res.reason
+        res.decide()
+        assert (res.verdict, res.reason) == (verdict, reason)
+
+
+# --- write ----------------------------------------------------------------------------------------------------------
+
+
+def written(tmp_path: Path, res: Result) -> tuple[dict, ET.Element]:
+    res.decide()
+    write(res, tmp_path)
+    data = json.loads((tmp_path / "result.json").read_text())
+    suite = ET.parse(tmp_path / "junit.xml").getroot()
+    return data, suite
+
+
+@pytest.mark.parametrize("res, verdict, code", [
+    (make(), PASS, 0),
+    (make(missed={1: 12}), FAIL, 1),
+    (make(count=1), ERROR, 2),
+])
+def test_result_json(tmp_path, res, verdict, code):
+    data, _ = written(tmp_path, res)
+    assert data["verdict"] == verdict and data["exit_code"] == code == EXIT_CODES[verdict]
+    assert data["reason"] == res.reason
+    assert data["seed"] == 7 and data["frontend"] == "upstream" and data["rounds_planned"] == 2
+    assert [r["round"] for r in data["rounds"]] == [r.round for r in res.rounds]
+    assert all("missed_pixels" in r and "compared_pixels" in r for r in data["rounds"])
+    assert (tmp_path / "result.json").read_text().endswith("\n")
+
+
+def test_junit_pass(tmp_path):
+    _, suite = written(tmp_path, make(rounds_planned=3))
+    assert suite.tag == "testsuite"
+    assert suite.get("name") == "xenfb-harness.default"
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == ["round_000", "round_001", "round_002", "round_003"]
+    assert all(c.get("classname") == "upstream.seed7" for c in cases)
+    assert [float(c.get("time")) for c in cases] == [1.5, 2.5, 3.5, 4.5]
+    assert suite.findall(".//failure") == [] and suite.findall(".//error") == []
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("4", "0", "0")
+
+
+def test_junit_failures(tmp_path):
+    _, suite = written(tmp_path, make(rounds_planned=3, missed={1: 12, 3: 40}))
+    cases = {c.get("name"): c for c in suite.findall("testcase")}
+    assert len(cases) == 4
+    assert cases["round_000"].find("failure") is None and cases["round_002"].find("failure") is None
+    f1, f3 = cases["round_001"].find("failure"), cases["round_003"].find("failure")
+    assert "12" in f1.get("message") and "40" in f3.get("message")
+    detail = json.loads(f1.text)
+    assert detail["rects"] == [{"x": 11, "y": 20, "w": 30, "h": 2}] and detail["pages"] == [3, 4]
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("4", "2", "0")
+    assert suite.findall(".//error") == []
+
+
+def test_junit_error(tmp_path):
+    res = make(rounds_planned=3, count=2)
+    res.verdict, res.reason = ERROR, "CommandError: command failed with exit code 1: xl create\nline two"
+    _, suite = written(tmp_path, res)
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == ["round_000", "round_001", "stack"]
+    err = cases[-1].find("error")
+    assert err is not None
+    assert err.get("message") == "CommandError: command failed with exit code 1: xl create"
+    assert err.text == res.reason
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "0", "1")
+
+
+def test_junit_error_without_rounds(tmp_path):
+    res = Result(config="/x/configs/nightly.yaml", frontend="upstream", seed=1, rounds_planned=10)
+    data, suite = written(tmp_path, res)
+    assert data["verdict"] == ERROR and data["exit_code"] == 2
+    assert suite.get("name") == "xenfb-harness.nightly"
+    cases = suite.findall("testcase")
+    assert len(cases) == 1 and cases[0].find("error") is not None
+
+
+def test_junit_special_characters_are_escaped(tmp_path):
+    res = make()
+    res.verdict, res.reason = ERROR, "ValueError: <bad> & \"quoted\" 'x'"
+    _, suite = written(tmp_path, res)
+    assert suite.find("testcase[@name='stack']/error").text == res.reason
+
+
+def test_junit_parses_with_control_characters_in_reason(tmp_path):
+    res = make()
+    res.verdict = ERROR
+    res.reason = "CommandError: command failed with exit code 1: qemu\n\x1b[31merror\x1b[0m: no KVM\x07"
+    _, suite = written(tmp_path, res)
+    assert "no KVM" in suite.find("testcase[@name='stack']/error").text
+
+
+def test_write_junit_alone(tmp_path):
+    res = make(missed={0: 1})
+    res.decide()
+    write_junit(res, tmp_path / "other.xml")
+    root = ET.parse(tmp_path / "other.xml").getroot()
+    assert len(root.findall("testcase")) == 3 and len(root.findall(".//failure")) == 1
+    assert (tmp_path / "other.xml").read_bytes().startswith(b"<?xml")
+
+
+# --- summary --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("res", [make(), make(missed={2: 5}), make(count=0)], ids=["pass", "fail", "error"])
+def test_summary(tmp_path, res):
+    res.decide()
+    res.host = "nested QEMU/TCG"
+    run_dir = tmp_path / "run-1"
+    text = summary(res, run_dir)
+    first = text.splitlines()[0]
+    assert res.verdict in first and res.reason.splitlines()[0] in first
+    assert f"run directory: {run_dir}" in text
+    assert "seed: 7" in text and "nested QEMU/TCG" in text
+    round_lines = [line for line in text.splitlines() if line[:5].strip().isdigit()]
+    assert len(round_lines) == len(res.rounds)
+
+
+def test_summary_shows_missed_rects_and_timings(tmp_path):
+    res = make(missed={1: 60})
+    res.timings = {"build": 12.34, "total": 99.0}
+    res.decide()
+    text = summary(res, tmp_path)
+    line = next(line for line in text.splitlines() if line.split()[:1] == ["1"])
+    assert "60" in line and "30x2+11+20" in line and "timeout" in line
+    assert "build 12.3 s" in text and "total 99.0 s" in text
+
+
+def test_summary_multiline_reason_first_line_only(tmp_path):
+    res = make(count=0)
+    res.verdict, res.reason = ERROR, "RuntimeError: boom\ntraceback line"
+    text = summary(res, tmp_path)
+    assert "boom" in text and "traceback line" not in text
