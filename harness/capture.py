@@ -25,6 +25,7 @@ from .hosts.base import HostError, XenHost
 from .images import load_ppm
 from .pattern import decode_ticker
 from .rfb import RFBClient
+from .signals import deferring
 
 QMP_RELAY_PORT = 4444
 REMOTE_DUMP = "/tmp/xfb-screendump.ppm"
@@ -43,7 +44,7 @@ class Capture:
         self.host, self.geometry, self.domid = host, geometry, domid
         addr, port = host.forward(vnc_port)
         # One connection for the whole run: a new client can make QEMU repaint everything and hide misses.
-        self.vnc = RFBClient.connect(addr, port, timeout=30)
+        self.vnc = deferring(RFBClient.connect)(addr, port, timeout=30)
         self.qmp: QEMUMonitorProtocol | None = None
 
     def close(self) -> None:
@@ -71,6 +72,7 @@ class Capture:
             how = "timeout"
         return Settled(frame, how, round(time.monotonic() - start, 3), decode_ticker(frame, self.geometry))
 
+    @deferring
     def _connect_qmp(self) -> QEMUMonitorProtocol:
         socket_path = f"/var/run/xen/qmp-libxl-{self.domid}"
         # A relay in dom0 from TCP to the device model's QMP socket, so the QMP client runs here.
@@ -82,6 +84,7 @@ class Capture:
             qmp = QEMUMonitorProtocol((addr, port))
             try:
                 qmp.connect()
+                qmp.settimeout(30)
                 return qmp
             except Exception as e:
                 qmp.close()
@@ -89,6 +92,7 @@ class Capture:
                     raise HostError(f"cannot reach the device model's QMP socket {socket_path}: {e}") from None
                 time.sleep(0.5)
 
+    @deferring
     def screendump(self, local: Path) -> np.ndarray:
         """The device model's own view of the guest framebuffer (live guest memory at 16/32 bpp)."""
         if self.qmp is None:

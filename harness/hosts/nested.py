@@ -25,6 +25,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from ..artifacts.build import Artifacts
 from ..config import Config
 from ..progress import say, step
+from ..signals import deferring
 from .base import ExecResult, HostError
 from .ssh import SSHSession
 
@@ -164,6 +165,7 @@ class NestedHost:
             self.ssh.connect(deadline)
         self.qmp = QEMUMonitorProtocol(str(self.tmp / "qmp.sock"))
         self.qmp.connect()
+        self.qmp.settimeout(30)
 
     def _wait_ready(self, deadline: float, cmd: list[str]) -> None:
         while True:
@@ -258,6 +260,7 @@ class NestedHost:
     def console(self, argv: list[str], log: Path):
         return self._session().console(argv, log)
 
+    @deferring
     def forward(self, remote_port: int) -> tuple[str, int]:
         port = free_port()
         reply = self.qmp.cmd_raw("human-monitor-command",
@@ -275,13 +278,13 @@ class NestedHost:
             return
         out = dest / "dom0-logs"
         out.mkdir(exist_ok=True)
-        listing = self.ssh.exec(["find", "/var/log/xen", "/var/log/sshd.log", "-type", "f"], check=False)
+        listing = self.ssh.exec(["find", "/var/log/xen", "/var/log/sshd.log", "-type", "f"], timeout=20, check=False)
         for remote in listing.stdout.split():
             try:
                 self.ssh.get(remote, out / remote.strip("/").replace("/", "_"))
             except OSError:
                 pass
-        dmesg = self.ssh.exec(["dmesg"], check=False).stdout
+        dmesg = self.ssh.exec(["dmesg"], timeout=20, check=False).stdout
         (out / "dmesg.txt").write_text(dmesg)
-        xl = self.ssh.exec(["xl", "dmesg"], check=False).stdout
+        xl = self.ssh.exec(["xl", "dmesg"], timeout=20, check=False).stdout
         (out / "xl-dmesg.txt").write_text(xl)

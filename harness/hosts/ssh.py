@@ -12,6 +12,7 @@ from pathlib import Path
 
 import paramiko
 
+from ..signals import deferring
 from .base import ExecResult, HostError
 
 # paramiko logs every refused connection attempt while dom0 boots; the errors we act on are raised anyway.
@@ -29,6 +30,7 @@ class SSHSession:
         self.client.get_host_keys().add(name, kind, paramiko.PKey.from_type_string(kind, _b64(blob)))
         self.client.set_missing_host_key_policy(paramiko.RejectPolicy())
 
+    @deferring
     def connect(self, deadline: float) -> None:
         """Connect, retrying while the server is still coming up, until the monotonic deadline."""
         last: Exception | None = None
@@ -45,6 +47,7 @@ class SSHSession:
                 time.sleep(1)
         raise HostError(f"SSH to {self.host}:{self.port} did not come up: {last}")
 
+    @deferring
     def exec(self, argv: list[str], timeout: float = 60, check: bool = True) -> ExecResult:
         cmd = shlex.join(argv)  # every argument quoted: no config value reaches a shell as code
         _in, out, err = self.client.exec_command(cmd, timeout=timeout)
@@ -58,14 +61,22 @@ class SSHSession:
             raise HostError(f"command failed in dom0 (exit {rc}): {cmd}\n{stderr.strip()}")
         return ExecResult(rc, stdout, stderr)
 
+    def _sftp(self, timeout: float = 120) -> paramiko.SFTPClient:
+        sftp = self.client.open_sftp()
+        sftp.get_channel().settimeout(timeout)  # a stalled transfer is an error, not a hang
+        return sftp
+
+    @deferring
     def put(self, local: Path, remote: str) -> None:
-        with self.client.open_sftp() as sftp:
+        with self._sftp() as sftp:
             sftp.put(str(local), remote)
 
+    @deferring
     def get(self, remote: str, local: Path) -> None:
-        with self.client.open_sftp() as sftp:
+        with self._sftp() as sftp:
             sftp.get(remote, str(local))
 
+    @deferring
     def console(self, argv: list[str], log: Path) -> "ChannelConsole":
         channel = self.client.get_transport().open_session()
         channel.get_pty(term="dumb", width=200, height=50)
@@ -117,6 +128,7 @@ class ChannelConsole:
             self.closed = True
             self.cond.notify_all()
 
+    @deferring
     def send_line(self, text: str) -> None:
         self.channel.sendall((text.rstrip("\n") + "\n").encode())
 
