@@ -62,6 +62,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, default=None,
                      help="run directory for result.json, junit.xml, images and logs "
                           "(default: runs/<time>-<config name>)")
+    run.add_argument("--repeat", type=int, default=1, metavar="N",
+                     help="run N times (each boots afresh, into OUTPUT/run-NNN) and print how often it failed, "
+                          "per minute of stress, with the frontend's race-hit counter beside it")
+    run.add_argument("--until-fail", action="store_true",
+                     help="with --repeat: stop at the first FAIL (or ERROR)")
     build = sub.add_parser("build", help="build the artifacts into the cache and print where they are")
     _config_arg(build)
     sub.add_parser("keys", help="list every config key with its default and meaning")
@@ -100,11 +105,39 @@ def main(argv: list[str] | None = None) -> int:
     from .report import summary
     from .run import run
     out = args.output or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(cfg.source).stem}"
+    if args.repeat > 1:
+        return _repeat(cfg, out, cache, args.repeat, args.until_fail)
     result = run(cfg, out, cache)
     print(summary(result, out))
     if result.verdict == ERROR:
         print("\n" + textwrap.indent(result.reason, "  "), file=sys.stderr)
     return EXIT_CODES[result.verdict]
+
+
+def _repeat(cfg: config.Config, out: Path, cache: Cache, times: int, until_fail: bool) -> int:
+    """Many runs of one scenario: the rate at which it fails, per minute of writer stress."""
+    from .run import run
+    verdicts: list[str] = []
+    stress_s = 0.0
+    hits = 0
+    for i in range(times):
+        result = run(cfg, out / f"run-{i + 1:03d}", cache)
+        verdicts.append(result.verdict)
+        stress_s += result.timings.get("rounds", 0.0)
+        hits += result.counters.get("race_hits", 0)
+        print(f"run {i + 1}/{times}: {result.verdict}  race hits {result.counters.get('race_hits', '-')}  "
+              f"{(result.reason.splitlines() or [''])[0][:110]}", flush=True)
+        if signals.received or (until_fail and result.verdict != "PASS"):
+            break
+    fails = verdicts.count("FAIL")
+    minutes = stress_s / 60
+    rate = f"{fails / minutes:.2f} FAIL per minute of stress" if minutes else "no stress time"
+    print(f"{len(verdicts)} runs: {fails} FAIL, {verdicts.count('PASS')} PASS, {verdicts.count('ERROR')} ERROR; "
+          f"{minutes:.1f} min of rounds, {rate}; race hits counted by the frontend: {hits}")
+    print(f"run directories: {out}/run-*")
+    if verdicts.count(ERROR):
+        return EXIT_CODES[ERROR]
+    return EXIT_CODES["FAIL"] if fails else EXIT_CODES["PASS"]
 
 
 if __name__ == "__main__":

@@ -31,12 +31,27 @@ class Field:
 # Every key, its default and what it means. `xenfb-harness --help` and the README point here.
 SCHEMA: dict[str, Any] = {
     "frontend": Field("upstream", "enum", "guest framebuffer frontend: 'upstream' is the kernel's built-in "
-                      "xen-fbfront (fb_deferred_io)", choices=("upstream",)),
+                      "xen-fbfront (fb_deferred_io); 'legacy' is our module with the 2.6.18 design and its race; "
+                      "'legacy-fixed' is that module with the backported fix (guest-kernels/xenfb-legacy)",
+                      choices=("upstream", "legacy", "legacy-fixed")),
+    "legacy": {
+        "race_window_ms": Field(0, "int", "legacy frontends: sleep this long between the fault handler dropping "
+                                "its lock and returning the page, widening the real race window (0 = natural)",
+                                minimum=0),
+    },
     "rounds": Field(10, "int", "pattern rounds after the baseline (round 0 clears the screen)", minimum=1),
     "seed": Field(1, "int", "pattern seed; the same seed draws the same frames", minimum=0),
     "writer": {
         "tick_ms": Field(10, "int", "heartbeat period of the writer while it waits (keeps the display busy)",
                          minimum=1),
+        "mode": Field("mixed", "enum", "what a round draws: 'mixed' rectangles and pages, or 'sparse' pages, "
+                      "each touched a few times (a miss stays on screen until compared)",
+                      choices=("mixed", "sparse")),
+        "pages": Field(8, "int", "sparse mode: pages written per round", minimum=1),
+        "touches": Field(1, "int", "sparse mode: times each page is written per round", minimum=1),
+        "order": Field("random", "enum", "sparse mode: page order within a round", choices=("random", "ascending")),
+        "touch_gap_us": Field(0, "int", "sparse mode: pause between two touches of a page (timing only)",
+                              minimum=0),
     },
     "compare": {
         "exclude": Field([], "rects", "extra areas left out of the comparison, as {x, y, w, h}"),

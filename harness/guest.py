@@ -7,14 +7,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from .artifacts.build import LEGACY_MODULES
 from .config import Config, ConfigError
 from .geometry import Geometry
 from .hosts.base import Console, HostError, XenHost
-from .protocol import Bye, Done, ProtocolError, Ready, WriterError, format_go, format_quit, parse_line
+from .protocol import (Bye, Done, ProtocolError, Ready, Stats, WriterError, format_go, format_quit, format_stats,
+                       parse_line)
 
 NAME = "xfb-guest"
 REMOTE_CFG = "/tmp/xfb-guest.cfg"
-GUEST_FATAL = re.compile(r"Kernel panic.*|XFB-GUEST-WRITER-EXIT.*|BUG: .*|Oops: .*")
+GUEST_FATAL = re.compile(r"Kernel panic.*|XFB-GUEST-WRITER-EXIT.*|XFB-GUEST-FAIL.*|BUG: .*|Oops: .*")
 
 
 class GuestError(RuntimeError):
@@ -25,7 +27,15 @@ def xl_config(cfg: Config, host: XenHost) -> str:
     extra = cfg["guest.extra_cmdline"]
     if '"' in extra or "\\" in extra:
         raise ConfigError(cfg.source, "guest.extra_cmdline", "expected no double quotes or backslashes")
-    cmdline = f"console=hvc0 quiet xfb_tick_ms={cfg['writer.tick_ms']} {extra}".strip()
+    settings = {"xfb_tick_ms": cfg["writer.tick_ms"], "xfb_mode": cfg["writer.mode"],
+                "xfb_pages": cfg["writer.pages"], "xfb_touches": cfg["writer.touches"],
+                "xfb_order": cfg["writer.order"], "xfb_touch_gap_us": cfg["writer.touch_gap_us"]}
+    module = LEGACY_MODULES[cfg["frontend"]]
+    if module:
+        # Keep the built-in xen-fbfront off the device so our module gets it.
+        settings.update(initcall_blacklist="xenfb_init", xfb_module=module,
+                        xfb_race_window_ms=cfg["legacy.race_window_ms"])
+    cmdline = " ".join(["console=hvc0 quiet", *(f"{k}={v}" for k, v in settings.items()), extra]).strip()
     return "\n".join([
         f'name = "{NAME}"',
         'type = "pv"',
@@ -103,6 +113,14 @@ class Guest:
         if not isinstance(msg, Done) or msg.round != round_no:
             raise GuestError(f"expected DONE {round_no} from the writer, got {msg}")
         return msg
+
+    def stats(self) -> dict[str, int]:
+        """The frontend module's counters (empty for the built-in frontend, which has none)."""
+        self.console.send_line(format_stats())
+        msg = self._next_message(30, "the writer's STATS line")
+        if not isinstance(msg, Stats):
+            raise GuestError(f"expected STATS from the writer, got {msg}")
+        return dict(msg.values)
 
     def stop(self) -> None:
         """Ask the writer to finish, then make sure the domain is gone either way."""

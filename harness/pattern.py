@@ -31,11 +31,31 @@ Round r >= 1: ``n = 1 + next() % 12`` ops, each drawn in this order:
   whose first byte, at offset ``y*stride + x*Bpp``, lies in [p*4096, (p+1)*4096). This is the page-granular
   write that the frontend's dirty tracking sees; with 24 bpp the last such pixel may spill into the next page.
 
+Writer parameters (WriterParams; the C writer's --mode, --pages, --touches, --order) choose between two modes.
+Mode "mixed" (the default) is the pattern above. Mode "sparse" exists to make missed updates visible: a miss
+is healed by any later write whose rectangle covers the page, so each round writes only a few seeded pages,
+each a few times, and nothing else.
+
+Mode "sparse", round 0: the same baseline as above. Round r >= 1, from the same starting state:
+
+* for i in 0 .. pages-1: ``p = next() % npages`` (npages as for a page op); then for t in 0 .. touches-1:
+  ``c = next()``, colour as above. This gives a list of entries (p, [colour_0 .. colour_{touches-1}]) in
+  generation order; the same page may appear in more than one entry.
+* If order is "ascending", stable-sort the entries by p (entries of one page keep their generation order);
+  order "random" keeps the generation order. As the sort is stable, a page's last writer is the same either
+  way: order never changes a round's final bytes, only the sequence of writes the frontend sees.
+* For each entry in turn, for each of its colours in turn: fill the page exactly as a page op does. Each such
+  fill is one "touch": every pixel of the page is written once per touch.
+
+The writer may pause between two touches of one page (--touch-gap-us); that changes timing, never the bytes.
+
 Ticker (guest mode only, never part of a round): pixels x = 0 .. TICKER_BITS-1 of row height-1 (clipped to the
 width) show the low TICKER_BITS bits of the writer's tick counter, bit i at x = i, white (pack(255, 255, 255))
 for 1 and black for 0. A reader decides bit i is set iff any channel of that pixel is >= 128.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,6 +70,42 @@ ROUND_MUL = 0xD1B54A32D192ED03
 MAX_OPS = 12  # a round draws 1..MAX_OPS ops
 OP_KINDS = 2  # 0 = rect, 1 = page
 MAX_RECT_H = 128  # rect heights stay small so a round touches a bounded, varied set of pages
+MODES = ("mixed", "sparse")
+ORDERS = ("random", "ascending")
+MAX_SPARSE_PAGES = 65536  # the C writer's limits for --pages and --touches
+MAX_TOUCHES = 65536
+
+
+@dataclass(frozen=True)
+class WriterParams:
+    """What a round draws (see the module docstring); the default is the "mixed" pattern.
+
+    pages, touches and order only matter in "sparse" mode. They are still validated in "mixed" mode, as the C
+    writer validates its options whatever the mode.
+    """
+
+    mode: str = "mixed"
+    pages: int = 8
+    touches: int = 1
+    order: str = "random"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown writer mode {self.mode!r} (expected one of {', '.join(MODES)})")
+        if self.order not in ORDERS:
+            raise ValueError(f"unknown page order {self.order!r} (expected one of {', '.join(ORDERS)})")
+        for name, top in (("pages", MAX_SPARSE_PAGES), ("touches", MAX_TOUCHES)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                raise ValueError(f"writer {name} must be an integer in 1..{top}, got {value!r}")
+
+    def writer_args(self) -> list[str]:
+        """The xfb-writer options that draw this pattern."""
+        return ["--mode", self.mode, "--pages", str(self.pages), "--touches", str(self.touches),
+                "--order", self.order]
+
+
+DEFAULT_PARAMS = WriterParams()
 
 
 class SplitMix64:
@@ -111,8 +167,21 @@ def page_rects(geometry: Geometry, page: int) -> list[Rect]:
     return rects
 
 
-def draw_round(buf: bytearray | np.ndarray, geometry: Geometry, seed: int, round_no: int) -> list[dict]:
-    """Draw round `round_no` of `seed` into buf in place; return the ops drawn, in order, for reports."""
+def _colour(c: int) -> list[int]:
+    return [(c >> 16) & 0xFF, (c >> 8) & 0xFF, c & 0xFF]
+
+
+def _npages(geometry: Geometry) -> int:
+    return -(-geometry.drawable_height * geometry.stride // PAGE_SIZE)
+
+
+def draw_round(buf: bytearray | np.ndarray, geometry: Geometry, seed: int, round_no: int, *,
+               params: WriterParams = DEFAULT_PARAMS) -> list[dict]:
+    """Draw round `round_no` of `seed` into buf in place; return the ops drawn, in order, for reports.
+
+    In "sparse" mode every touch is one "page" op, with its entry's index in drawing order ("entry") and the
+    touch's index within the entry ("touch").
+    """
     arr = _as_array(buf, geometry)
     lines = arr[: geometry.height * geometry.stride].reshape(geometry.height, geometry.stride)
     width, drawable = geometry.width, geometry.drawable_height
@@ -122,12 +191,13 @@ def draw_round(buf: bytearray | np.ndarray, geometry: Geometry, seed: int, round
         return [{"kind": "fill", "rect": full.as_dict(), "colour": [0, 0, 0], "pixel": 0}]
 
     rng = SplitMix64(round_state(seed, round_no))
-    npages = -(-drawable * geometry.stride // PAGE_SIZE)
+    if params.mode == "sparse":
+        return _draw_sparse(lines, geometry, rng, params)
+    npages = _npages(geometry)
     ops = []
     for _ in range(1 + rng.next() % MAX_OPS):
         kind = rng.next() % OP_KINDS
-        c = rng.next()
-        colour = [(c >> 16) & 0xFF, (c >> 8) & 0xFF, c & 0xFF]
+        colour = _colour(rng.next())
         value = geometry.pack(*colour)
         pixel = _pixel_bytes(geometry, value)
         if kind == 0:
@@ -149,7 +219,41 @@ def draw_round(buf: bytearray | np.ndarray, geometry: Geometry, seed: int, round
     return ops
 
 
-def render(geometry: Geometry, seed: int, rounds: int, start: bytes | None = None) -> bytearray:
+def sparse_entries(geometry: Geometry, seed: int, round_no: int, params: WriterParams) -> list[tuple[int, list]]:
+    """Round round_no >= 1 of "sparse" mode as (page, [colour per touch]) entries, in drawing order."""
+    if round_no < 1:
+        raise ValueError("round 0 is the baseline clear; sparse entries start at round 1")
+    rng = SplitMix64(round_state(seed, round_no))
+    return _sparse_entries(rng, _npages(geometry), params)
+
+
+def _sparse_entries(rng: SplitMix64, npages: int, params: WriterParams) -> list[tuple[int, list]]:
+    entries = []
+    for _ in range(params.pages):
+        page = rng.next() % npages
+        entries.append((page, [_colour(rng.next()) for _ in range(params.touches)]))
+    if params.order == "ascending":
+        entries.sort(key=lambda entry: entry[0])  # list.sort is stable
+    return entries
+
+
+def _draw_sparse(lines: np.ndarray, geometry: Geometry, rng: SplitMix64, params: WriterParams) -> list[dict]:
+    ops = []
+    for index, (page, colours) in enumerate(_sparse_entries(rng, _npages(geometry), params)):
+        spans = page_rects(geometry, page)
+        rects = [s.as_dict() for s in spans]
+        for touch, colour in enumerate(colours):
+            value = geometry.pack(*colour)
+            pixel = _pixel_bytes(geometry, value)
+            for span in spans:
+                _fill(lines, geometry, span, pixel)
+            ops.append({"kind": "page", "page": page, "rects": rects, "colour": colour, "pixel": value,
+                        "entry": index, "touch": touch})
+    return ops
+
+
+def render(geometry: Geometry, seed: int, rounds: int, start: bytes | None = None, *,
+           params: WriterParams = DEFAULT_PARAMS) -> bytearray:
     """Raw framebuffer bytes (height*stride) after rounds 0..rounds-1, drawn over `start` (default zeros)."""
     size = geometry.height * geometry.stride
     if start is None:
@@ -159,13 +263,14 @@ def render(geometry: Geometry, seed: int, rounds: int, start: bytes | None = Non
             raise ValueError(f"start buffer has {len(start)} bytes, geometry needs {size}")
         buf = bytearray(start)
     for round_no in range(rounds):
-        draw_round(buf, geometry, seed, round_no)
+        draw_round(buf, geometry, seed, round_no, params=params)
     return buf
 
 
-def expected_rgb(geometry: Geometry, seed: int, rounds_done: int) -> np.ndarray:
+def expected_rgb(geometry: Geometry, seed: int, rounds_done: int, *,
+                 params: WriterParams = DEFAULT_PARAMS) -> np.ndarray:
     """What the display should show (HxWx3 uint8) after rounds 0..rounds_done-1; ticker rows are meaningless."""
-    return geometry.raw_to_rgb(render(geometry, seed, rounds_done))
+    return geometry.raw_to_rgb(render(geometry, seed, rounds_done, params=params))
 
 
 def draw_ticker(buf: bytearray | np.ndarray, geometry: Geometry, tick: int) -> None:

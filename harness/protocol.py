@@ -4,10 +4,15 @@ Writer -> harness, one line each, always starting with "XFB "::
 
     XFB READY width=800 height=600 bpp=32 stride=3200 red=16/8 green=8/8 blue=0/8 smem=2097152
     XFB DONE <round> tick=<tick>
+    XFB STATS faults=12 race_hits=0
     XFB BYE
     XFB ERROR <message>
 
-Harness -> writer: "GO <round> <seed>" and "QUIT".
+Harness -> writer: "GO <round> <seed>", "STATS" and "QUIT".
+
+STATS asks for the counters of the frontend module under test (the files of the writer's --stats-dir); the
+answer has zero or more name=value pairs, names [A-Za-z0-9_]+, values unsigned 64-bit decimal, no name twice.
+The built-in frontend has no counters, so "XFB STATS" alone is a normal answer.
 
 The console is shared with the kernel and the tty echoes our input, so anything without "XFB " is not ours
 (parse_line returns None), and "XFB " may follow junk on the same line (a leading \\r, an interleaved message).
@@ -17,7 +22,9 @@ garbled console, and a silent skip would turn that into a timeout.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from harness.geometry import Channel, Geometry
 
@@ -42,6 +49,20 @@ class Done:
 
 
 @dataclass(frozen=True)
+class Stats:
+    """The frontend's counters, in the writer's order (sorted by name). `values` is a read-only mapping."""
+
+    values: Mapping[str, int]
+
+    def __post_init__(self) -> None:
+        # A read-only copy: the message is immutable, and the caller's dict may change afterwards.
+        object.__setattr__(self, "values", MappingProxyType(dict(self.values)))
+
+    def __hash__(self) -> int:  # a mapping is not hashable; its items are (order-free, as equality is)
+        return hash(frozenset(self.values.items()))
+
+
+@dataclass(frozen=True)
 class Bye:
     pass
 
@@ -51,12 +72,14 @@ class WriterError:
     message: str
 
 
-Message = Ready | Done | Bye | WriterError
+Message = Ready | Done | Stats | Bye | WriterError
 
 _READY_KEYS = ("width", "height", "bpp", "stride", "red", "green", "blue", "smem")
 _NUMBER = re.compile(r"[0-9]+")
 _CHANNEL = re.compile(r"([0-9]+)/([0-9]+)")
 _DONE = re.compile(r"([0-9]+)\s+tick=([0-9]+)")
+_STAT = re.compile(r"([A-Za-z0-9_]+)=([0-9]+)")
+MAX_STAT = 2**64 - 1
 
 
 def _parse_ready(rest: str, line: str) -> Ready:
@@ -84,6 +107,22 @@ def _parse_ready(rest: str, line: str) -> Ready:
         raise ProtocolError(f"writer line {line!r}: {exc}") from exc
 
 
+def _parse_stats(rest: str, line: str) -> Stats:
+    values: dict[str, int] = {}
+    for item in rest.split():
+        m = _STAT.fullmatch(item)
+        if not m:
+            raise ProtocolError(f"malformed writer line {line!r}: {item!r} is not NAME=VALUE "
+                                f"(NAME of [A-Za-z0-9_], VALUE an unsigned decimal number)")
+        name, value = m[1], int(m[2])
+        if name in values:
+            raise ProtocolError(f"malformed writer line {line!r}: counter {name!r} appears twice")
+        if value > MAX_STAT:
+            raise ProtocolError(f"malformed writer line {line!r}: {name}={value} does not fit in 64 bits")
+        values[name] = value
+    return Stats(values)
+
+
 def parse_line(line: str) -> Message | None:
     """One console line -> Message, or None if it is not a writer line. Raises ProtocolError if malformed."""
     start = line.find(PREFIX)
@@ -99,13 +138,15 @@ def parse_line(line: str) -> Message | None:
         if not m:
             raise ProtocolError(f"malformed writer line {line!r}: expected 'XFB DONE <round> tick=<tick>'")
         return Done(int(m[1]), int(m[2]))
+    if word == "STATS":
+        return _parse_stats(rest, line)
     if word == "BYE":
         if rest:
             raise ProtocolError(f"malformed writer line {line!r}: expected 'XFB BYE' alone")
         return Bye()
     if word == "ERROR":
         return WriterError(rest)
-    raise ProtocolError(f"malformed writer line {line!r}: expected READY, DONE, BYE or ERROR after 'XFB'")
+    raise ProtocolError(f"malformed writer line {line!r}: expected STATS, READY, DONE, BYE or ERROR after 'XFB'")
 
 
 def format_go(round: int, seed: int) -> str:
@@ -115,6 +156,11 @@ def format_go(round: int, seed: int) -> str:
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed {seed} outside 0..{MAX_SEED}")
     return f"GO {round} {seed}\n"
+
+
+def format_stats() -> str:
+    """The command that makes the writer report the frontend's counters (an "XFB STATS" line)."""
+    return "STATS\n"
 
 
 def format_quit() -> str:

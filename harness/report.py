@@ -24,6 +24,7 @@ class RoundResult:
     duration_s: float = 0.0
     guest_memory_ok: bool = True  # the screendump (guest memory) matched the expected frame
     images: dict = field(default_factory=dict)
+    counters: dict = field(default_factory=dict)  # the frontend module's counters during this round
 
     @property
     def missed(self) -> bool:
@@ -43,6 +44,7 @@ class Result:
     versions: dict = field(default_factory=dict)
     host: str = ""
     geometry: dict = field(default_factory=dict)
+    counters: dict = field(default_factory=dict)  # the frontend module's counters at the end (legacy only)
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def decide(self) -> None:
@@ -55,7 +57,11 @@ class Result:
             self.verdict = FAIL
             first = missed[0]
             self.reason = (f"{len(missed)} of {len(self.rounds)} rounds show missed updates; first in round "
-                           f"{first.round}: {first.missed_pixels} pixels, e.g. {first.rects[:1]}")
+                           f"{first.round}: {first.missed_pixels} pixels in pages {first.pages[:8]}, e.g. "
+                           f"{first.rects[:1]}")
+            unexplained = [r.round for r in missed if r.counters and not r.counters.get("race_hits")]
+            if unexplained:  # the module's own ground truth disagrees with the oracle: say so loudly
+                self.reason += f"; WARNING: rounds {unexplained} missed with no race hit counted by the module"
         elif len(compared) != self.rounds_planned + 1 or not compared:
             self.verdict = ERROR
             self.reason = self.reason or (f"only {len(compared)} of {self.rounds_planned + 1} rounds were "
@@ -104,10 +110,13 @@ def summary(result: Result, run_dir: Path) -> str:
     lines = [f"verdict: {result.verdict}  ({result.reason.splitlines()[0] if result.reason else ''})",
              f"frontend: {result.frontend}  seed: {result.seed}  host: {result.host}"]
     if result.rounds:
-        lines.append("round  missed   settle           rects")
+        lines.append("round  missed  race hits  settle          rects (WxH+X+Y)")
         for r in result.rounds:
             rects = ", ".join(f"{x['w']}x{x['h']}+{x['x']}+{x['y']}" for x in r.rects[:3])
-            lines.append(f"{r.round:5d}  {r.missed_pixels:6d}   {r.settle:7s} {r.settle_s:5.2f}s  {rects}")
+            hits = str(r.counters.get("race_hits", "-")) if r.counters else "-"
+            lines.append(f"{r.round:5d}  {r.missed_pixels:6d}  {hits:>9s}  {r.settle:7s}{r.settle_s:5.2f}s  {rects}")
+    if result.counters:
+        lines.append("frontend counters: " + ", ".join(f"{k}={v}" for k, v in sorted(result.counters.items())))
     t = result.timings
     if t:
         lines.append("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))

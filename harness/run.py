@@ -62,9 +62,13 @@ def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Resul
     seed = cfg["seed"]
     exclude = [geometry.ticker_rect] + [Rect(**r) for r in cfg["compare.exclude"]]
     window_ticks = -(-cfg["capture.settle_window_ms"] // cfg["writer.tick_ms"])
+    params = pattern.WriterParams(mode=cfg["writer.mode"], pages=cfg["writer.pages"],
+                                  touches=cfg["writer.touches"], order=cfg["writer.order"])
+    counted = cfg["frontend"] != "upstream"  # our module keeps counters; the built-in driver has none
+    before = guest.stats() if counted else {}
     for r in range(cfg["rounds"] + 1):  # round 0 is the baseline clear
         t0 = time.monotonic()
-        expected = pattern.expected_rgb(geometry, seed, r + 1)
+        expected = pattern.expected_rgb(geometry, seed, r + 1, params=params)
         done = guest.go(r, seed)
         settled = capture.settle(done.tick, lambda frame: compare(expected, frame, geometry, exclude).ok,
                                  window_ticks, cfg["capture.settle_timeout"])
@@ -75,6 +79,11 @@ def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Resul
                          rects=[x.as_dict() for x in seen.rects], pages=seen.pages, settle=settled.how,
                          settle_s=settled.waited_s, guest_memory_ok=truth.ok,
                          duration_s=round(time.monotonic() - t0, 3))
+        if counted:
+            now = guest.stats()
+            rr.counters = {k: v - before.get(k, 0) for k, v in now.items() if k != "race_window_ms"}
+            result.counters = {k: v for k, v in now.items()}
+            before = now
         if seen.missed_pixels or not truth.ok:
             base = run_dir / f"round-{r:03d}"
             save_png(f"{base}-expected.png", expected)
@@ -87,7 +96,9 @@ def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Resul
         if r == cfg["rounds"]:
             # The last view is always kept: evidence of a PASS, and real captured data for the oracle's tests.
             save_png(run_dir / "final-seen-vnc.png", settled.frame)
-        say(f"round {r}: {seen.missed_pixels} missed pixels (settled by {settled.how} in {settled.waited_s:.2f} s)")
+        hits = f", {rr.counters.get('race_hits', 0)} race hits" if counted else ""
+        say(f"round {r}: {seen.missed_pixels} missed pixels{hits} (settled by {settled.how} in "
+            f"{settled.waited_s:.2f} s)")
         if not truth.ok:
             # The guest memory itself is not what the writer should have drawn: the writer or the guest is
             # wrong, which says nothing about the backend. That is an ERROR, not a FAIL.

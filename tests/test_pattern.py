@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import time
@@ -234,3 +235,322 @@ def test_decode_ticker_threshold_and_narrow_screen():
     rgb[-1, 1] = (127, 127, 127)
     rgb[-1, 6] = (255, 0, 0)
     assert pattern.decode_ticker(rgb, g) == 0b1000001
+
+
+# --- writer parameters and the sparse mode ---------------------------------------------------------------------
+
+SPARSE = [
+    pattern.WriterParams("sparse", 1, 1, "random"),
+    pattern.WriterParams("sparse"),  # 8 pages, 1 touch
+    pattern.WriterParams("sparse", 8, 3, "ascending"),
+    pattern.WriterParams("sparse", 40, 2, "random"),  # more entries than some geometries have pages: repeats
+    pattern.WriterParams("sparse", 40, 2, "ascending"),
+    pattern.WriterParams("sparse", 5, 4, "random"),
+]
+
+
+def test_writer_params_defaults_and_validation():
+    p = pattern.WriterParams()
+    assert (p.mode, p.pages, p.touches, p.order) == ("mixed", 8, 1, "random")
+    assert p.writer_args() == ["--mode", "mixed", "--pages", "8", "--touches", "1", "--order", "random"]
+    assert hash(p) == hash(pattern.WriterParams("mixed", 8, 1, "random"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.pages = 3
+    for bad in [dict(mode="dense"), dict(order="descending"), dict(pages=0), dict(touches=0), dict(pages=-1),
+                dict(pages=pattern.MAX_SPARSE_PAGES + 1), dict(touches=pattern.MAX_TOUCHES + 1), dict(pages=2.0),
+                dict(touches=True)]:
+        with pytest.raises(ValueError):
+            pattern.WriterParams(**bad)
+
+
+def test_default_params_are_todays_pattern():
+    g = GEOMETRIES["333x201x16-565-padded"]
+    mixed_other = pattern.WriterParams("mixed", 3, 5, "ascending")  # pages/touches/order do not matter in mixed
+    assert pattern.render(g, 7, 6) == pattern.render(g, 7, 6, params=pattern.WriterParams()) == \
+        pattern.render(g, 7, 6, params=mixed_other)
+    assert np.array_equal(pattern.expected_rgb(g, 7, 6), pattern.expected_rgb(g, 7, 6, params=mixed_other))
+    assert pattern.render(g, 7, 6) != pattern.render(g, 7, 6, params=pattern.WriterParams("sparse"))
+
+
+def test_c_mixed_with_explicit_options_is_the_default(writer, tmp_path):
+    g = GEOMETRIES["101x77x24-padded"]
+    outs = []
+    for extra in [[], pattern.WriterParams().writer_args(), ["--mode", "mixed", "--pages", "3", "--touches", "2",
+                                                              "--order", "ascending"]]:
+        out = tmp_path / f"dump-{len(outs)}"
+        subprocess.run([str(writer), "--dump", str(out), "--geometry", geometry_arg(g), "--seed", "5",
+                        "--rounds", "9", *extra], check=True, capture_output=True)
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] == outs[2] == bytes(pattern.render(g, 5, 9))
+
+
+@pytest.mark.parametrize("params", SPARSE, ids=lambda p: f"{p.pages}p{p.touches}t-{p.order}")
+@pytest.mark.parametrize("name", GEOMETRIES)
+def test_c_and_python_agree_byte_for_byte_sparse(writer, tmp_path, name, params):
+    g = GEOMETRIES[name]
+    for seed in [1, 0xDEADBEEF, 2**64 - 1]:
+        out = tmp_path / f"dump-{seed}"
+        subprocess.run([str(writer), "--dump", str(out), "--geometry", geometry_arg(g), "--seed", str(seed),
+                        "--rounds", "7", *params.writer_args()], check=True, capture_output=True)
+        c_bytes = out.read_bytes()
+        py_bytes = pattern.render(g, seed, 7, params=params)
+        if c_bytes != py_bytes:
+            diff = np.flatnonzero(np.frombuffer(c_bytes, np.uint8) != np.frombuffer(bytes(py_bytes), np.uint8))
+            pytest.fail(f"{name} {params} seed {seed}: {diff.size} bytes differ, first at offset {diff[0]}")
+
+
+def chosen_pages(g: Geometry, seed: int, round_no: int, params: pattern.WriterParams) -> dict[int, list[int]]:
+    """Straight from the spec: page -> final colour, i.e. the last touch of the last entry generated for it."""
+    rng = pattern.SplitMix64(pattern.round_state(seed, round_no))
+    npages = -(-g.drawable_height * g.stride // 4096)
+    final = {}
+    for _ in range(params.pages):
+        page = rng.next() % npages
+        for _ in range(params.touches):
+            c = rng.next()
+        final[page] = [(c >> 16) & 255, (c >> 8) & 255, c & 255]
+    return final
+
+
+@pytest.mark.parametrize("params", SPARSE, ids=lambda p: f"{p.pages}p{p.touches}t-{p.order}")
+@pytest.mark.parametrize("name", GEOMETRIES)
+def test_sparse_round_writes_only_the_chosen_pages(name, params):
+    g = GEOMETRIES[name]
+    ys, xs = np.mgrid[0: g.drawable_height, 0: g.width]
+    page_of = g.page_of(xs, ys)
+    noise = np.random.default_rng(0).integers(0, 256, g.height * g.stride, dtype=np.uint8)
+    for round_no in range(1, 6):
+        before = bytearray(noise.tobytes())
+        if round_no == 1:  # over the baseline clear as in a run; later rounds over noise
+            pattern.draw_round(before, g, 99, 0, params=params)
+        after = bytearray(before)
+        ops = pattern.draw_round(after, g, 99, round_no, params=params)
+        final = chosen_pages(g, 99, round_no, params)
+        assert len(ops) == params.pages * params.touches and {op["kind"] for op in ops} == {"page"}
+        assert {op["page"] for op in ops} == set(final)
+
+        bpp = g.bytes_per_pixel
+        px_before = drawable_pixels(before, g).reshape(g.drawable_height, g.width, bpp)
+        px_after = drawable_pixels(after, g).reshape(g.drawable_height, g.width, bpp)
+        changed = (px_before != px_after).any(axis=2)
+        in_chosen = np.isin(page_of, list(final))
+        assert changed.any()
+        assert not (changed & ~in_chosen).any(), "a pixel outside the chosen pages changed"
+        assert changed.sum() <= in_chosen.sum()
+        for page, colour in final.items():
+            want = np.frombuffer(g.pack(*colour).to_bytes(bpp, "little"), np.uint8)
+            assert (px_after[page_of == page] == want).all(), f"page {page} does not show its last touch"
+        assert np.array_equal(padding_and_ticker(after, g), padding_and_ticker(before, g))
+
+
+def test_sparse_ops_list_every_touch_and_keep_rects_in_bounds():
+    g = GEOMETRIES["101x77x24-padded"]
+    params = pattern.WriterParams("sparse", 6, 3)
+    buf = bytearray(b"\xaa" * (g.height * g.stride))
+    for round_no in range(1, 30):
+        ops = pattern.draw_round(buf, g, 4, round_no, params=params)
+        assert [(op["entry"], op["touch"]) for op in ops] == [(e, t) for e in range(6) for t in range(3)]
+        for op in ops:
+            assert op["pixel"] == g.pack(*op["colour"])
+            for r in op["rects"]:
+                assert 0 <= r["x"] and r["x"] + r["w"] <= g.width and 0 <= r["y"]
+                assert r["y"] + r["h"] <= g.drawable_height
+    assert (padding_and_ticker(buf, g) == 0xAA).all()
+
+
+@pytest.mark.parametrize("name", GEOMETRIES)
+def test_ascending_and_random_write_the_same_pages(name):
+    g = GEOMETRIES[name]
+    for pages, touches in [(1, 1), (8, 1), (8, 3), (40, 2)]:
+        rnd = pattern.WriterParams("sparse", pages, touches, "random")
+        asc = pattern.WriterParams("sparse", pages, touches, "ascending")
+        for round_no in range(1, 8):
+            e_rnd = pattern.sparse_entries(g, 11, round_no, rnd)
+            e_asc = pattern.sparse_entries(g, 11, round_no, asc)
+            assert e_asc == sorted(e_rnd, key=lambda e: e[0])  # a stable sort of the same entries
+            buf_rnd, buf_asc = bytearray(g.height * g.stride), bytearray(g.height * g.stride)
+            ops_rnd = pattern.draw_round(buf_rnd, g, 11, round_no, params=rnd)
+            ops_asc = pattern.draw_round(buf_asc, g, 11, round_no, params=asc)
+            assert {op["page"] for op in ops_rnd} == {op["page"] for op in ops_asc}
+            assert sorted((op["page"], op["touch"], op["colour"]) for op in ops_rnd) == \
+                sorted((op["page"], op["touch"], op["colour"]) for op in ops_asc)
+            pages_asc = [op["page"] for op in ops_asc]
+            assert pages_asc == sorted(pages_asc)
+            if len({e[0] for e in e_rnd}) == pages:  # no page in two entries: the order cannot show
+                assert buf_rnd == buf_asc
+
+
+def test_sparse_rounds_are_sparse_and_seeded():
+    g = RGB32
+    params = pattern.WriterParams("sparse")
+    npages = -(-g.drawable_height * g.stride // 4096)
+    seen = set()
+    for round_no in range(1, 50):
+        pages = {op["page"] for op in pattern.draw_round(bytearray(g.height * g.stride), g, 3, round_no,
+                                                         params=params)}
+        assert 1 <= len(pages) <= 8
+        seen |= pages
+    assert len(seen) > npages // 3  # rounds move around the screen
+    assert pattern.render(g, 3, 5, params=params) != pattern.render(g, 4, 5, params=params)
+
+
+def test_writer_guest_loop_sparse_with_touch_gap(writer, tmp_path):
+    g = GEOMETRIES["333x201x16-565-padded"]
+    params = pattern.WriterParams("sparse", 2, 3, "ascending")
+    fb = tmp_path / "fb"
+    fb.write_bytes(b"\x5a" * (g.height * g.stride))
+    proc = subprocess.Popen([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), "--tick-ms", "5",
+                             *params.writer_args(), "--touch-gap-us", "20000"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert isinstance(protocol.parse_line(proc.stdout.readline()), protocol.Ready)
+        durations = []
+        for r in range(4):
+            t0 = time.monotonic()
+            proc.stdin.write(protocol.format_go(r, 42))
+            proc.stdin.flush()
+            assert protocol.parse_line(proc.stdout.readline()).round == r
+            durations.append(time.monotonic() - t0)
+        out, _ = proc.communicate(protocol.format_quit(), timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and protocol.parse_line(out.strip()) == protocol.Bye()
+    # 2 pages x (3 - 1) gaps of 20 ms in every sparse round; none in the baseline
+    assert all(d >= 0.08 for d in durations[1:]), durations
+    raw = fb.read_bytes()
+    assert np.array_equal(drawable_pixels(raw, g), drawable_pixels(pattern.render(g, 42, 4, params=params), g))
+    lines = np.frombuffer(raw, np.uint8).reshape(g.height, g.stride)
+    assert (lines[:, g.width * 2:] == 0x5A).all() and (lines[g.drawable_height] == 0x5A).all()
+
+
+@pytest.mark.parametrize("order", pattern.ORDERS)
+def test_writer_guest_touches_pages_in_the_chosen_order(writer, tmp_path, order):
+    """Order never shows in a round's final bytes (the sort is stable), only in time: watch the file mid-round."""
+    g = RGB32
+    params = pattern.WriterParams("sparse", 3, 2, order)
+    rnd = dataclasses.replace(params, order="random")
+
+    def telling(s):  # 3 distinct pages, not generated in ascending order, never drawn black
+        e = pattern.sparse_entries(g, s, 1, rnd)
+        pages = [page for page, _ in e]
+        return len(set(pages)) == 3 and pages != sorted(pages) and all(g.pack(*c) for _, cs in e for c in cs)
+
+    seed = next(s for s in range(100) if telling(s))
+    entries = pattern.sparse_entries(g, seed, 1, params)
+    fb = tmp_path / "fb"
+    fb.write_bytes(bytes(g.height * g.stride))
+    proc = subprocess.Popen([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), "--tick-ms", "1000",
+                             *params.writer_args(), "--touch-gap-us", "60000"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert isinstance(protocol.parse_line(proc.stdout.readline()), protocol.Ready)
+        proc.stdin.write(protocol.format_go(1, seed))  # over the zeroed file, which is black already
+        proc.stdin.flush()
+        started, deadline = [], time.monotonic() + 5
+        while len(started) < 3 and time.monotonic() < deadline:
+            raw = fb.read_bytes()
+            for page, _ in entries:
+                if page not in started and any(raw[page * 4096: (page + 1) * 4096]):
+                    started.append(page)
+            time.sleep(0.002)
+        assert protocol.parse_line(proc.stdout.readline()).round == 1
+        proc.communicate(protocol.format_quit(), timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert started == [page for page, _ in entries]  # first touches, one gap apart, in the entries' order
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--mode", "dense"], "--mode"),
+    (["--order", "descending"], "--order"),
+    (["--pages", "0"], "--pages"),
+    (["--touches", "0"], "--touches"),
+    (["--pages", str(pattern.MAX_SPARSE_PAGES + 1)], "--pages"),
+    (["--touches", "-1"], "--touches"),
+    (["--touch-gap-us", "5"], "guest mode only"),
+    (["--stats-dir", "/tmp"], "guest mode only"),
+])
+def test_writer_rejects_bad_pattern_options(writer, tmp_path, args, needle):
+    g = GEOMETRIES["7x3x32-one-drawable-row"]
+    proc = subprocess.run([str(writer), "--dump", str(tmp_path / "out"), "--geometry", geometry_arg(g),
+                           "--seed", "1", "--rounds", "2", *args], capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 1
+    msg = protocol.parse_line(proc.stdout.strip())
+    assert isinstance(msg, protocol.WriterError) and needle in msg.message
+    assert not (tmp_path / "out").exists()
+
+
+# --- STATS -------------------------------------------------------------------------------------------------------
+
+def _guest_session(writer, tmp_path, extra, commands):
+    g = GEOMETRIES["7x3x32-one-drawable-row"]
+    fb = tmp_path / "fb"
+    fb.write_bytes(bytes(g.height * g.stride))
+    proc = subprocess.run([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), *extra],
+                          input="".join(commands), capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 0, proc.stdout
+    msgs = [protocol.parse_line(x) for x in proc.stdout.splitlines()]
+    assert isinstance(msgs[0], protocol.Ready) and msgs[-1] == protocol.Bye()
+    return msgs[1:-1]
+
+
+def test_writer_stats_from_a_directory(writer, tmp_path):
+    stats = tmp_path / "stats"
+    stats.mkdir()
+    (stats / "faults").write_text("12\n")
+    (stats / "race_hits").write_text("0")
+    (stats / "notes").write_text("hello\n")  # not a number: skipped
+    (stats / "empty").write_text("")
+    (stats / "negative").write_text("-3\n")
+    (stats / "two_numbers").write_text("1 2\n")
+    (stats / "two_newlines").write_text("4\n\n")
+    (stats / "too_big").write_text(str(2**64) + "\n")
+    (stats / "huge").write_text("1" * 100)
+    (stats / "max_u64").write_text(str(2**64 - 1) + "\n")
+    (stats / "bad-name").write_text("5\n")  # not a protocol name: skipped
+    (stats / "subdir").mkdir()
+    os.mkfifo(stats / "fifo")  # not a regular file: skipped, and never opened for a blocking read
+    (stats / "Zeta_9").write_text("007\n")
+    msgs = _guest_session(writer, tmp_path, ["--stats-dir", str(stats)],
+                          [protocol.format_stats(), " STATS \n", "STATS now\n", protocol.format_quit()])
+    want = protocol.Stats({"Zeta_9": 7, "faults": 12, "max_u64": 2**64 - 1, "race_hits": 0})
+    assert msgs[:2] == [want, want]
+    assert list(msgs[0].values) == ["Zeta_9", "faults", "max_u64", "race_hits"]  # sorted by name (bytes)
+    assert msgs[2] == protocol.WriterError("unknown command: STATS now")
+
+
+def test_writer_stats_are_read_afresh_and_capped(writer, tmp_path):
+    stats = tmp_path / "stats"
+    stats.mkdir()
+    for i in range(40):
+        (stats / f"c{i:02d}").write_text(f"{i}\n")
+    g = GEOMETRIES["7x3x32-one-drawable-row"]
+    fb = tmp_path / "fb"
+    fb.write_bytes(bytes(g.height * g.stride))
+    proc = subprocess.Popen([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), "--stats-dir", str(stats)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert isinstance(protocol.parse_line(proc.stdout.readline()), protocol.Ready)
+        proc.stdin.write(protocol.format_stats())
+        proc.stdin.flush()
+        first = protocol.parse_line(proc.stdout.readline())
+        (stats / "c00").write_text("1000\n")
+        proc.stdin.write(protocol.format_stats())
+        proc.stdin.flush()
+        second = protocol.parse_line(proc.stdout.readline())
+        proc.communicate(protocol.format_quit(), timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert first == protocol.Stats({f"c{i:02d}": i for i in range(32)})
+    assert second.values["c00"] == 1000 and len(second.values) == 32
+
+
+@pytest.mark.parametrize("extra", [[], ["--stats-dir", "/nonexistent/xfb-stats"], ["--stats-dir", "FILE"]])
+def test_writer_stats_without_counters_is_empty(writer, tmp_path, extra):
+    extra = [str(tmp_path / "plain") if x == "FILE" else x for x in extra]
+    (tmp_path / "plain").write_text("3\n")  # a file, not a directory: cannot be read as one
+    msgs = _guest_session(writer, tmp_path, extra, [protocol.format_stats(), protocol.format_quit()])
+    assert msgs == [protocol.Stats({})]

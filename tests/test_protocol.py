@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from harness.geometry import Channel, Geometry
-from harness.protocol import Bye, Done, ProtocolError, Ready, WriterError, format_go, format_quit, parse_line
+from harness.protocol import (Bye, Done, ProtocolError, Ready, Stats, WriterError, format_go, format_quit,
+                              format_stats, parse_line)
 
 READY = "XFB READY width=800 height=600 bpp=32 stride=3200 red=16/8 green=8/8 blue=0/8 smem=2097152"
 GEOMETRY = Geometry(800, 600, 32, 3200, Channel(16, 8), Channel(8, 8), Channel(0, 8), smem=2097152)
@@ -81,3 +82,53 @@ def test_format_and_parse_agree_with_the_writer_shape():
     # The writer echoes nothing of GO/QUIT with an XFB prefix, so the tty echo of our commands is never parsed.
     assert parse_line(format_go(1, 2).strip()) is None
     assert parse_line(format_quit().strip()) is None
+
+
+# --- STATS ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, values", [
+    ("XFB STATS", {}),
+    ("XFB STATS  \r", {}),
+    ("XFB STATS faults=12", {"faults": 12}),
+    ("XFB STATS faults=12 race_hits=0 race_window_ms=5", {"faults": 12, "race_hits": 0, "race_window_ms": 5}),
+    ("\r[  3.1] x XFB STATS  A_9=007   zz=18446744073709551615 ", {"A_9": 7, "zz": 2**64 - 1}),
+])
+def test_stats_lines(line, values):
+    msg = parse_line(line)
+    assert msg == Stats(values)
+    assert dict(msg.values) == values and list(msg.values) == list(values)  # the writer's order is kept
+
+
+def test_stats_message_is_immutable_and_hashable():
+    source = {"b": 2, "a": 1}
+    msg = Stats(source)
+    source["c"] = 3  # the message keeps its own copy
+    assert dict(msg.values) == {"a": 1, "b": 2} and msg.values["a"] == 1
+    with pytest.raises(TypeError):
+        msg.values["a"] = 5
+    assert msg == Stats({"a": 1, "b": 2}) and hash(msg) == hash(Stats({"a": 1, "b": 2}))
+    assert msg != Stats({"a": 1}) and msg != Stats({"a": 1, "b": 3})
+    assert len({msg, Stats({"b": 2, "a": 1}), Stats({})}) == 2
+
+
+@pytest.mark.parametrize("line, needle", [
+    ("XFB STATS faults", "'faults' is not NAME=VALUE"),
+    ("XFB STATS faults=", "'faults=' is not NAME=VALUE"),
+    ("XFB STATS =3", "'=3' is not NAME=VALUE"),
+    ("XFB STATS faults=-1", "'faults=-1' is not NAME=VALUE"),
+    ("XFB STATS faults=1x", "'faults=1x' is not NAME=VALUE"),
+    ("XFB STATS race-hits=1", "'race-hits=1' is not NAME=VALUE"),
+    ("XFB STATS a=1 b=2=3", "'b=2=3' is not NAME=VALUE"),
+    ("XFB STATS a=1 a=2", "counter 'a' appears twice"),
+    ("XFB STATS a=18446744073709551616", "does not fit in 64 bits"),
+    ("XFB STATSX", "STATS, READY, DONE, BYE or ERROR"),
+])
+def test_malformed_stats_lines_name_the_line(line, needle):
+    with pytest.raises(ProtocolError) as info:
+        parse_line("junk " + line)
+    assert repr("junk " + line) in str(info.value) and needle in str(info.value)
+
+
+def test_format_stats():
+    assert format_stats() == "STATS\n"
+    assert parse_line(format_stats().strip()) is None  # the tty echo of the command is not a writer line

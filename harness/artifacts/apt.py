@@ -66,9 +66,9 @@ class Apt:
             self._versions[package] = candidate
         return self._versions[package]
 
-    def download(self, package: str) -> Path:
-        """Download package at its candidate version (once) and return the .deb path."""
-        version = self.version(package)
+    def download(self, package: str, version: str | None = None) -> Path:
+        """Download package at the given (default: candidate) version, once, and return the .deb path."""
+        version = version or self.version(package)
         debs = self.dir / "debs"
         safe = version.replace(":", "%3a")
         found = list(debs.glob(f"{package}_{safe}_*.deb"))
@@ -79,7 +79,7 @@ class Apt:
             raise LookupError(f"apt-get download {package}={version} produced no .deb in {debs}")
         return found[0]
 
-    def extract(self, package: str, dest: Path) -> Path:
-        deb = self.download(package)
+    def extract(self, package: str, dest: Path, version: str | None = None) -> Path:
+        deb = self.download(package, version)
         run(["dpkg-deb", "-x", str(deb), str(dest)], self.log)
         return dest

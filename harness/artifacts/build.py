@@ -23,6 +23,9 @@ from .kernel import bzimage, extract_vmlinux, kernel_version, module_load_order
 HERE = Path(__file__).resolve().parent
 FILES = HERE.parent / "files"
 WRITER_SRC = HERE.parent / "writer" / "xfb-writer.c"
+LEGACY_SRC = HERE.parent.parent / "guest-kernels" / "xenfb-legacy"
+# frontend -> the module the guest loads (None: the kernel's built-in driver)
+LEGACY_MODULES = {"upstream": None, "legacy": "xenfb_legacy", "legacy-fixed": "xenfb_legacy_fixed"}
 
 DOM0_MODULES = ["virtio_blk", "virtio_pci", "ext4", "virtio_net",
                 "xenfs", "xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd"]
@@ -152,7 +155,39 @@ def _writer(cache: Cache, log: Path) -> Path:
     return cache.entry("writer", {"source": hash_files(WRITER_SRC), "gcc": gcc}, build) / "xfb-writer"
 
 
-def _payload(cache: Cache, apt: Apt, kernel: Path, writer: Path, log: Path) -> Path:
+def _legacy_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, log: Path) -> Path:
+    """Our old-design frontend, built against the exact guest kernel's headers from Debian's packages."""
+    version = (kernel / "version").read_text()  # e.g. 6.1.0-56-amd64
+    abi, flavour = version.rsplit("-", 1)
+    series = ".".join(version.split(".")[:2])  # 6.1
+    source_version = apt.version(image_package)  # headers and kbuild must match the image exactly
+    packages = [f"linux-headers-{version}", f"linux-headers-{abi}-common", f"linux-kbuild-{series}"]
+    if not LEGACY_SRC.is_dir():
+        raise FileNotFoundError(f"frontend module sources not found at {LEGACY_SRC}")
+    sources = [p for p in sorted(LEGACY_SRC.iterdir()) if p.is_file()]
+
+    def build(out: Path) -> None:
+        root = out / "headers"
+        for package in packages:
+            apt.extract(package, root, source_version)
+        kdir = root / "usr/src" / f"linux-headers-{version}"
+        # The arch headers include the common ones by absolute path; point it into our tree.
+        makefile = kdir / "Makefile"
+        makefile.write_text(makefile.read_text().replace("/usr/src/", f"{root}/usr/src/"))
+        src = out / "src"
+        shutil.copytree(LEGACY_SRC, src)
+        run(["make", "-C", str(kdir), f"M={src}", "modules"], log)
+        for name in LEGACY_MODULES.values():
+            if name:
+                shutil.copyfile(src / f"{name}.ko", out / f"{name}.ko")
+        shutil.rmtree(root)
+        shutil.rmtree(src)
+    inputs = {"kernel": version, "version": source_version, "packages": packages,
+              "source": hash_files(*sources)}
+    return cache.entry("legacy-modules", inputs, build)
+
+
+def _payload(cache: Cache, apt: Apt, kernel: Path, writer: Path, modules: Path | None, log: Path) -> Path:
     def build(out: Path) -> None:
         busybox = _busybox(apt, out)
         disk = out / "disk"
@@ -167,12 +202,17 @@ def _payload(cache: Cache, apt: Apt, kernel: Path, writer: Path, log: Path) -> P
             for applet in ("sh", "mount", "grep", "stty", "poweroff", "cat", "echo", "sleep", "insmod", "ls"):
                 cpio.symlink(f"bin/{applet}", "busybox")
             cpio.file("bin/xfb-writer", writer.read_bytes(), 0o755)
+            if modules is not None:
+                cpio.directory("modules")
+                for ko in sorted(modules.glob("*.ko")):
+                    cpio.file(f"modules/{ko.name}", ko.read_bytes())
             cpio.file("init", (FILES / "guest-init").read_bytes(), 0o755)
             cpio.close()
         _ext4_image(disk, out / "payload.img", "xfb-guest", log)
         shutil.rmtree(disk)
         shutil.rmtree(out / "bb")
     inputs = {"kernel": kernel.name, "writer": writer.parent.name, "busybox": apt.version(BUSYBOX),
+              "modules": modules.name if modules else None,
               "recipe": hash_files(FILES / "guest-init", HERE / "cpio.py")}
     return cache.entry("guest-payload", inputs, build) / "payload.img"
 
@@ -188,7 +228,10 @@ def build_all(cfg: Config, cache: Cache, log: Path) -> Artifacts:
     dom0_initrd = _dom0_initrd(cache, apt, dom0_kernel, log)
     dom0 = _dom0_image(cache, apt, cfg, series, log)
     writer = _writer(cache, log)
-    payload = _payload(cache, apt, guest_kernel, writer, log)
+    modules = None
+    if LEGACY_MODULES[cfg["frontend"]]:
+        modules = _legacy_modules(cache, apt, cfg["guest.kernel_package"], guest_kernel, log)
+    payload = _payload(cache, apt, guest_kernel, writer, modules, log)
     versions = {p: apt.version(p) for p in (cfg["host.xen_package"], cfg["host.dom0_kernel_package"],
                                             cfg["guest.kernel_package"], f"xen-utils-{series}",
                                             "qemu-system-xen")}

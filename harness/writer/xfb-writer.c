@@ -7,19 +7,33 @@
  * draws 1 + next()%12 ops, each kind = next()%2, colour = next() (r=bits 16..23, g=8..15, b=0..7), then either a
  * rect (x, y, w, h from next(), h <= 128) or a whole 4096-byte page of pixels (by first-byte offset). The last
  * row shows a 24-bit tick counter (white = 1). Padding bytes and the two ticker rows are never touched by rounds.
+ * That is mode "mixed", the default. Mode "sparse" (--mode sparse) instead writes, in rounds r >= 1, P seeded pages
+ * (--pages P; page = next()%npages, then T colours = next() each, --touches T), each filled once per colour,
+ * in generation order or, with --order ascending, stably sorted by page: a missed page stays wrong on screen.
  *
- * Guest mode:  xfb-writer [--fb /dev/fb0] [--tick-ms 10]
- *     prints "XFB READY ...", then obeys "GO <round> <seed>" and "QUIT" lines on stdin (see harness/protocol.py),
- *     ticking while idle. Drawing goes straight through the MAP_SHARED mapping: the frontend's page-fault dirty
- *     tracking is part of what is under test.
+ * Pattern options (both modes): [--mode mixed|sparse] [--pages 1..65536 (8)] [--touches 1..65536 (1)]
+ *     [--order random|ascending]; pages, touches and order only change what "sparse" draws.
+ * Guest mode:  xfb-writer [--fb /dev/fb0] [--tick-ms 10] [pattern options] [--touch-gap-us N (0)]
+ *              [--stats-dir DIR]
+ *     prints "XFB READY ...", then obeys "GO <round> <seed>", "STATS" and "QUIT" lines on stdin (see
+ *     harness/protocol.py), ticking while idle. Drawing goes straight through the MAP_SHARED mapping: the
+ *     frontend's page-fault dirty tracking is part of what is under test.
+ *     --touch-gap-us N sleeps N microseconds (at most 10000000) between two touches of one page in sparse mode:
+ *     timing only, the bytes drawn are the same.
+ *     STATS answers "XFB STATS name=value ...": the frontend module's counters, read afresh from DIR (--stats-dir)
+ *     each time. Each regular file directly in DIR whose name is [A-Za-z0-9_]+ and whose content is an unsigned
+ *     decimal integer (one trailing newline allowed) gives a pair; other files are skipped; pairs are sorted by
+ *     name, at most 32. With no --stats-dir, or a DIR that cannot be read, the answer is "XFB STATS" alone.
  *     Tests only: adding --geometry (below) treats --fb as a plain file of that layout instead of a device.
  * Dump mode:   xfb-writer --dump OUT --geometry W,H,BPP,STRIDE,RO/RL,GO/GL,BO/BL --seed S --rounds N
+ *              [pattern options]
  *     draws rounds 0..N-1 into a zeroed H*STRIDE buffer and writes it to OUT.
  *
  * Build: gcc -static -O2 -Wall -Wextra -o xfb-writer xfb-writer.c
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -47,6 +61,10 @@
 #define FB_PAGE 4096ULL
 #define TICKER_ROWS 2
 #define TICKER_BITS 24
+#define MAX_SPARSE_PAGES 65536 /* pattern.MAX_SPARSE_PAGES */
+#define MAX_TOUCHES 65536 /* pattern.MAX_TOUCHES */
+#define MAX_TOUCH_GAP_US 10000000
+#define MAX_STATS 32
 
 struct chan {
     unsigned offset, length;
@@ -55,6 +73,23 @@ struct chan {
 struct geom {
     uint64_t width, height, bpp, stride; /* 64-bit so every product below is computed without overflow */
     struct chan red, green, blue;
+};
+
+enum mode { MODE_MIXED, MODE_SPARSE };
+enum order { ORDER_RANDOM, ORDER_ASCENDING };
+
+/* pattern.WriterParams, plus the guest-only pause between touches */
+struct params {
+    enum mode mode;
+    uint64_t pages, touches;
+    enum order order;
+    uint64_t touch_gap_us;
+};
+
+/* One sparse-mode entry: its page, its place in generation order (the stable sort's tie-break) and the PRNG
+ * state just before its first colour, from which its touches' colours are drawn again when it is filled. */
+struct sparse_entry {
+    uint64_t page, index, state;
 };
 
 #if defined(__GNUC__)
@@ -123,7 +158,52 @@ static void fill_page(uint8_t *fb, const struct geom *g, uint64_t page, uint32_t
     }
 }
 
-static void draw_round(uint8_t *fb, const struct geom *g, uint64_t seed, uint64_t round)
+static uint32_t colour_pixel(const struct geom *g, uint64_t c)
+{
+    return pack(g, (unsigned)(c >> 16) & 0xFF, (unsigned)(c >> 8) & 0xFF, (unsigned)c & 0xFF);
+}
+
+static void sleep_us(uint64_t us)
+{
+    struct timespec ts = {.tv_sec = (time_t)(us / 1000000), .tv_nsec = (long)(us % 1000000) * 1000};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static int cmp_entry(const void *pa, const void *pb)
+{
+    const struct sparse_entry *a = pa, *b = pb;
+    if (a->page != b->page)
+        return a->page < b->page ? -1 : 1;
+    return a->index < b->index ? -1 : a->index > b->index; /* qsort is not stable: generation order decides */
+}
+
+static void draw_sparse(uint8_t *fb, const struct geom *g, uint64_t state, uint64_t npages, const struct params *pp)
+{
+    static struct sparse_entry *entries; /* kept between rounds: --pages does not change */
+    if (!entries && !(entries = calloc(pp->pages, sizeof *entries)))
+        fatal("out of memory");
+    for (uint64_t i = 0; i < pp->pages; i++) {
+        entries[i].page = next(&state) % npages;
+        entries[i].index = i;
+        entries[i].state = state;
+        for (uint64_t t = 0; t < pp->touches; t++)
+            next(&state); /* this entry's colours, drawn again from entries[i].state below */
+    }
+    if (pp->order == ORDER_ASCENDING)
+        qsort(entries, pp->pages, sizeof *entries, cmp_entry);
+    for (uint64_t i = 0; i < pp->pages; i++) {
+        uint64_t st = entries[i].state;
+        for (uint64_t t = 0; t < pp->touches; t++) {
+            uint32_t pixel = colour_pixel(g, next(&st));
+            if (t > 0 && pp->touch_gap_us > 0)
+                sleep_us(pp->touch_gap_us);
+            fill_page(fb, g, entries[i].page, pixel);
+        }
+    }
+}
+
+static void draw_round(uint8_t *fb, const struct geom *g, uint64_t seed, uint64_t round, const struct params *pp)
 {
     uint64_t drawable = g->height - TICKER_ROWS;
     if (round == 0) {
@@ -133,12 +213,15 @@ static void draw_round(uint8_t *fb, const struct geom *g, uint64_t seed, uint64_
     }
     uint64_t state = seed ^ (round * ROUND_MUL);
     uint64_t npages = (drawable * g->stride + FB_PAGE - 1) / FB_PAGE;
+    if (pp->mode == MODE_SPARSE) {
+        draw_sparse(fb, g, state, npages, pp);
+        return;
+    }
     uint64_t n = 1 + next(&state) % MAX_OPS;
     for (uint64_t op = 0; op < n; op++) {
         /* One next() per statement: C leaves the evaluation order inside an expression unspecified. */
         uint64_t kind = next(&state) % OP_KINDS;
-        uint64_t c = next(&state);
-        uint32_t pixel = pack(g, (unsigned)(c >> 16) & 0xFF, (unsigned)(c >> 8) & 0xFF, (unsigned)c & 0xFF);
+        uint32_t pixel = colour_pixel(g, next(&state));
         if (kind == 0) {
             uint64_t x = next(&state) % g->width;
             uint64_t y = next(&state) % drawable;
@@ -221,13 +304,13 @@ static struct geom parse_geom(const char *text)
     return g;
 }
 
-static int dump_mode(const char *out, const struct geom *g, uint64_t seed, uint64_t rounds)
+static int dump_mode(const char *out, const struct geom *g, uint64_t seed, uint64_t rounds, const struct params *pp)
 {
     uint8_t *buf = calloc(g->height, g->stride);
     if (!buf)
         fatal("out of memory");
     for (uint64_t r = 0; r < rounds; r++)
-        draw_round(buf, g, seed, r);
+        draw_round(buf, g, seed, r, pp);
     FILE *f = fopen(out, "wb");
     if (!f)
         fatal("cannot open %s: %s", out, strerror(errno));
@@ -283,8 +366,102 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static int stat_name_ok(const char *name)
+{
+    if (*name == '\0')
+        return 0;
+    for (const char *c = name; *c; c++)
+        if (!((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_'))
+            return 0;
+    return 1;
+}
+
+/* The counter in regular file `name` of directory dfd: unsigned decimal, one trailing newline allowed. */
+static int read_counter(int dfd, const char *name, uint64_t *value)
+{
+    char buf[32]; /* 20 digits and a newline at most */
+    size_t len = 0;
+    struct stat st;
+    /* O_NONBLOCK: a FIFO must not hang us before fstat can tell it is not a regular file */
+    int fd = openat(dfd, name, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    while (ok) {
+        ssize_t n = read(fd, buf + len, sizeof buf - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            ok = n == 0;
+            break;
+        }
+        len += (size_t)n;
+        if (len == sizeof buf)
+            ok = 0; /* too long to be a counter */
+    }
+    close(fd);
+    if (!ok)
+        return 0;
+    if (len > 0 && buf[len - 1] == '\n')
+        len--;
+    if (len == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (buf[i] < '0' || buf[i] > '9')
+            return 0;
+    buf[len] = '\0';
+    const char *s = buf;
+    return parse_u64(&s, value); /* fails only on overflow */
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* "XFB STATS name=value ...", read afresh from dir; no pairs if there is no dir or it cannot be read. */
+static void print_stats(const char *dir)
+{
+    DIR *d = dir ? opendir(dir) : NULL;
+    fputs("XFB STATS", stdout);
+    if (d) {
+        char **names = NULL;
+        size_t n = 0, cap = 0, shown = 0;
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (!stat_name_ok(de->d_name)) /* also skips "." and ".." */
+                continue;
+            if (n == cap) {
+                size_t new_cap = cap ? 2 * cap : 64;
+                char **grown = realloc(names, new_cap * sizeof *names);
+                if (!grown)
+                    break; /* out of memory: report what we have */
+                names = grown, cap = new_cap;
+            }
+            if (!(names[n] = strdup(de->d_name)))
+                break;
+            n++;
+        }
+        if (n > 0)
+            qsort(names, n, sizeof *names, cmp_name);
+        for (size_t i = 0; i < n; i++) {
+            uint64_t value;
+            if (shown < MAX_STATS && read_counter(dirfd(d), names[i], &value)) {
+                printf(" %s=%" PRIu64, names[i], value);
+                shown++;
+            }
+            free(names[i]);
+        }
+        free(names);
+        closedir(d);
+    }
+    fputs("\n", stdout);
+    fflush(stdout);
+}
+
 /* One input line, without its terminator. */
-static void handle_line(char *line, uint8_t *fb, const struct geom *g, uint32_t tick)
+static void handle_line(char *line, uint8_t *fb, const struct geom *g, uint32_t tick, const struct params *pp,
+                        const char *stats_dir)
 {
     size_t len = strlen(line);
     const char *s = line;
@@ -300,11 +477,15 @@ static void handle_line(char *line, uint8_t *fb, const struct geom *g, uint32_t 
         fflush(stdout);
         exit(0);
     }
+    if (strcmp(s, "STATS") == 0) {
+        print_stats(stats_dir);
+        return;
+    }
     if (strncmp(s, "GO", 2) == 0 && (s[2] == ' ' || s[2] == '\t')) {
         const char *p = s + 2;
         if (parse_u64(&p, &round) && round <= UINT32_MAX && (*p == ' ' || *p == '\t') && parse_u64(&p, &seed) &&
             *p == '\0') {
-            draw_round(fb, g, seed, round);
+            draw_round(fb, g, seed, round, pp);
             printf("XFB DONE %" PRIu64 " tick=%" PRIu32 "\n", round, tick);
             fflush(stdout);
             return;
@@ -314,7 +495,8 @@ static void handle_line(char *line, uint8_t *fb, const struct geom *g, uint32_t 
     fflush(stdout);
 }
 
-static int guest_mode(const char *path, const struct geom *file_geom, uint64_t tick_ms)
+static int guest_mode(const char *path, const struct geom *file_geom, uint64_t tick_ms, const struct params *pp,
+                      const char *stats_dir)
 {
     struct geom g;
     uint64_t smem;
@@ -363,7 +545,7 @@ static int guest_mode(const char *path, const struct geom *file_geom, uint64_t t
                     printf("XFB ERROR unknown command: %s...\n", line);
                     fflush(stdout);
                 } else {
-                    handle_line(line, fb, &g, tick);
+                    handle_line(line, fb, &g, tick, pp, stats_dir);
                 }
                 len = 0, overlong = 0;
             } else if (len < sizeof line - 1) {
@@ -377,15 +559,17 @@ static int guest_mode(const char *path, const struct geom *file_geom, uint64_t t
 
 static void usage(void)
 {
-    fatal("usage: xfb-writer [--fb PATH] [--tick-ms MS] | --dump OUT --geometry W,H,BPP,STRIDE,RO/RL,GO/GL,BO/BL "
-          "--seed S --rounds N");
+    fatal("usage: xfb-writer [--fb PATH] [--tick-ms MS] [PATTERN] [--touch-gap-us N] [--stats-dir DIR] | "
+          "--dump OUT --geometry W,H,BPP,STRIDE,RO/RL,GO/GL,BO/BL --seed S --rounds N [PATTERN]; "
+          "PATTERN: [--mode mixed|sparse] [--pages N] [--touches N] [--order random|ascending]");
 }
 
 int main(int argc, char **argv)
 {
-    const char *fb_path = "/dev/fb0", *dump = NULL, *geometry = NULL;
+    const char *fb_path = "/dev/fb0", *dump = NULL, *geometry = NULL, *stats_dir = NULL;
     uint64_t tick_ms = 10, seed = 0, rounds = 0;
-    int have_seed = 0, have_rounds = 0;
+    int have_seed = 0, have_rounds = 0, have_gap = 0;
+    struct params pp = {.mode = MODE_MIXED, .pages = 8, .touches = 1, .order = ORDER_RANDOM, .touch_gap_us = 0};
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     for (int i = 1; i < argc; i++) {
@@ -405,20 +589,44 @@ int main(int argc, char **argv)
             seed = parse_arg_u64(opt, val, UINT64_MAX), have_seed = 1;
         else if (strcmp(opt, "--rounds") == 0)
             rounds = parse_arg_u64(opt, val, UINT32_MAX), have_rounds = 1;
+        else if (strcmp(opt, "--mode") == 0 && strcmp(val, "mixed") == 0)
+            pp.mode = MODE_MIXED;
+        else if (strcmp(opt, "--mode") == 0 && strcmp(val, "sparse") == 0)
+            pp.mode = MODE_SPARSE;
+        else if (strcmp(opt, "--mode") == 0)
+            fatal("bad value for --mode: '%s' (expected mixed or sparse)", val);
+        else if (strcmp(opt, "--order") == 0 && strcmp(val, "random") == 0)
+            pp.order = ORDER_RANDOM;
+        else if (strcmp(opt, "--order") == 0 && strcmp(val, "ascending") == 0)
+            pp.order = ORDER_ASCENDING;
+        else if (strcmp(opt, "--order") == 0)
+            fatal("bad value for --order: '%s' (expected random or ascending)", val);
+        else if (strcmp(opt, "--pages") == 0)
+            pp.pages = parse_arg_u64(opt, val, MAX_SPARSE_PAGES);
+        else if (strcmp(opt, "--touches") == 0)
+            pp.touches = parse_arg_u64(opt, val, MAX_TOUCHES);
+        else if (strcmp(opt, "--touch-gap-us") == 0)
+            pp.touch_gap_us = parse_arg_u64(opt, val, MAX_TOUCH_GAP_US), have_gap = 1;
+        else if (strcmp(opt, "--stats-dir") == 0)
+            stats_dir = val;
         else
             usage();
     }
     if (tick_ms == 0)
         fatal("--tick-ms must be at least 1");
+    if (pp.pages == 0 || pp.touches == 0)
+        fatal("--pages and --touches must be at least 1");
     if (dump) {
         if (!geometry || !have_seed || !have_rounds)
             usage();
+        if (have_gap || stats_dir)
+            fatal("--touch-gap-us and --stats-dir are for guest mode only");
         struct geom g = parse_geom(geometry);
-        return dump_mode(dump, &g, seed, rounds);
+        return dump_mode(dump, &g, seed, rounds, &pp);
     }
     if (geometry) {
         struct geom g = parse_geom(geometry);
-        return guest_mode(fb_path, &g, tick_ms);
+        return guest_mode(fb_path, &g, tick_ms, &pp, stats_dir);
     }
-    return guest_mode(fb_path, NULL, tick_ms);
+    return guest_mode(fb_path, NULL, tick_ms, &pp, stats_dir);
 }
