@@ -5,10 +5,10 @@ when nothing changes. The writer therefore keeps a heartbeat ("ticker") running 
 comparison excludes. It keeps the refresh fast, and it tells us the pipeline has moved on: an update the
 frontend sent for a round reaches the screen in one deferred-I/O batch (50 ms upstream) plus one refresh. We
 stop waiting as soon as the view matches the expected frame (a miss never matches, so this cannot hide one), or
-once the view shows a ticker value written settle_window_ms after the round ended. Seeing the ticker alone is not
-enough: we measured the ticker's batch on screen one refresh before the round's own. If the ticker stalls (a
-frontend that misses the ticker's own updates), we wait the settle timeout, longer than the slowest idle refresh,
-and say so in the report.
+once settle_window_ms have passed and the view shows a heartbeat newer than the round. Seeing a newer heartbeat
+alone is not enough: we measured the heartbeat's batch on screen one refresh before the round's own. If the
+heartbeat stalls (a frontend that misses its updates, or one whose faults are slowed down on purpose), we wait
+the settle timeout, longer than the slowest idle refresh, and say so in the report.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ REMOTE_DUMP = "/tmp/xfb-screendump.ppm"
 @dataclass
 class Settled:
     frame: np.ndarray
-    how: str  # "match", "window" (ticker passed the settle window) or "timeout"
+    how: str  # "match", "window" (a newer heartbeat shown after the settle window) or "timeout"
     waited_s: float
     ticker_seen: int
 
@@ -58,14 +58,18 @@ class Capture:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def settle(self, done_tick: int, converged: Callable[[np.ndarray], bool], window_ticks: int,
+    def settle(self, done_tick: int, converged: Callable[[np.ndarray], bool], window_s: float,
                timeout: float) -> Settled:
         """The backend's view once it matches, or once it has surely processed every update of the round."""
         start = time.monotonic()
-        target = done_tick + window_ticks
+        window_end = start + window_s
+
+        def settled(f: np.ndarray) -> bool:
+            # +2: one tick may already have been in flight when the round ended.
+            return converged(f) or (decode_ticker(f, self.geometry) >= done_tick + 2
+                                    and time.monotonic() >= window_end)
         try:
-            frame = self.vnc.wait_until(
-                lambda f: converged(f) or decode_ticker(f, self.geometry) >= target, timeout)
+            frame = self.vnc.wait_until(settled, timeout)
             how = "match" if converged(frame) else "window"
         except TimeoutError:
             _, frame = self.vnc.snapshot()

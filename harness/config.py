@@ -81,8 +81,8 @@ SCHEMA: dict[str, Any] = {
         "suite": Field("bookworm", "str", "Debian suite of the dom0 root filesystem"),
     },
     "capture": {
-        "settle_window_ms": Field(1000, "int", "a round that does not match yet is compared once the view shows "
-                                  "a heartbeat this much newer than the round (covers deferred-I/O batching)",
+        "settle_window_ms": Field(1000, "int", "a round that does not match yet is compared after this long, "
+                                  "once the view shows a heartbeat newer than the round (covers update batching)",
                                   minimum=100),
         "settle_timeout": Field(8, "int", "seconds to wait if the heartbeat stalls before comparing anyway "
                                 "(QEMU's idle refresh is about 3 s)", minimum=4),

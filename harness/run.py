@@ -61,7 +61,7 @@ def run(cfg: Config, run_dir: Path, cache: Cache) -> Result:
 def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Result, run_dir: Path) -> None:
     seed = cfg["seed"]
     exclude = [geometry.ticker_rect] + [Rect(**r) for r in cfg["compare.exclude"]]
-    window_ticks = -(-cfg["capture.settle_window_ms"] // cfg["writer.tick_ms"])
+    window_s = cfg["capture.settle_window_ms"] / 1000
     params = pattern.WriterParams(mode=cfg["writer.mode"], pages=cfg["writer.pages"],
                                   touches=cfg["writer.touches"], order=cfg["writer.order"])
     counted = cfg["frontend"] != "upstream"  # our module keeps counters; the built-in driver has none
@@ -71,7 +71,7 @@ def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Resul
         expected = pattern.expected_rgb(geometry, seed, r + 1, params=params)
         done = guest.go(r, seed)
         settled = capture.settle(done.tick, lambda frame: compare(expected, frame, geometry, exclude).ok,
-                                 window_ticks, cfg["capture.settle_timeout"])
+                                 window_s, cfg["capture.settle_timeout"])
         seen = compare(expected, settled.frame, geometry, exclude)
         dump_path = run_dir / f"round-{r:03d}-screendump.ppm"
         truth = compare(expected, capture.screendump(dump_path), geometry, exclude)

@@ -179,7 +179,7 @@ def _legacy_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, lo
         run(["make", "-C", str(kdir), f"M={src}", "modules"], log)
         for name in LEGACY_MODULES.values():
             if name:
-                shutil.copyfile(src / f"{name}.ko", out / f"{name}.ko")
+                shutil.copyfile(src / f"{name.replace('_', '-')}.ko", out / f"{name}.ko")  # file vs module name
         shutil.rmtree(root)
         shutil.rmtree(src)
     inputs = {"kernel": version, "version": source_version, "packages": packages,

@@ -1,0 +1,1317 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * xenfb_legacy - a Xen paravirtual framebuffer frontend with the old
+ * (Linux 2.6.18 / RHEL-5) design, rebuilt as an out-of-tree module for
+ * Debian's 6.1 guest kernel, for the xenfb-harness project.
+ *
+ * Written for the harness from the public interface descriptions
+ * (include/xen/interface/io/fbif.h, the xenbus API, the 6.1 fault path).
+ *
+ * This one file builds two modules:
+ *
+ *   xenfb-legacy.ko        the old design, faithfully, including its race;
+ *   xenfb-legacy-fixed.ko  the same file compiled with XENFB_LEGACY_FIXED
+ *                          (see xenfb_legacy_fixed.c): the minimal fix, in
+ *                          the blocks marked "#ifdef XENFB_LEGACY_FIXED".
+ *
+ * ------------------------------------------------------------------------
+ * The old design
+ * ------------------------------------------------------------------------
+ * The framebuffer is ordinary vmalloc()ed guest memory.  The backend maps
+ * it through the page directory in the shared page and repaints a
+ * rectangle whenever the frontend sends an XENFB_TYPE_UPDATE event.  The
+ * frontend must therefore learn which parts of the framebuffer user space
+ * writes through mmap().  It does so with page faults:
+ *
+ *  - a user mapping starts with no PTEs; every access faults;
+ *  - the fault handler records the fault on the mapping (faults++), grows
+ *    the dirty rectangle by the rows of the faulting page and arms a
+ *    refresh timer (HZ/20);
+ *  - the timer wakes a kernel thread, which zaps every mapping that has
+ *    faulted since the last tick (so the next write faults again), clears
+ *    its fault count, then takes the dirty rectangle and sends one update.
+ *
+ * ------------------------------------------------------------------------
+ * The race (the point of the plain build)
+ * ------------------------------------------------------------------------
+ * The fault handler only records the fault; the PTE is installed by the
+ * core (finish_fault()) after the handler has returned, outside the driver
+ * lock.  So:
+ *
+ *   writer (fault path)                 refresh thread
+ *   -------------------                 --------------
+ *   mutex_lock; faults++; grow rect;
+ *   arm timer; mutex_unlock
+ *            <-- window -->             mutex_lock; zap the mapping (the
+ *                                       PTE is not there yet: nothing to
+ *                                       do); faults = 0; take rect; unlock;
+ *                                       send update (page content is old)
+ *   handler returns; core installs PTE
+ *   user writes the page: no fault, the mapping is "clean" (faults == 0),
+ *   nothing will zap it again and no update covers the write.
+ *
+ * finish_fault() in 6.1 only re-checks that the PTE slot is still empty; a
+ * zap of a PTE that was never there leaves it empty, so the stale PTE is
+ * installed anyway.  The write stays invisible until another fault on the
+ * same mapping makes the thread zap it again and the page is written again.
+ *
+ * race_window_ms (module parameter) sleeps in exactly that window, after
+ * the driver lock is dropped and before the page is returned; it widens
+ * the real gap and changes nothing else.  With a delay of two refresh
+ * periods or more (>= 100 ms) the thread always runs inside the window.
+ *
+ * ------------------------------------------------------------------------
+ * The fix (XENFB_LEGACY_FIXED)
+ * ------------------------------------------------------------------------
+ * The fault handler locks its page before dropping the driver lock and
+ * returns VM_FAULT_LOCKED, so the page stays locked until the core has
+ * installed the PTE.  Before zapping a mapping and clearing its count, the
+ * thread try-locks the pages the mapping faulted on.  While one of them is
+ * locked, the thread postpones that mapping to the next tick (counter
+ * "deferred").  See the "THE FIX" comments for the argument.  In the fixed
+ * build, a fault inside the window always holds its page lock, so
+ * race_hits stays 0 by construction.
+ *
+ * ------------------------------------------------------------------------
+ * Counters (read-only module parameters)
+ * ------------------------------------------------------------------------
+ *   faults     faults handled (each one counted on its mapping);
+ *   zaps       mappings zapped by the refresh thread;
+ *   updates    XENFB_TYPE_UPDATE events put on the ring;
+ *   race_hits  zaps that hit a mapping while a fault on it was inside the
+ *              window (see below);
+ *   mmap_busy  zaps postponed because mmap_read_trylock() failed;
+ *   deferred   (fixed build only) zaps postponed because a fault on the
+ *              mapping had not installed its PTE yet.
+ *
+ * A race hit: every mapping has an "in_window" counter.  The fault handler
+ * increments it under the driver lock, just before dropping the lock, and
+ * decrements it just before returning the page.  The thread, under the
+ * driver lock, counts a race hit when it zaps (and clears the fault count
+ * of) a mapping whose in_window is nonzero: that fault has been recorded,
+ * the zap cannot remove its PTE (not there yet), and the count it added is
+ * being thrown away, so the page will end up mapped but untracked.
+ * Limit: the counter covers only the part of the window inside our
+ * handler.  The last stretch, from the handler's return to the PTE install
+ * in finish_fault(), is not covered; a zap there loses the PTE the same way
+ * but is not counted.  That stretch is short and entirely inside core mm,
+ * so race_hits is a lower bound, and with race_window_ms > 0 it is
+ * dominated by the sleep.  A race hit does not prove a lost write (the
+ * writer may never write that page again), it proves an untracked PTE.
+ *
+ * ------------------------------------------------------------------------
+ * Locks and their order
+ * ------------------------------------------------------------------------
+ *   mm_lock    (mutex)  the list of mappings and, per mapping, the fault
+ *                       count and the faulted page range;
+ *   dirty_lock (spin, irqsave)  the dirty rectangle, arming the timer,
+ *                       update_wanted, irq and the out ring.  Taken from
+ *                       fbcon drawing, which may run in atomic context, so
+ *                       it cannot be the mutex.
+ *
+ *   fault:   mmap_lock (read, taken by the core) -> mm_lock
+ *            [fixed: -> page lock] ; dirty_lock is taken and released
+ *            while mm_lock is held, never around a sleeping call.
+ *   mmap:    mmap_lock (write) -> fb core's info->mm_lock -> mm_lock
+ *   open/close: mmap_lock (write, or read after munmap's downgrade) ->
+ *            mm_lock
+ *   thread:  mm_lock -> mmap_read_trylock(vma->vm_mm) [fixed: -> page
+ *            trylock] -> dirty_lock.
+ *
+ * The thread takes mmap_lock after mm_lock, the reverse of the fault path,
+ * so it may only try-lock it: if that fails it keeps the mapping's count
+ * and retries on the next tick.  In the fixed build the page lock is also
+ * only try-locked by the thread.  Nothing that holds a page lock of ours
+ * ever waits for mm_lock (the core, after our handler returned, only takes
+ * the page-table lock before unlocking the page), so there is no cycle.
+ */
+
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/module.h>
+#include <linux/kernel.h>
+#include <linux/errno.h>
+#include <linux/fb.h>
+#include <linux/mm.h>
+#include <linux/mmap_lock.h>
+#include <linux/pagemap.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+#include <linux/vmalloc.h>
+#include <linux/mutex.h>
+#include <linux/spinlock.h>
+#include <linux/timer.h>
+#include <linux/kthread.h>
+#include <linux/wait.h>
+#include <linux/delay.h>
+#include <linux/interrupt.h>
+
+#include <xen/xen.h>
+#include <xen/events.h>
+#include <xen/page.h>
+#include <xen/xenbus.h>
+#include <xen/platform_pci.h>
+#include <xen/interface/io/fbif.h>
+#include <xen/interface/io/protocols.h>
+
+#ifdef XENFB_LEGACY_FIXED
+#define XENFB_VARIANT "legacy-fixed"
+#else
+#define XENFB_VARIANT "legacy"
+#endif
+
+/* Refresh period of the old driver: 20 updates per second at most. */
+#define XENFB_REFRESH_DELAY	(HZ / 20 ? HZ / 20 : 1)
+
+/* Default video memory limit in MiB, as the upstream driver. */
+#define XENFB_DEFAULT_VIDEORAM	2
+
+/* ---------------------------------------------------------------------- */
+/* Knobs and counters                                                      */
+/* ---------------------------------------------------------------------- */
+
+static unsigned int race_window_ms;
+module_param(race_window_ms, uint, 0644);
+MODULE_PARM_DESC(race_window_ms,
+	"Sleep this long in the fault handler after dropping the driver lock and before returning the page (widens the race window; 0 = off)");
+
+/*
+ * The counters are updated under mm_lock (faults, zaps, race_hits,
+ * mmap_busy, deferred) or dirty_lock (updates), and read without locks
+ * through sysfs.
+ */
+static unsigned long stat_faults;
+module_param_named(faults, stat_faults, ulong, 0444);
+MODULE_PARM_DESC(faults, "Page faults handled on framebuffer mappings");
+
+static unsigned long stat_zaps;
+module_param_named(zaps, stat_zaps, ulong, 0444);
+MODULE_PARM_DESC(zaps, "Mappings zapped by the refresh thread");
+
+static unsigned long stat_updates;
+module_param_named(updates, stat_updates, ulong, 0444);
+MODULE_PARM_DESC(updates, "XENFB_TYPE_UPDATE events sent to the backend");
+
+static unsigned long stat_race_hits;
+module_param_named(race_hits, stat_race_hits, ulong, 0444);
+MODULE_PARM_DESC(race_hits,
+	"Zaps of a mapping while a fault on it was between dropping the driver lock and returning its page");
+
+static unsigned long stat_mmap_busy;
+module_param_named(mmap_busy, stat_mmap_busy, ulong, 0444);
+MODULE_PARM_DESC(mmap_busy,
+	"Zaps postponed to the next tick because mmap_read_trylock() failed");
+
+#ifdef XENFB_LEGACY_FIXED
+static unsigned long stat_deferred;
+module_param_named(deferred, stat_deferred, ulong, 0444);
+MODULE_PARM_DESC(deferred,
+	"Zaps postponed to the next tick because a fault on the mapping had not installed its PTE yet");
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* Data structures                                                         */
+/* ---------------------------------------------------------------------- */
+
+/* Half-open rectangle [x1, x2) x [y1, y2); empty when x1 >= x2 or y1 >= y2. */
+struct xenfb_rect {
+	int x1, y1, x2, y2;
+};
+
+struct xenfb_info;
+
+/* One per VMA that maps the framebuffer. */
+struct xenfb_mapping {
+	struct list_head	link;		/* info->mappings, mm_lock */
+	struct vm_area_struct	*vma;
+	struct xenfb_info	*info;
+	/* Under mm_lock: faults since the last zap, and the framebuffer
+	 * page range [pg_lo, pg_hi] they hit (empty when faults == 0). */
+	unsigned long		faults;
+	unsigned long		pg_lo, pg_hi;
+	/* Faults of this mapping between dropping mm_lock and returning. */
+	atomic_t		in_window;
+};
+
+struct xenfb_info {
+	struct xenbus_device	*xbdev;
+	struct fb_info		*fb_info;
+	bool			fb_registered;
+
+	unsigned char		*fb;		/* vmalloc()ed framebuffer */
+	unsigned long		fb_len;
+	unsigned long		nr_pages;
+	int			width, height, line_length;
+	unsigned long		*gfns;		/* page directory contents */
+	struct xenfb_page	*page;		/* shared page */
+
+	struct mutex		mm_lock;
+	struct list_head	mappings;	/* struct xenfb_mapping */
+
+	spinlock_t		dirty_lock;
+	struct xenfb_rect	dirty;		/* dirty_lock */
+	int			update_wanted;	/* dirty_lock; backend asked */
+	int			irq;		/* dirty_lock; -1 if unbound */
+	struct timer_list	refresh;	/* armed under dirty_lock */
+
+	struct task_struct	*thread;
+	wait_queue_head_t	wq;
+	unsigned long		kick;		/* bit 0: timer fired */
+
+	/* Backend was Closed/Closing at probe: wait for it to reset. */
+	bool			await_reset;
+
+	u32			palette[256];
+};
+
+static int xenfb_connect_backend(struct xenbus_device *dev,
+				 struct xenfb_info *info);
+static void xenfb_disconnect_backend(struct xenfb_info *info);
+
+/* ---------------------------------------------------------------------- */
+/* Dirty rectangle and refresh timer                                       */
+/* ---------------------------------------------------------------------- */
+
+static void xenfb_rect_reset(struct xenfb_rect *r)
+{
+	r->x1 = r->y1 = INT_MAX;
+	r->x2 = r->y2 = 0;
+}
+
+static bool xenfb_rect_empty(const struct xenfb_rect *r)
+{
+	return r->x1 >= r->x2 || r->y1 >= r->y2;
+}
+
+/* Arm the refresh timer unless it is already pending.  dirty_lock held. */
+static void __xenfb_arm(struct xenfb_info *info)
+{
+	/* After timer_shutdown_sync() in remove, mod_timer() is a no-op. */
+	if (!timer_pending(&info->refresh))
+		mod_timer(&info->refresh, jiffies + XENFB_REFRESH_DELAY);
+}
+
+/* Grow the dirty rectangle by [x1,x2) x [y1,y2).  dirty_lock held. */
+static void __xenfb_grow(struct xenfb_info *info, long x1, long y1,
+			 long x2, long y2)
+{
+	struct xenfb_rect *d = &info->dirty;
+
+	x1 = clamp_t(long, x1, 0, info->width);
+	x2 = clamp_t(long, x2, 0, info->width);
+	y1 = clamp_t(long, y1, 0, info->height);
+	y2 = clamp_t(long, y2, 0, info->height);
+	if (x1 >= x2 || y1 >= y2)
+		return;
+	if (x1 < d->x1)
+		d->x1 = x1;
+	if (y1 < d->y1)
+		d->y1 = y1;
+	if (x2 > d->x2)
+		d->x2 = x2;
+	if (y2 > d->y2)
+		d->y2 = y2;
+}
+
+/* Grow the dirty rectangle by the full-width rows of framebuffer pages
+ * [lo, hi].  dirty_lock held. */
+static void __xenfb_dirty_pages(struct xenfb_info *info, unsigned long lo,
+				unsigned long hi)
+{
+	unsigned long y1 = (lo << PAGE_SHIFT) / info->line_length;
+	unsigned long y2 = (((hi + 1) << PAGE_SHIFT) - 1) / info->line_length + 1;
+
+	__xenfb_grow(info, 0, y1, info->width, y2);
+}
+
+/* Kernel-side drawing: mark a rectangle dirty and arm the timer. */
+static void xenfb_refresh(struct xenfb_info *info, long x, long y,
+			  long w, long h)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&info->dirty_lock, flags);
+	__xenfb_grow(info, x, y, x + w, y + h);
+	if (!xenfb_rect_empty(&info->dirty))
+		__xenfb_arm(info);
+	spin_unlock_irqrestore(&info->dirty_lock, flags);
+}
+
+static void xenfb_timer_fn(struct timer_list *t)
+{
+	struct xenfb_info *info = from_timer(info, t, refresh);
+
+	set_bit(0, &info->kick);
+	wake_up(&info->wq);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Out ring                                                                */
+/* ---------------------------------------------------------------------- */
+
+static bool xenfb_queue_full(struct xenfb_info *info)
+{
+	u32 cons = READ_ONCE(info->page->out_cons);
+	u32 prod = info->page->out_prod;
+
+	return prod - cons >= XENFB_OUT_RING_LEN;
+}
+
+/*
+ * Put one update on the ring.  Only the refresh thread produces events, so
+ * the ring, checked not full when the rectangle was taken, is still not
+ * full.  dirty_lock makes the send atomic with respect to a disconnect,
+ * which clears irq and update_wanted under it before unbinding.
+ */
+static void xenfb_send_update(struct xenfb_info *info,
+			      const struct xenfb_rect *r)
+{
+	union xenfb_out_event ev;
+	unsigned long flags;
+	u32 prod;
+
+	memset(&ev, 0, sizeof(ev));
+	ev.update.type = XENFB_TYPE_UPDATE;
+	ev.update.x = r->x1;
+	ev.update.y = r->y1;
+	ev.update.width = r->x2 - r->x1;
+	ev.update.height = r->y2 - r->y1;
+
+	spin_lock_irqsave(&info->dirty_lock, flags);
+	if (info->irq >= 0 && info->update_wanted) {
+		prod = info->page->out_prod;
+		mb();		/* out_cons read before the slot is reused */
+		XENFB_OUT_RING_REF(info->page, prod) = ev;
+		wmb();		/* event visible before the new producer index */
+		info->page->out_prod = prod + 1;
+		notify_remote_via_irq(info->irq);
+		stat_updates++;
+	}
+	spin_unlock_irqrestore(&info->dirty_lock, flags);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The refresh thread                                                      */
+/* ---------------------------------------------------------------------- */
+
+static struct page *xenfb_fb_page(struct xenfb_info *info, unsigned long pg)
+{
+	return vmalloc_to_page(info->fb + (pg << PAGE_SHIFT));
+}
+
+/* Forget the faults of a mapping.  mm_lock held. */
+static void xenfb_mapping_clear(struct xenfb_mapping *map)
+{
+	map->faults = 0;
+	map->pg_lo = ULONG_MAX;
+	map->pg_hi = 0;
+}
+
+#ifdef XENFB_LEGACY_FIXED
+/*
+ * THE FIX: why every write through a mapping reaches an update.
+ *
+ * "Record" below means a mapping's fault count and page range.
+ *
+ * (I1) Every PTE of a mapping M was installed by a fault recorded on M
+ *      (faults++, page in [pg_lo, pg_hi], rows added to the dirty
+ *      rectangle).  PTEs have no other way in: no ->map_pages, no remap,
+ *      fork copies none for a shared mapping, and split or mremap hand the
+ *      record over in xenfb_vm_open().
+ * (I2) With the fix, the thread clears M's record only in the mm_lock
+ *      section of a zap that ran after every fault recorded on M had
+ *      installed its PTE (xenfb_faults_settled() below).  So the zap
+ *      removed every PTE that such a fault installed.  Faults recorded
+ *      later start a fresh record, because they need mm_lock.  Therefore:
+ *      if M has a PTE for page p, then M's current record contains p.
+ *      The old design breaks exactly this: it may clear the record while a
+ *      recorded fault has not installed its PTE yet, which leaves a PTE
+ *      with no record.
+ * (I3) While M's record contains p, p is in the dirty rectangle at every
+ *      tick.  The fault put it there, and only a tick resets the
+ *      rectangle.  That tick either clears M's record in the same section,
+ *      or re-adds the range of every mapping it kept (deferred, mmap
+ *      busy).  A full ring keeps the rectangle as it is.
+ *
+ * Take a write W to page p through M.  It goes through a PTE, so by (I2)
+ * M's record contains p, from before W until the tick T that clears it.
+ * T zaps M (or finds its VMA or mm gone, so that nothing can be written
+ * through it anymore).  Only after that does T take the rectangle, which
+ * contains p by (I3), and send the update, so the update is sent after W.
+ * A write after T's zap has no PTE: it faults again and is counted, and a
+ * new record starts.  So every dirty page reaches an update that is sent
+ * after the write.
+ *
+ * THE FIX, part 2 (part 1 is in xenfb_vm_fault()).
+ *
+ * Called under mm_lock and mmap_read_lock, before zapping @map and
+ * clearing its fault count.  Returns true when no fault recorded on @map
+ * is still between "recorded" and "PTE installed".
+ *
+ * Every fault recorded on @map since its last zap hit a page in
+ * [pg_lo, pg_hi], and locked that page before releasing mm_lock (part 1).
+ * The core keeps the page locked until finish_fault() has installed the
+ * PTE (or given up), and only then unlocks it.  We hold mm_lock now, so
+ * every such fault has already taken its page lock.  If trylock_page()
+ * succeeds on every page of the range, every one of those faults has
+ * therefore already released its lock, i.e. has finished installing its
+ * PTE: the zap that follows removes all of them.  If one trylock fails,
+ * a fault may still be about to install a PTE behind our back; the caller
+ * must not zap-and-clear now (it keeps the count, re-dirties the range
+ * and re-arms the timer, so the mapping is retried on the next tick).
+ *
+ * Faults recorded after this check need mm_lock, which we hold until the
+ * count is cleared, so they are counted afresh after the zap.  A lock held
+ * by another mapping's fault on the same page only causes a spurious
+ * deferral.  We never block on a page lock here: trylock only, because
+ * the fault path takes the page lock while holding mm_lock.
+ */
+static bool xenfb_faults_settled(struct xenfb_info *info,
+				 struct xenfb_mapping *map)
+{
+	unsigned long pg;
+
+	for (pg = map->pg_lo; pg <= map->pg_hi; pg++) {
+		struct page *page = xenfb_fb_page(info, pg);
+
+		if (!trylock_page(page))
+			return false;
+		unlock_page(page);
+	}
+	return true;
+}
+#endif /* XENFB_LEGACY_FIXED */
+
+enum { XENFB_ZAP_IDLE, XENFB_ZAP_DONE, XENFB_ZAP_RETRY };
+
+/*
+ * Zap one mapping if it has faulted since its last zap.  mm_lock held.
+ * Returns XENFB_ZAP_RETRY if the mapping must be retried on the next tick
+ * (its count and range are kept).
+ */
+static int xenfb_zap_mapping(struct xenfb_info *info,
+			     struct xenfb_mapping *map)
+{
+	struct vm_area_struct *vma = map->vma;
+	struct mm_struct *mm;
+	int ret = XENFB_ZAP_DONE;
+
+	if (!map->faults)
+		return XENFB_ZAP_IDLE;
+
+	/*
+	 * The VMA and its mm are alive: close() has not removed @map (it
+	 * needs mm_lock, which we hold), and the VMA is freed after close(),
+	 * the mm after all its VMAs.  Pin the address space while zapping.
+	 * If mm_users is already zero the process is exiting; its page
+	 * tables go away with it and nobody can write through them anymore.
+	 */
+	mm = vma->vm_mm;
+	if (!mmget_not_zero(mm)) {
+		xenfb_mapping_clear(map);
+		return XENFB_ZAP_DONE;
+	}
+
+	/* Reverse order of the fault path (mmap_lock -> mm_lock): try only. */
+	if (!mmap_read_trylock(mm)) {
+		stat_mmap_busy++;
+		ret = XENFB_ZAP_RETRY;
+		goto out_put;
+	}
+
+	/*
+	 * munmap() detaches the VMA and may free its page tables under a
+	 * downgraded (read) mmap_lock before close() runs.  If the VMA is
+	 * no longer the process's, munmap is removing its PTEs itself and
+	 * close() will drop @map: just forget the faults.
+	 */
+	if (find_vma(mm, vma->vm_start) != vma) {
+		xenfb_mapping_clear(map);
+		goto out_unlock;
+	}
+
+#ifdef XENFB_LEGACY_FIXED
+	/* THE FIX, part 2: never zap-and-clear behind an unfinished fault. */
+	if (!xenfb_faults_settled(info, map)) {
+		stat_deferred++;
+		ret = XENFB_ZAP_RETRY;
+		goto out_unlock;
+	}
+#endif
+
+	if (atomic_read(&map->in_window))
+		stat_race_hits++;
+
+	zap_page_range(vma, vma->vm_start, vma->vm_end - vma->vm_start);
+	stat_zaps++;
+	xenfb_mapping_clear(map);
+
+out_unlock:
+	mmap_read_unlock(mm);
+out_put:
+	/*
+	 * We hold mm_lock: if ours was the last reference, a plain mmput()
+	 * would run exit_mmap() -> our close() -> mm_lock here.  Defer it.
+	 */
+	mmput_async(mm);
+	return ret;
+}
+
+/* One refresh tick. */
+static void xenfb_update_screen(struct xenfb_info *info)
+{
+	struct xenfb_mapping *map;
+	unsigned long keep_lo = ULONG_MAX, keep_hi = 0;
+	struct xenfb_rect r;
+	bool send = false, retry = false;
+	unsigned long flags;
+
+	/* Backend has not asked for updates: leave everything dirty. */
+	if (!READ_ONCE(info->update_wanted))
+		return;
+
+	mutex_lock(&info->mm_lock);
+
+	list_for_each_entry(map, &info->mappings, link) {
+		if (xenfb_zap_mapping(info, map) != XENFB_ZAP_RETRY)
+			continue;
+		/*
+		 * Not zapped: its pages stay mapped and may be written after
+		 * the update we are about to send, so they must stay in the
+		 * dirty rectangle for the tick that finally zaps it.
+		 */
+		retry = true;
+		keep_lo = min(keep_lo, map->pg_lo);
+		keep_hi = max(keep_hi, map->pg_hi);
+	}
+
+	/*
+	 * Take the rectangle while still holding mm_lock, after the zaps:
+	 * a fault recorded after this point is in the next rectangle and
+	 * its mapping has a nonzero count again.
+	 */
+	spin_lock_irqsave(&info->dirty_lock, flags);
+	if (!xenfb_rect_empty(&info->dirty)) {
+		if (xenfb_queue_full(info)) {
+			retry = true;	/* keep it dirty for the next tick */
+		} else {
+			r = info->dirty;
+			xenfb_rect_reset(&info->dirty);
+			send = true;
+		}
+	}
+	if (keep_lo <= keep_hi)
+		__xenfb_dirty_pages(info, keep_lo, keep_hi);
+	if (retry)
+		__xenfb_arm(info);
+	spin_unlock_irqrestore(&info->dirty_lock, flags);
+
+	mutex_unlock(&info->mm_lock);
+
+	if (send)
+		xenfb_send_update(info, &r);
+}
+
+static int xenfb_thread(void *data)
+{
+	struct xenfb_info *info = data;
+
+	while (!kthread_should_stop()) {
+		wait_event_interruptible(info->wq, kthread_should_stop() ||
+					 test_bit(0, &info->kick));
+		if (test_and_clear_bit(0, &info->kick))
+			xenfb_update_screen(info);
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* mmap: VMA tracking and the fault handler                                */
+/* ---------------------------------------------------------------------- */
+
+static struct xenfb_mapping *xenfb_mapping_new(struct xenfb_info *info,
+					       struct vm_area_struct *vma,
+					       gfp_t gfp)
+{
+	struct xenfb_mapping *map = kzalloc(sizeof(*map), gfp);
+
+	if (!map)
+		return NULL;
+	map->vma = vma;
+	map->info = info;
+	xenfb_mapping_clear(map);
+	atomic_set(&map->in_window, 0);
+	return map;
+}
+
+/*
+ * A new VMA copied from one of ours: split (__split_vma), mremap
+ * (copy_vma) or fork (dup_mmap).  vm_private_data still points to the
+ * source's mapping; give the new VMA its own.  A split or a moved mapping
+ * keeps the source's PTEs, so the new entry inherits the source's faults
+ * (for fork, which copies no PTEs here, that only costs one extra zap).
+ * open() cannot fail, hence __GFP_NOFAIL (a small allocation).
+ */
+static void xenfb_vm_open(struct vm_area_struct *vma)
+{
+	struct xenfb_mapping *src = vma->vm_private_data;
+	struct xenfb_info *info = src->info;
+	struct xenfb_mapping *map;
+
+	map = xenfb_mapping_new(info, vma, GFP_KERNEL | __GFP_NOFAIL);
+
+	mutex_lock(&info->mm_lock);
+	map->faults = src->faults;
+	map->pg_lo = src->pg_lo;
+	map->pg_hi = src->pg_hi;
+	list_add(&map->link, &info->mappings);
+	mutex_unlock(&info->mm_lock);
+
+	vma->vm_private_data = map;
+}
+
+static void xenfb_vm_close(struct vm_area_struct *vma)
+{
+	struct xenfb_mapping *map = vma->vm_private_data;
+	struct xenfb_info *info = map->info;
+
+	mutex_lock(&info->mm_lock);
+	list_del(&map->link);
+	mutex_unlock(&info->mm_lock);
+	vma->vm_private_data = NULL;
+	kfree(map);
+}
+
+static vm_fault_t xenfb_vm_fault(struct vm_fault *vmf)
+{
+	struct xenfb_mapping *map = vmf->vma->vm_private_data;
+	struct xenfb_info *info = map->info;
+	unsigned long pg = vmf->pgoff;	/* framebuffer page: honours vm_pgoff */
+	unsigned long flags;
+	unsigned int delay;
+	struct page *page;
+	vm_fault_t ret = 0;
+
+	if (pg >= info->nr_pages)
+		return VM_FAULT_SIGBUS;
+	page = xenfb_fb_page(info, pg);
+
+	mutex_lock(&info->mm_lock);
+
+	map->faults++;
+	stat_faults++;
+	map->pg_lo = min(map->pg_lo, pg);
+	map->pg_hi = max(map->pg_hi, pg);
+
+	spin_lock_irqsave(&info->dirty_lock, flags);
+	__xenfb_dirty_pages(info, pg, pg);
+	__xenfb_arm(info);
+	spin_unlock_irqrestore(&info->dirty_lock, flags);
+
+	atomic_inc(&map->in_window);
+
+#ifdef XENFB_LEGACY_FIXED
+	/*
+	 * THE FIX, part 1: lock the page before dropping mm_lock and hand it
+	 * to the core locked.  __do_fault() accepts a VM_FAULT_LOCKED page
+	 * as is; do_read_fault()/do_shared_fault() keep it locked through
+	 * finish_fault() (we have no ->page_mkwrite) and unlock it only
+	 * after the PTE is installed (or the fault is abandoned).  So from
+	 * the moment this fault is recorded until its PTE exists, the page is
+	 * locked, and the thread can see that with trylock_page() (part 2).
+	 * Order: mmap_lock -> mm_lock -> page lock.  Blocking here while
+	 * holding mm_lock is safe: whoever holds the page lock is another
+	 * fault that is past its own mm_lock section and needs no lock of
+	 * ours to finish.
+	 */
+	lock_page(page);
+	ret = VM_FAULT_LOCKED;
+#endif
+
+	mutex_unlock(&info->mm_lock);
+
+	/* The race window: recorded, PTE not installed yet. */
+	delay = READ_ONCE(race_window_ms);
+	if (delay)
+		msleep(delay);
+
+	get_page(page);
+	vmf->page = page;
+
+	/* Safe: close() cannot run while a fault holds mmap_lock. */
+	atomic_dec(&map->in_window);
+	return ret;
+}
+
+static const struct vm_operations_struct xenfb_vm_ops = {
+	.open	= xenfb_vm_open,
+	.close	= xenfb_vm_close,
+	.fault	= xenfb_vm_fault,
+	/* No .map_pages: no fault-around, every page goes through .fault.
+	 * No .page_mkwrite: the core keeps a locked page locked until the
+	 * PTE is set. */
+};
+
+static int xenfb_fb_mmap(struct fb_info *fb_info, struct vm_area_struct *vma)
+{
+	struct xenfb_info *info = fb_info->par;
+	struct xenfb_mapping *map;
+
+	/*
+	 * A writable private mapping would COW the framebuffer away from the
+	 * backend: refuse it (the old driver did too).  MAP_SHARED, and
+	 * read-only mappings that can never be written, are fine.
+	 */
+	if (is_cow_mapping(vma->vm_flags))
+		return -EINVAL;
+	if (vma->vm_pgoff >= info->nr_pages ||
+	    vma_pages(vma) > info->nr_pages - vma->vm_pgoff)
+		return -EINVAL;
+
+	map = xenfb_mapping_new(info, vma, GFP_KERNEL);
+	if (!map)
+		return -ENOMEM;
+
+	mutex_lock(&info->mm_lock);
+	list_add(&map->link, &info->mappings);
+	mutex_unlock(&info->mm_lock);
+
+	/* Starts unpopulated: every page is brought in by xenfb_vm_fault(). */
+	vma->vm_ops = &xenfb_vm_ops;
+	vma->vm_flags |= VM_DONTEXPAND | VM_DONTDUMP;
+	vma->vm_private_data = map;
+	return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* fb_ops: kernel-side drawing                                             */
+/* ---------------------------------------------------------------------- */
+
+static int xenfb_setcolreg(unsigned int regno, unsigned int red,
+			   unsigned int green, unsigned int blue,
+			   unsigned int transp, struct fb_info *fb_info)
+{
+	const struct fb_var_screeninfo *var = &fb_info->var;
+	u32 v;
+
+	if (regno >= ARRAY_SIZE(((struct xenfb_info *)NULL)->palette))
+		return 1;
+
+	/* 16-bit colour components scaled down to the field widths. */
+	red >>= 16 - var->red.length;
+	green >>= 16 - var->green.length;
+	blue >>= 16 - var->blue.length;
+	v = (red << var->red.offset) | (green << var->green.offset) |
+	    (blue << var->blue.offset);
+	((u32 *)fb_info->pseudo_palette)[regno] = v;
+	return 0;
+}
+
+static void xenfb_fillrect(struct fb_info *p, const struct fb_fillrect *rect)
+{
+	sys_fillrect(p, rect);
+	xenfb_refresh(p->par, rect->dx, rect->dy, rect->width, rect->height);
+}
+
+static void xenfb_copyarea(struct fb_info *p, const struct fb_copyarea *area)
+{
+	sys_copyarea(p, area);
+	xenfb_refresh(p->par, area->dx, area->dy, area->width, area->height);
+}
+
+static void xenfb_imageblit(struct fb_info *p, const struct fb_image *image)
+{
+	sys_imageblit(p, image);
+	xenfb_refresh(p->par, image->dx, image->dy, image->width,
+		      image->height);
+}
+
+static ssize_t xenfb_write(struct fb_info *p, const char __user *buf,
+			   size_t count, loff_t *ppos)
+{
+	struct xenfb_info *info = p->par;
+	loff_t start = *ppos;
+	ssize_t res;
+
+	res = fb_sys_write(p, buf, count, ppos);
+	if (res > 0) {
+		long y1 = start / info->line_length;
+		long y2 = (start + res - 1) / info->line_length + 1;
+
+		xenfb_refresh(info, 0, y1, info->width, y2 - y1);
+	}
+	return res;
+}
+
+static void xenfb_free(struct xenfb_info *info);
+
+/* Last reference to the fb_info gone (unregistered and no longer open):
+ * no mapping can exist anymore (a VMA holds the file open). */
+static void xenfb_fb_destroy(struct fb_info *fb_info)
+{
+	xenfb_free(fb_info->par);
+}
+
+static const struct fb_ops xenfb_fb_ops = {
+	.owner		= THIS_MODULE,
+	.fb_read	= fb_sys_read,
+	.fb_write	= xenfb_write,
+	.fb_setcolreg	= xenfb_setcolreg,
+	.fb_fillrect	= xenfb_fillrect,
+	.fb_copyarea	= xenfb_copyarea,
+	.fb_imageblit	= xenfb_imageblit,
+	.fb_mmap	= xenfb_fb_mmap,
+	.fb_destroy	= xenfb_fb_destroy,
+};
+
+/* ---------------------------------------------------------------------- */
+/* Backend connection                                                      */
+/* ---------------------------------------------------------------------- */
+
+static irqreturn_t xenfb_event_handler(int irq, void *dev_id)
+{
+	struct xenfb_info *info = dev_id;
+	struct xenfb_page *page = info->page;
+	unsigned long flags;
+
+	/* No in events are used: consume them all. */
+	if (page->in_cons != page->in_prod) {
+		page->in_cons = page->in_prod;
+		notify_remote_via_irq(irq);
+	}
+
+	/* The backend may have made room in a full out ring: flush soon. */
+	spin_lock_irqsave(&info->dirty_lock, flags);
+	if (info->update_wanted && !xenfb_rect_empty(&info->dirty))
+		__xenfb_arm(info);
+	spin_unlock_irqrestore(&info->dirty_lock, flags);
+
+	return IRQ_HANDLED;
+}
+
+static unsigned long xenfb_vmalloc_to_gfn(void *addr)
+{
+	return xen_page_to_gfn(vmalloc_to_page(addr));
+}
+
+static void xenfb_init_shared_page(struct xenfb_info *info)
+{
+	unsigned long epd = PAGE_SIZE / sizeof(info->gfns[0]);
+	unsigned long i;
+
+	for (i = 0; i < info->nr_pages; i++)
+		info->gfns[i] = xenfb_vmalloc_to_gfn(info->fb + i * PAGE_SIZE);
+
+	memset(info->page->pd, 0, sizeof(info->page->pd));
+	for (i = 0; i * epd < info->nr_pages; i++)
+		info->page->pd[i] = xenfb_vmalloc_to_gfn(&info->gfns[i * epd]);
+
+	info->page->width = info->width;
+	info->page->height = info->height;
+	info->page->depth = XENFB_DEPTH;
+	info->page->line_length = info->line_length;
+	info->page->mem_length = info->fb_len;
+	info->page->in_cons = info->page->in_prod = 0;
+	info->page->out_cons = info->page->out_prod = 0;
+}
+
+static int xenfb_connect_backend(struct xenbus_device *dev,
+				 struct xenfb_info *info)
+{
+	struct xenbus_transaction xbt;
+	evtchn_port_t evtchn;
+	unsigned long flags;
+	int ret, irq;
+
+	ret = xenbus_alloc_evtchn(dev, &evtchn);
+	if (ret)
+		return ret;
+	irq = bind_evtchn_to_irqhandler(evtchn, xenfb_event_handler, 0,
+					dev->devicetype, info);
+	if (irq < 0) {
+		xenbus_free_evtchn(dev, evtchn);
+		xenbus_dev_fatal(dev, irq, "bind_evtchn_to_irqhandler");
+		return irq;
+	}
+
+	spin_lock_irqsave(&info->dirty_lock, flags);
+	info->irq = irq;
+	spin_unlock_irqrestore(&info->dirty_lock, flags);
+
+again:
+	ret = xenbus_transaction_start(&xbt);
+	if (ret) {
+		xenbus_dev_fatal(dev, ret, "starting transaction");
+		goto unbind;
+	}
+	ret = xenbus_printf(xbt, dev->nodename, "page-ref", "%lu",
+			    virt_to_gfn(info->page));
+	if (ret)
+		goto abort;
+	ret = xenbus_printf(xbt, dev->nodename, "event-channel", "%u", evtchn);
+	if (ret)
+		goto abort;
+	ret = xenbus_printf(xbt, dev->nodename, "protocol", "%s",
+			    XEN_IO_PROTO_ABI_NATIVE);
+	if (ret)
+		goto abort;
+	ret = xenbus_printf(xbt, dev->nodename, "feature-update", "1");
+	if (ret)
+		goto abort;
+	ret = xenbus_transaction_end(xbt, 0);
+	if (ret) {
+		if (ret == -EAGAIN)
+			goto again;
+		xenbus_dev_fatal(dev, ret, "completing transaction");
+		goto unbind;
+	}
+
+	xenbus_switch_state(dev, XenbusStateInitialised);
+	return 0;
+
+abort:
+	xenbus_transaction_end(xbt, 1);
+	xenbus_dev_fatal(dev, ret, "writing xenstore");
+unbind:
+	xenfb_disconnect_backend(info);
+	return ret;
+}
+
+/* Stop talking to the backend.  Also unbinds (and closes) the event
+ * channel; safe to call when not connected. */
+static void xenfb_disconnect_backend(struct xenfb_info *info)
+{
+	unsigned long flags;
+	int irq;
+
+	spin_lock_irqsave(&info->dirty_lock, flags);
+	irq = info->irq;
+	info->irq = -1;
+	info->update_wanted = 0;
+	spin_unlock_irqrestore(&info->dirty_lock, flags);
+
+	if (irq >= 0)
+		unbind_from_irqhandler(irq, info);
+}
+
+static void xenfb_backend_connected(struct xenbus_device *dev,
+				    struct xenfb_info *info)
+{
+	unsigned long flags;
+	int want;
+
+	want = !!xenbus_read_unsigned(dev->otherend, "request-update", 0);
+
+	spin_lock_irqsave(&info->dirty_lock, flags);
+	info->update_wanted = want;
+	/* Flush what was drawn or faulted before the backend was ready. */
+	if (want)
+		__xenfb_arm(info);
+	spin_unlock_irqrestore(&info->dirty_lock, flags);
+
+	dev_info(&dev->dev, "backend connected, request-update=%d\n", want);
+}
+
+static void xenfb_stop_updates(struct xenfb_info *info)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&info->dirty_lock, flags);
+	info->update_wanted = 0;
+	spin_unlock_irqrestore(&info->dirty_lock, flags);
+}
+
+static void xenfb_backend_changed(struct xenbus_device *dev,
+				  enum xenbus_state backend_state)
+{
+	struct xenfb_info *info = dev_get_drvdata(&dev->dev);
+
+	switch (backend_state) {
+	case XenbusStateInitialising:
+	case XenbusStateInitialised:
+	case XenbusStateReconfiguring:
+	case XenbusStateReconfigured:
+	case XenbusStateUnknown:
+		break;
+
+	case XenbusStateInitWait:
+		if (info->await_reset) {
+			/* The backend has reset: connect now. */
+			info->await_reset = false;
+			if (xenfb_connect_backend(dev, info))
+				break;
+		}
+		xenbus_switch_state(dev, XenbusStateConnected);
+		break;
+
+	case XenbusStateConnected:
+		if (info->await_reset)
+			break;
+		/* InitWait may have been skipped if the backend was quick. */
+		if (dev->state != XenbusStateConnected)
+			xenbus_switch_state(dev, XenbusStateConnected);
+		xenfb_backend_connected(dev, info);
+		break;
+
+	case XenbusStateClosed:
+		if (info->await_reset || dev->state == XenbusStateClosed)
+			break;
+		fallthrough;	/* missed the backend's Closing */
+	case XenbusStateClosing:
+		if (info->await_reset)
+			break;
+		xenfb_stop_updates(info);
+		xenbus_frontend_closed(dev);
+		break;
+	}
+}
+
+/* ---------------------------------------------------------------------- */
+/* Probe / remove                                                          */
+/* ---------------------------------------------------------------------- */
+
+/* Free everything.  The thread, timer and event channel are gone. */
+static void xenfb_free(struct xenfb_info *info)
+{
+	WARN_ON(!list_empty(&info->mappings));
+	if (info->fb_info) {
+		fb_dealloc_cmap(&info->fb_info->cmap);
+		framebuffer_release(info->fb_info);
+	}
+	free_page((unsigned long)info->page);
+	vfree(info->gfns);
+	vfree(info->fb);
+	kfree(info);
+}
+
+/*
+ * Stop the thread and timer and the backend connection, then drop the
+ * framebuffer.  If the framebuffer is still open (and perhaps mapped), the
+ * fb core keeps the fb_info and xenfb_fb_destroy() frees everything at the
+ * last close; until then faults still work (they only no longer produce
+ * updates), because the timer is shut down and mod_timer() is a no-op.
+ */
+static void xenfb_teardown(struct xenfb_info *info)
+{
+	if (info->thread) {
+		kthread_stop(info->thread);
+		info->thread = NULL;
+	}
+	timer_shutdown_sync(&info->refresh);
+	xenfb_disconnect_backend(info);
+
+	if (info->fb_registered)
+		unregister_framebuffer(info->fb_info);	/* may free info */
+	else
+		xenfb_free(info);
+}
+
+static int xenfb_probe(struct xenbus_device *dev,
+		       const struct xenbus_device_id *id)
+{
+	struct xenfb_info *info;
+	struct fb_info *fb_info;
+	unsigned int videoram = XENFB_DEFAULT_VIDEORAM, val;
+	int be_state;
+	int ret;
+
+	info = kzalloc(sizeof(*info), GFP_KERNEL);
+	if (!info) {
+		xenbus_dev_fatal(dev, -ENOMEM, "allocating info structure");
+		return -ENOMEM;
+	}
+	info->xbdev = dev;
+	info->irq = -1;
+	mutex_init(&info->mm_lock);
+	INIT_LIST_HEAD(&info->mappings);
+	spin_lock_init(&info->dirty_lock);
+	xenfb_rect_reset(&info->dirty);
+	timer_setup(&info->refresh, xenfb_timer_fn, 0);
+	init_waitqueue_head(&info->wq);
+
+	/* Geometry: 800x600x32 unless the backend asks for another size
+	 * that fits in the video memory (as the upstream driver). */
+	if (xenbus_scanf(XBT_NIL, dev->otherend, "videoram", "%u", &val) == 1 &&
+	    val < videoram)
+		videoram = val;
+	info->width = xenbus_read_unsigned(dev->otherend, "width", XENFB_WIDTH);
+	info->height = xenbus_read_unsigned(dev->otherend, "height",
+					    XENFB_HEIGHT);
+	if (info->width <= 0 || info->height <= 0 ||
+	    (u64)info->width * info->height * (XENFB_DEPTH / 8) >
+	    (u64)videoram * 1024 * 1024) {
+		dev_warn(&dev->dev, "display %dx%d does not fit in %u MiB, using %dx%d\n",
+			 info->width, info->height, videoram,
+			 XENFB_WIDTH, XENFB_HEIGHT);
+		info->width = XENFB_WIDTH;
+		info->height = XENFB_HEIGHT;
+	}
+	info->line_length = info->width * (XENFB_DEPTH / 8);
+	info->fb_len = (unsigned long)info->line_length * info->height;
+	info->nr_pages = DIV_ROUND_UP(info->fb_len, PAGE_SIZE);
+
+	ret = -ENOMEM;
+	info->fb = vzalloc(info->fb_len);
+	if (!info->fb)
+		goto fail_nomem;
+	info->gfns = vmalloc(array_size(sizeof(unsigned long), info->nr_pages));
+	if (!info->gfns)
+		goto fail_nomem;
+	info->page = (void *)get_zeroed_page(GFP_KERNEL);
+	if (!info->page)
+		goto fail_nomem;
+
+	fb_info = framebuffer_alloc(0, NULL);
+	if (!fb_info)
+		goto fail_nomem;
+	info->fb_info = fb_info;
+	fb_info->par = info;
+	fb_info->pseudo_palette = info->palette;
+	fb_info->screen_buffer = info->fb;
+	fb_info->screen_size = info->fb_len;
+	fb_info->fbops = &xenfb_fb_ops;
+
+	fb_info->var.xres_virtual = fb_info->var.xres = info->width;
+	fb_info->var.yres_virtual = fb_info->var.yres = info->height;
+	fb_info->var.bits_per_pixel = XENFB_DEPTH;
+	fb_info->var.red = (struct fb_bitfield){ 16, 8, 0 };
+	fb_info->var.green = (struct fb_bitfield){ 8, 8, 0 };
+	fb_info->var.blue = (struct fb_bitfield){ 0, 8, 0 };
+	fb_info->var.activate = FB_ACTIVATE_NOW;
+	fb_info->var.height = -1;
+	fb_info->var.width = -1;
+	fb_info->var.vmode = FB_VMODE_NONINTERLACED;
+
+	strscpy(fb_info->fix.id, "xen", sizeof(fb_info->fix.id));
+	fb_info->fix.type = FB_TYPE_PACKED_PIXELS;
+	fb_info->fix.visual = FB_VISUAL_TRUECOLOR;
+	fb_info->fix.line_length = info->line_length;
+	fb_info->fix.smem_start = 0;
+	fb_info->fix.smem_len = info->fb_len;
+	fb_info->fix.accel = FB_ACCEL_NONE;
+	fb_info->flags = FBINFO_FLAG_DEFAULT | FBINFO_VIRTFB;
+
+	ret = fb_alloc_cmap(&fb_info->cmap, 256, 0);
+	if (ret < 0) {
+		xenbus_dev_fatal(dev, ret, "fb_alloc_cmap");
+		goto fail;
+	}
+
+	xenfb_init_shared_page(info);
+	dev_set_drvdata(&dev->dev, info);
+
+	info->thread = kthread_run(xenfb_thread, info, "%s", KBUILD_MODNAME);
+	if (IS_ERR(info->thread)) {
+		ret = PTR_ERR(info->thread);
+		info->thread = NULL;
+		xenbus_dev_fatal(dev, ret, "starting refresh thread");
+		goto fail;
+	}
+
+	/*
+	 * If an earlier frontend instance (e.g. the other variant of this
+	 * module, unbound through sysfs) left the device Closed, the backend
+	 * is Closed too and only resets when it sees us Initialising; then
+	 * it goes to InitWait, where we connect.  Otherwise connect now, as
+	 * the upstream driver does.
+	 */
+	be_state = xenbus_read_driver_state(dev->otherend);
+	if (be_state == XenbusStateClosed || be_state == XenbusStateClosing) {
+		info->await_reset = true;
+		ret = xenbus_switch_state(dev, XenbusStateInitialising);
+	} else {
+		ret = xenfb_connect_backend(dev, info);
+	}
+	if (ret < 0)
+		goto fail;
+
+	ret = register_framebuffer(fb_info);
+	if (ret) {
+		xenbus_dev_fatal(dev, ret, "register_framebuffer");
+		goto fail;
+	}
+	info->fb_registered = true;
+
+	dev_info(&dev->dev, "%s frontend: fb%d %dx%dx%d, %lu pages, race_window_ms=%u\n",
+		 XENFB_VARIANT, fb_info->node, info->width, info->height,
+		 XENFB_DEPTH, info->nr_pages, READ_ONCE(race_window_ms));
+	return 0;
+
+fail_nomem:
+	xenbus_dev_fatal(dev, ret, "allocating device memory");
+fail:
+	dev_set_drvdata(&dev->dev, NULL);
+	xenfb_teardown(info);
+	return ret;
+}
+
+static int xenfb_resume(struct xenbus_device *dev)
+{
+	struct xenfb_info *info = dev_get_drvdata(&dev->dev);
+	unsigned long flags;
+
+	xenfb_disconnect_backend(info);
+	xenfb_init_shared_page(info);
+
+	/* The new backend has nothing yet: repaint everything on connect. */
+	spin_lock_irqsave(&info->dirty_lock, flags);
+	__xenfb_grow(info, 0, 0, info->width, info->height);
+	spin_unlock_irqrestore(&info->dirty_lock, flags);
+
+	return xenfb_connect_backend(dev, info);
+}
+
+static void xenfb_remove(struct xenbus_device *dev)
+{
+	struct xenfb_info *info = dev_get_drvdata(&dev->dev);
+
+	dev_set_drvdata(&dev->dev, NULL);
+	if (info)
+		xenfb_teardown(info);
+}
+
+static const struct xenbus_device_id xenfb_ids[] = {
+	{ "vfb" },
+	{ "" }
+};
+
+static struct xenbus_driver xenfb_driver = {
+	/* Not "vfb": that name is taken by the built-in xen-fbfront. */
+	.name			= KBUILD_MODNAME,
+	.ids			= xenfb_ids,
+	.probe			= xenfb_probe,
+	.remove			= xenfb_remove,
+	.resume			= xenfb_resume,
+	.otherend_changed	= xenfb_backend_changed,
+	.not_essential		= true,
+};
+
+/* Not named xenfb_init: the built-in driver's initcall is blacklisted by
+ * that name on the guest command line. */
+static int __init xenfb_legacy_init(void)
+{
+	if (!xen_domain() || xen_initial_domain())
+		return -ENODEV;
+	if (!xen_has_pv_devices())
+		return -ENODEV;
+
+	pr_info("%s variant, race_window_ms=%u\n", XENFB_VARIANT,
+		READ_ONCE(race_window_ms));
+	return xenbus_register_frontend(&xenfb_driver);
+}
+
+static void __exit xenfb_legacy_exit(void)
+{
+	xenbus_unregister_driver(&xenfb_driver);
+}
+
+module_init(xenfb_legacy_init);
+module_exit(xenfb_legacy_exit);
+
+#ifdef XENFB_LEGACY_FIXED
+MODULE_DESCRIPTION("Xen PV framebuffer frontend, 2.6.18 design with the fault/zap race fixed (xenfb-harness)");
+#else
+MODULE_DESCRIPTION("Xen PV framebuffer frontend, 2.6.18 design with its fault/zap race (xenfb-harness)");
+#endif
+MODULE_AUTHOR("xenfb-harness");
+MODULE_LICENSE("GPL");
