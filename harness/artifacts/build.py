@@ -32,6 +32,8 @@ DOM0_MODULES = ["virtio_blk", "virtio_pci", "ext4", "virtio_net",
 DOM0_EXTRA_PACKAGES = ["xenstore-utils", "qemu-system-xen", "kmod", "iproute2", "mount", "procps",
                        "openssh-server", "socat"]
 BUSYBOX = "busybox-static"
+# This file is the recipe of every entry below: any change to it rebuilds them all, so none is stale.
+RECIPE = hash_files(Path(__file__))
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def _xen(cache: Cache, apt: Apt, package: str, log: Path) -> Path:
         # QEMU's multiboot loader wants the plain 32-bit ELF.
         (out / "xen").write_bytes(gzip.decompress(gz.read_bytes()))
         shutil.rmtree(out / "deb")
-    return cache.entry("xen", {"package": package, "version": apt.version(package)}, build) / "xen"
+    return cache.entry("xen", {"package": package, "version": apt.version(package), "build": RECIPE}, build) / "xen"
 
 
 def _kernel(cache: Cache, apt: Apt, package: str, log: Path) -> Path:
@@ -86,7 +88,7 @@ def _kernel(cache: Cache, apt: Apt, package: str, log: Path) -> Path:
         (out / "version").write_text(version)
         shutil.rmtree(out / "deb")
     inputs = {"package": package, "version": apt.version(package), "modules": DOM0_MODULES,
-              "recipe": hash_files(HERE / "kernel.py")}
+              "recipe": hash_files(HERE / "kernel.py"), "build": RECIPE}
     return cache.entry("kernel", inputs, build)
 
 
@@ -95,22 +97,27 @@ def _busybox(apt: Apt, dest: Path) -> Path:
     return tree / "bin" / "busybox"
 
 
+def _start_initramfs(cpio: CpioWriter, busybox: Path, directories: tuple[str, ...]) -> None:
+    """What both our initramfs images begin with: the top directories, the console node, busybox."""
+    for d in directories:
+        cpio.directory(d)
+    cpio.char_device("dev/console", 5, 1)  # the kernel opens it before /init runs; devtmpfs is not there yet
+    cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+
+
 def _dom0_initrd(cache: Cache, apt: Apt, kernel: Path, log: Path) -> Path:
     def build(out: Path) -> None:
         busybox = _busybox(apt, out)
         with open(out / "initrd.cpio", "wb") as f:
             cpio = CpioWriter(f)
-            for d in ("bin", "dev", "proc", "sys", "newroot"):
-                cpio.directory(d)
-            cpio.char_device("dev/console", 5, 1)
-            cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+            _start_initramfs(cpio, busybox, ("bin", "dev", "proc", "sys", "newroot"))
             cpio.file("init", (FILES / "dom0-initramfs-init").read_bytes(), 0o755)
             cpio.file("modules.order", (kernel / "modules.order").read_bytes())
             cpio.tree(kernel / "modules" / "lib", "lib")
             cpio.close()
         shutil.rmtree(out / "bb")
     inputs = {"kernel": kernel.name, "busybox": apt.version(BUSYBOX),
-              "recipe": hash_files(FILES / "dom0-initramfs-init", HERE / "cpio.py")}
+              "recipe": hash_files(FILES / "dom0-initramfs-init", HERE / "cpio.py"), "build": RECIPE}
     return cache.entry("dom0-initrd", inputs, build) / "initrd.cpio"
 
 
@@ -144,7 +151,7 @@ def _dom0_image(cache: Cache, apt: Apt, cfg: Config, series: str, log: Path) -> 
         shutil.rmtree(root)
     inputs = {"suite": cfg["apt.suite"], "packages": {p: apt.version(p) for p in packages},
               "sources": sources.read_text(),
-              "recipe": hash_files(FILES / "dom0-init", FILES / "sshd_config", HERE / "keys.py")}
+              "recipe": hash_files(FILES / "dom0-init", FILES / "sshd_config", HERE / "keys.py"), "build": RECIPE}
     return cache.entry("dom0-image", inputs, build)
 
 
@@ -152,7 +159,7 @@ def _writer(cache: Cache, log: Path) -> Path:
     def build(out: Path) -> None:
         run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-o", str(out / "xfb-writer"), str(WRITER_SRC)], log)
     gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    return cache.entry("writer", {"source": hash_files(WRITER_SRC), "gcc": gcc}, build) / "xfb-writer"
+    return cache.entry("writer", {"source": hash_files(WRITER_SRC), "gcc": gcc, "build": RECIPE}, build) / "xfb-writer"
 
 
 def _legacy_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, log: Path) -> Path:
@@ -183,7 +190,7 @@ def _legacy_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, lo
         shutil.rmtree(root)
         shutil.rmtree(src)
     inputs = {"kernel": version, "version": source_version, "packages": packages,
-              "source": hash_files(*sources)}
+              "source": hash_files(*sources), "build": RECIPE}
     return cache.entry("legacy-modules", inputs, build)
 
 
@@ -195,10 +202,7 @@ def _payload(cache: Cache, apt: Apt, kernel: Path, writer: Path, modules: Path |
         shutil.copyfile(kernel / "vmlinux", disk / "vmlinux")
         with open(disk / "initrd.cpio", "wb") as f:
             cpio = CpioWriter(f)
-            for d in ("bin", "dev", "proc", "sys", "tmp"):
-                cpio.directory(d)
-            cpio.char_device("dev/console", 5, 1)
-            cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+            _start_initramfs(cpio, busybox, ("bin", "dev", "proc", "sys", "tmp"))
             for applet in ("sh", "mount", "grep", "stty", "poweroff", "cat", "echo", "sleep", "insmod", "ls"):
                 cpio.symlink(f"bin/{applet}", "busybox")
             cpio.file("bin/xfb-writer", writer.read_bytes(), 0o755)
@@ -213,7 +217,7 @@ def _payload(cache: Cache, apt: Apt, kernel: Path, writer: Path, modules: Path |
         shutil.rmtree(out / "bb")
     inputs = {"kernel": kernel.name, "writer": writer.parent.name, "busybox": apt.version(BUSYBOX),
               "modules": modules.name if modules else None,
-              "recipe": hash_files(FILES / "guest-init", HERE / "cpio.py")}
+              "recipe": hash_files(FILES / "guest-init", HERE / "cpio.py"), "build": RECIPE}
     return cache.entry("guest-payload", inputs, build) / "payload.img"
 
 
