@@ -14,7 +14,7 @@ from .config import Config
 from .geometry import Rect
 from .guest import Guest
 from .hosts.nested import NestedHost, qemu_version
-from .images import diff_image, save_png
+from .images import diff_image, load_ppm, save_png
 from .progress import TIMINGS, say, step
 from .report import ERROR, Result, RoundResult
 
@@ -107,10 +107,5 @@ def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Resul
                              f"frame in {truth.missed_pixels} pixels, e.g. {truth.rects[:1]}; the writer or "
                              f"guest is wrong, not the backend")
             save_png(run_dir / f"round-{r:03d}-diff-screendump.png",
-                     diff_image(expected, load_dump(dump_path), truth.mask))
+                     diff_image(expected, load_ppm(dump_path), truth.mask))
             return
-
-
-def load_dump(path: Path):
-    from .images import load_ppm
-    return load_ppm(path)

@@ -30,7 +30,7 @@ class Apt:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "status").touch()
         self.opts = [
-            "-o", f"Dir::Etc::SourceList=/dev/null",
+            "-o", "Dir::Etc::SourceList=/dev/null",
             "-o", f"Dir::Etc::SourceParts={parts}",
             "-o", f"Dir::State::Lists={self.dir / 'lists'}",
             "-o", f"Dir::State::status={self.dir / 'status'}",
