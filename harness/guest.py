@@ -10,6 +10,7 @@ from pathlib import Path
 from .artifacts.build import LEGACY_MODULES
 from .config import Config, ConfigError
 from .geometry import Geometry
+from .pattern import WriterParams
 from .hosts.base import Console, HostError, XenHost
 from .protocol import (Bye, Done, ProtocolError, Ready, Stats, WriterError, format_go, format_quit, format_stats,
                        parse_line)
@@ -23,13 +24,20 @@ class GuestError(RuntimeError):
     """The guest, its kernel or the writer broke: an ERROR verdict, with the console tail."""
 
 
+def writer_params(cfg: Config) -> WriterParams:
+    """The pattern options from the config: the guest's writer gets them, the expected frames use them."""
+    return WriterParams(mode=cfg["writer.mode"], pages=cfg["writer.pages"], touches=cfg["writer.touches"],
+                        order=cfg["writer.order"])
+
+
 def xl_config(cfg: Config, host: XenHost) -> str:
     extra = cfg["guest.extra_cmdline"]
     if '"' in extra or "\\" in extra:
         raise ConfigError(cfg.source, "guest.extra_cmdline", "expected no double quotes or backslashes")
-    settings = {"xfb_tick_ms": cfg["writer.tick_ms"], "xfb_mode": cfg["writer.mode"],
-                "xfb_pages": cfg["writer.pages"], "xfb_touches": cfg["writer.touches"],
-                "xfb_order": cfg["writer.order"], "xfb_touch_gap_us": cfg["writer.touch_gap_us"]}
+    params = writer_params(cfg)
+    settings = {"xfb_tick_ms": cfg["writer.tick_ms"], "xfb_mode": params.mode, "xfb_pages": params.pages,
+                "xfb_touches": params.touches, "xfb_order": params.order,
+                "xfb_touch_gap_us": cfg["writer.touch_gap_us"]}
     module = LEGACY_MODULES[cfg["frontend"]]
     if module:
         # Keep the built-in xen-fbfront off the device so our module gets it.

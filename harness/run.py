@@ -12,7 +12,7 @@ from .capture import Capture
 from .compare import compare
 from .config import Config
 from .geometry import Rect
-from .guest import Guest
+from .guest import Guest, writer_params
 from .hosts.nested import NestedHost, qemu_version
 from .images import diff_image, load_ppm, save_png
 from .progress import TIMINGS, say, step
@@ -62,8 +62,7 @@ def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Resul
     seed = cfg["seed"]
     exclude = [geometry.ticker_rect] + [Rect(**r) for r in cfg["compare.exclude"]]
     window_s = cfg["capture.settle_window_ms"] / 1000
-    params = pattern.WriterParams(mode=cfg["writer.mode"], pages=cfg["writer.pages"],
-                                  touches=cfg["writer.touches"], order=cfg["writer.order"])
+    params = writer_params(cfg)
     counted = cfg["frontend"] != "upstream"  # our module keeps counters; the built-in driver has none
     before = guest.stats() if counted else {}
     for r in range(cfg["rounds"] + 1):  # round 0 is the baseline clear
