@@ -26,6 +26,7 @@ class Field:
     doc: str
     choices: tuple = ()
     minimum: int | None = None
+    maximum: int | None = None
 
 
 # Every key, its default and what it means. `xenfb-harness --help` and the README point here.
@@ -50,6 +51,13 @@ SCHEMA: dict[str, Any] = {
         "pages": Field(8, "int", "sparse mode: pages written per round", minimum=1),
         "touches": Field(1, "int", "sparse mode: times each page is written per round", minimum=1),
         "order": Field("random", "enum", "sparse mode: page order within a round", choices=("random", "ascending")),
+        "mappings": Field(1, "int", "map the framebuffer as this many mmap()s of consecutive chunks at their own "
+                          "file offsets (the frontend serves faults at non-zero offsets and tracks each mapping)",
+                          minimum=1, maximum=64),
+        "workers": Field(1, "int", "sparse mode: split each round's pages among this many workers (page % workers "
+                         "picks the worker, so the frame drawn is the same)", minimum=1, maximum=16),
+        "worker_kind": Field("thread", "enum", "what a worker is: a thread of the writer, or a process forked for "
+                             "the round (its mapping is fork's copy)", choices=("thread", "process")),
         "touch_gap_us": Field(0, "int", "sparse mode: pause between two touches of a page (timing only)",
                               minimum=0),
     },
@@ -58,6 +66,8 @@ SCHEMA: dict[str, Any] = {
     },
     "guest": {
         "memory_mb": Field(256, "int", "guest memory", minimum=64),
+        "vcpus": Field(1, "int", "guest virtual CPUs; with 2 or more, the frontend's thread can run while a fault "
+                       "is in flight on another CPU (the natural race needs that)", minimum=1, maximum=64),
         "kernel_package": Field("linux-image-6.1.0-56-amd64", "str", "Debian package of the guest kernel"),
         "extra_cmdline": Field("", "str", "appended to the guest kernel command line"),
         "boot_timeout": Field(180, "int", "seconds from 'xl create' to the writer's READY line", minimum=1),
@@ -130,6 +140,8 @@ def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
             fail("an integer")
         if f.minimum is not None and value < f.minimum:
             fail(f"an integer >= {f.minimum}")
+        if f.maximum is not None and value > f.maximum:
+            fail(f"an integer <= {f.maximum}")
         return value
     if f.kind == "bool":
         if not isinstance(value, bool):
@@ -208,6 +220,9 @@ def load(path: str | os.PathLike | None) -> Config:
         loaded = {} if loaded is None else loaded  # an empty file means all defaults; [] or 0 does not
         base = p.resolve().parent
         _merge(source, SCHEMA, loaded, data, "", base)
+    if data["writer"]["workers"] > 1 and data["writer"]["mode"] != "sparse":
+        raise ConfigError(source, "writer.workers", "expected 1 unless writer.mode is 'sparse' (mixed rounds "
+                          "overlap, so the order of their writes decides the frame)")
     if "sources" not in (loaded.get("apt") or {}):  # the default path must exist too, and say so if not
         _check(source, "apt.sources", SCHEMA["apt"]["sources"], data["apt"]["sources"], base)
     return Config(source, data)

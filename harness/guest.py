@@ -37,7 +37,8 @@ def xl_config(cfg: Config, host: XenHost) -> str:
     params = writer_params(cfg)
     settings = {"xfb_tick_ms": cfg["writer.tick_ms"], "xfb_mode": params.mode, "xfb_pages": params.pages,
                 "xfb_touches": params.touches, "xfb_order": params.order,
-                "xfb_touch_gap_us": cfg["writer.touch_gap_us"]}
+                "xfb_touch_gap_us": cfg["writer.touch_gap_us"], "xfb_mappings": cfg["writer.mappings"],
+                "xfb_workers": cfg["writer.workers"], "xfb_worker_kind": cfg["writer.worker_kind"]}
     module = LEGACY_MODULES[cfg["frontend"]]
     if module:
         # Keep the built-in xen-fbfront off the device so our module gets it.
@@ -51,7 +52,7 @@ def xl_config(cfg: Config, host: XenHost) -> str:
         f'ramdisk = "{host.guest_dir}/initrd.cpio"',
         f'extra = "{cmdline}"',
         f"memory = {cfg['guest.memory_mb']}",
-        "vcpus = 1",
+        f"vcpus = {cfg['guest.vcpus']}",
         f"vfb = [ \"vnc=1,vnclisten={host.vnc_listen},vncdisplay=0\" ]",
         'on_crash = "preserve"',
         "",

@@ -253,6 +253,24 @@ def test_integer_at_minimum_is_fine(tmp_path, text, key, value):
     assert load(write_config(tmp_path, text + "\n"))[key] == value
 
 
+@pytest.mark.parametrize("text, key, maximum", [
+    ("writer:\n  mappings: 65", "writer.mappings", 64),
+    ("writer:\n  mode: sparse\n  workers: 17", "writer.workers", 16),
+    ("guest:\n  vcpus: 65", "guest.vcpus", 64),
+])
+def test_integer_above_maximum(tmp_path, text, key, maximum):
+    err = load_error(write_config(tmp_path, text + "\n"))
+    assert err.key == key
+    assert f"<= {maximum}" in str(err)
+
+
+def test_workers_need_sparse_mode(tmp_path):
+    err = load_error(write_config(tmp_path, "writer:\n  workers: 2\n"))
+    assert err.key == "writer.workers" and "'sparse'" in str(err)
+    cfg = load(write_config(tmp_path, "writer:\n  mode: sparse\n  workers: 2\n  worker_kind: process\n"))
+    assert (cfg["writer.workers"], cfg["writer.worker_kind"]) == (2, "process")
+
+
 # --- paths ----------------------------------------------------------------------------------------------------------
 
 

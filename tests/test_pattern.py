@@ -45,7 +45,7 @@ def writer(tmp_path_factory) -> Path:
         pytest.skip("gcc not found: cannot build xfb-writer to compare it with pattern.py")
     exe = tmp_path_factory.mktemp("writer") / "xfb-writer"
     # -Werror: the real build must be warning-free, so a warning here is a failure too.
-    subprocess.run([gcc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe), str(WRITER_SRC)], check=True)
+    subprocess.run([gcc, "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(exe), str(WRITER_SRC)], check=True)
     return exe
 
 
@@ -424,6 +424,36 @@ def test_writer_guest_loop_sparse_with_touch_gap(writer, tmp_path):
     assert (lines[:, g.width * 2:] == 0x5A).all() and (lines[g.drawable_height] == 0x5A).all()
 
 
+@pytest.mark.parametrize("mappings, workers, kind", [(1, 3, "thread"), (1, 4, "process"), (5, 1, "thread"),
+                                                      (7, 2, "process")])
+def test_writer_guest_mappings_and_workers_draw_the_same_bytes(writer, tmp_path, mappings, workers, kind):
+    """Splitting the mapping and the round's pages among workers changes how the bytes are written, never which."""
+    g = GEOMETRIES["333x201x16-565-padded"]
+    params = pattern.WriterParams("sparse", 40, 3, "random")  # 40 pages in ~33: some pages in two entries
+    fb = tmp_path / "fb"
+    fb.write_bytes(b"\x5a" * (g.height * g.stride))
+    commands = [protocol.format_go(r, 9) for r in range(6)] + [protocol.format_quit()]
+    proc = subprocess.run([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), "--tick-ms", "1000",
+                           *params.writer_args(), "--mappings", str(mappings), "--workers", str(workers),
+                           "--worker-kind", kind], input="".join(commands), capture_output=True, text=True,
+                          timeout=20)
+    assert proc.returncode == 0, proc.stdout
+    msgs = [protocol.parse_line(x) for x in proc.stdout.splitlines()]
+    assert [m.round for m in msgs if isinstance(m, protocol.Done)] == list(range(6))
+    raw = fb.read_bytes()
+    assert np.array_equal(drawable_pixels(raw, g), drawable_pixels(pattern.render(g, 9, 6, params=params), g))
+
+
+def test_writer_guest_rejects_more_mappings_than_pages(writer, tmp_path):
+    g = GEOMETRIES["7x3x32-one-drawable-row"]  # 84 bytes: one page
+    fb = tmp_path / "fb"
+    fb.write_bytes(bytes(g.height * g.stride))
+    proc = subprocess.run([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), "--mappings", "2"],
+                          input=protocol.format_quit(), capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 1
+    assert "exceeds the framebuffer's 1 pages" in protocol.parse_line(proc.stdout.strip()).message
+
+
 @pytest.mark.parametrize("order", pattern.ORDERS)
 def test_writer_guest_touches_pages_in_the_chosen_order(writer, tmp_path, order):
     """Order never shows in a round's final bytes (the sort is stable), only in time: watch the file mid-round."""
@@ -471,6 +501,14 @@ def test_writer_guest_touches_pages_in_the_chosen_order(writer, tmp_path, order)
     (["--touches", "-1"], "--touches"),
     (["--touch-gap-us", "5"], "guest mode only"),
     (["--stats-dir", "/tmp"], "guest mode only"),
+    (["--mappings", "2"], "guest mode only"),
+    (["--mode", "sparse", "--workers", "2"], "guest mode only"),
+    (["--mode", "sparse", "--worker-kind", "process"], "guest mode only"),
+    (["--worker-kind", "fibre"], "--worker-kind"),
+    (["--mappings", "0"], "--mappings"),
+    (["--mappings", "65"], "--mappings"),
+    (["--workers", "17"], "--workers"),
+    (["--workers", "2"], "needs --mode sparse"),
 ])
 def test_writer_rejects_bad_pattern_options(writer, tmp_path, args, needle):
     g = GEOMETRIES["7x3x32-one-drawable-row"]

@@ -63,13 +63,17 @@
  * ------------------------------------------------------------------------
  * The fix (XENFB_LEGACY_FIXED)
  * ------------------------------------------------------------------------
- * The fault handler locks its page before dropping the driver lock and
- * returns VM_FAULT_LOCKED, so the page stays locked until the core has
- * installed the PTE.  Before zapping a mapping and clearing its count, the
- * thread try-locks the pages the mapping faulted on.  While one of them is
- * locked, the thread postpones that mapping to the next tick (counter
- * "deferred").  See the "THE FIX" comments for the argument.  In the fixed
- * build, a fault inside the window always holds its page lock, so
+ * In both builds the fault handler locks its page before dropping the
+ * driver lock and returns VM_FAULT_LOCKED, so the page stays locked until
+ * the core has installed the PTE.  (The core would lock it anyway right
+ * after the handler returns, in __do_fault(), and keep it locked through
+ * finish_fault(); we only take it a little earlier, so the whole window
+ * is covered.)  Before zapping a mapping and clearing its count, the
+ * thread try-locks the pages the mapping faulted on: a page it cannot
+ * lock belongs to a fault inside the window.  The old design zaps anyway
+ * and counts a race hit; the fix postpones that mapping to the next tick
+ * (counter "deferred").  See the "THE FIX" comments for the argument.
+ * In the fixed build no zap runs while a fault is inside the window, so
  * race_hits stays 0 by construction.
  *
  * ------------------------------------------------------------------------
@@ -84,20 +88,18 @@
  *   deferred   (fixed build only) zaps postponed because a fault on the
  *              mapping had not installed its PTE yet.
  *
- * A race hit: every mapping has an "in_window" counter.  The fault handler
- * increments it under the driver lock, just before dropping the lock, and
- * decrements it just before returning the page.  The thread, under the
- * driver lock, counts a race hit when it zaps (and clears the fault count
- * of) a mapping whose in_window is nonzero: that fault has been recorded,
- * the zap cannot remove its PTE (not there yet), and the count it added is
- * being thrown away, so the page will end up mapped but untracked.
- * Limit: the counter covers only the part of the window inside our
- * handler.  The last stretch, from the handler's return to the PTE install
- * in finish_fault(), is not covered; a zap there loses the PTE the same way
- * but is not counted.  That stretch is short and entirely inside core mm,
- * so race_hits is a lower bound, and with race_window_ms > 0 it is
- * dominated by the sleep.  A race hit does not prove a lost write (the
- * writer may never write that page again), it proves an untracked PTE.
+ * A race hit: the thread, under the driver lock, counts one when it zaps
+ * (and clears the fault count of) a mapping while a page of the mapping's
+ * recorded range is locked, i.e. while a fault recorded on it is between
+ * dropping the driver lock and the core installing its PTE (the whole
+ * window, as the page lock covers it exactly).  The zap cannot remove
+ * that PTE (not there yet), and the count the fault added is thrown away,
+ * so the page will end up mapped but untracked.  At most one hit is
+ * counted per zap.  A race hit does not prove a lost write (the writer may
+ * never write that page again), it proves an untracked PTE.  Limit: with
+ * several mappings of one page (forked writers), a fault on another
+ * mapping of a page in the range also holds its lock; the harness's
+ * workers never write one page from two mappings in a round.
  *
  * ------------------------------------------------------------------------
  * Locks and their order
@@ -110,17 +112,17 @@
  *                       it cannot be the mutex.
  *
  *   fault:   mmap_lock (read, taken by the core) -> mm_lock
- *            [fixed: -> page lock] ; dirty_lock is taken and released
+ *            -> page lock ; dirty_lock is taken and released
  *            while mm_lock is held, never around a sleeping call.
  *   mmap:    mmap_lock (write) -> fb core's info->mm_lock -> mm_lock
  *   open/close: mmap_lock (write, or read after munmap's downgrade) ->
  *            mm_lock
- *   thread:  mm_lock -> mmap_read_trylock(vma->vm_mm) [fixed: -> page
- *            trylock] -> dirty_lock.
+ *   thread:  mm_lock -> mmap_read_trylock(vma->vm_mm) -> page trylock
+ *            -> dirty_lock.
  *
  * The thread takes mmap_lock after mm_lock, the reverse of the fault path,
  * so it may only try-lock it: if that fails it keeps the mapping's count
- * and retries on the next tick.  In the fixed build the page lock is also
+ * and retries on the next tick.  The page lock is also
  * only try-locked by the thread.  Nothing that holds a page lock of ours
  * ever waits for mm_lock (the core, after our handler returned, only takes
  * the page-table lock before unlocking the page), so there is no cycle.
@@ -195,7 +197,7 @@ MODULE_PARM_DESC(updates, "XENFB_TYPE_UPDATE events sent to the backend");
 static unsigned long stat_race_hits;
 module_param_named(race_hits, stat_race_hits, ulong, 0444);
 MODULE_PARM_DESC(race_hits,
-	"Zaps of a mapping while a fault on it was between dropping the driver lock and returning its page");
+	"Zaps of a mapping while a fault on it was between dropping the driver lock and its PTE being installed");
 
 static unsigned long stat_mmap_busy;
 module_param_named(mmap_busy, stat_mmap_busy, ulong, 0444);
@@ -229,8 +231,6 @@ struct xenfb_mapping {
 	 * page range [pg_lo, pg_hi] they hit (empty when faults == 0). */
 	unsigned long		faults;
 	unsigned long		pg_lo, pg_hi;
-	/* Faults of this mapping between dropping mm_lock and returning. */
-	atomic_t		in_window;
 };
 
 struct xenfb_info {
@@ -407,7 +407,6 @@ static void xenfb_mapping_clear(struct xenfb_mapping *map)
 	map->pg_hi = 0;
 }
 
-#ifdef XENFB_LEGACY_FIXED
 /*
  * THE FIX: why every write through a mapping reaches an update.
  *
@@ -446,7 +445,9 @@ static void xenfb_mapping_clear(struct xenfb_mapping *map)
  *
  * Called under mm_lock and mmap_read_lock, before zapping @map and
  * clearing its fault count.  Returns true when no fault recorded on @map
- * is still between "recorded" and "PTE installed".
+ * is still between "recorded" and "PTE installed".  Both builds ask; only
+ * the fixed one waits for the answer (the old design zaps anyway, and the
+ * answer "false" is then a race hit).
  *
  * Every fault recorded on @map since its last zap hit a page in
  * [pg_lo, pg_hi], and locked that page before releasing mm_lock (part 1).
@@ -480,7 +481,6 @@ static bool xenfb_faults_settled(struct xenfb_info *info,
 	}
 	return true;
 }
-#endif /* XENFB_LEGACY_FIXED */
 
 enum { XENFB_ZAP_IDLE, XENFB_ZAP_DONE, XENFB_ZAP_RETRY };
 
@@ -530,17 +530,18 @@ static int xenfb_zap_mapping(struct xenfb_info *info,
 		goto out_unlock;
 	}
 
-#ifdef XENFB_LEGACY_FIXED
-	/* THE FIX, part 2: never zap-and-clear behind an unfinished fault. */
 	if (!xenfb_faults_settled(info, map)) {
+#ifdef XENFB_LEGACY_FIXED
+		/* THE FIX, part 2: never zap-and-clear behind an unfinished
+		 * fault. */
 		stat_deferred++;
 		ret = XENFB_ZAP_RETRY;
 		goto out_unlock;
-	}
-#endif
-
-	if (atomic_read(&map->in_window))
+#else
+		/* The old design does not look: this zap loses a PTE. */
 		stat_race_hits++;
+#endif
+	}
 
 	zap_page_range(vma, vma->vm_start, vma->vm_end - vma->vm_start);
 	stat_zaps++;
@@ -640,7 +641,6 @@ static struct xenfb_mapping *xenfb_mapping_new(struct xenfb_info *info,
 	map->vma = vma;
 	map->info = info;
 	xenfb_mapping_clear(map);
-	atomic_set(&map->in_window, 0);
 	return map;
 }
 
@@ -708,11 +708,9 @@ static vm_fault_t xenfb_vm_fault(struct vm_fault *vmf)
 	__xenfb_arm(info);
 	spin_unlock_irqrestore(&info->dirty_lock, flags);
 
-	atomic_inc(&map->in_window);
-
-#ifdef XENFB_LEGACY_FIXED
 	/*
-	 * THE FIX, part 1: lock the page before dropping mm_lock and hand it
+	 * THE FIX, part 1 (both builds: the old design only uses it to count
+	 * race hits): lock the page before dropping mm_lock and hand it
 	 * to the core locked.  __do_fault() accepts a VM_FAULT_LOCKED page
 	 * as is; do_read_fault()/do_shared_fault() keep it locked through
 	 * finish_fault() (we have no ->page_mkwrite) and unlock it only
@@ -726,7 +724,6 @@ static vm_fault_t xenfb_vm_fault(struct vm_fault *vmf)
 	 */
 	lock_page(page);
 	ret = VM_FAULT_LOCKED;
-#endif
 
 	mutex_unlock(&info->mm_lock);
 
@@ -737,9 +734,6 @@ static vm_fault_t xenfb_vm_fault(struct vm_fault *vmf)
 
 	get_page(page);
 	vmf->page = page;
-
-	/* Safe: close() cannot run while a fault holds mmap_lock. */
-	atomic_dec(&map->in_window);
 	return ret;
 }
 

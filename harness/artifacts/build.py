@@ -157,7 +157,7 @@ def _dom0_image(cache: Cache, apt: Apt, cfg: Config, series: str, log: Path) -> 
 
 def _writer(cache: Cache, log: Path) -> Path:
     def build(out: Path) -> None:
-        run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-o", str(out / "xfb-writer"), str(WRITER_SRC)], log)
+        run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-pthread", "-o", str(out / "xfb-writer"), str(WRITER_SRC)], log)
     gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     return cache.entry("writer", {"source": hash_files(WRITER_SRC), "gcc": gcc, "build": RECIPE}, build) / "xfb-writer"
 

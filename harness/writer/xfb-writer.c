@@ -20,6 +20,12 @@
  *     frontend's page-fault dirty tracking is part of what is under test.
  *     --touch-gap-us N sleeps N microseconds (at most 10000000) between two touches of one page in sparse mode:
  *     timing only, the bytes drawn are the same.
+ *     --mappings K (1..64, default 1) maps the framebuffer as K mmap()s of consecutive page-aligned chunks, each at
+ *     its own file offset, placed back to back (MAP_FIXED) so the drawing code sees one buffer: the frontend
+ *     then serves faults at non-zero offsets and tracks K mappings.
+ *     --workers N (1..16, default 1) splits each sparse round among N threads or, with --worker-kind process,
+ *     N processes forked for the round (their mappings are fork's copies). Worker k draws the entries whose
+ *     page % N == k, in round order, so every page still ends in its last touch: the bytes are the same.
  *     STATS answers "XFB STATS name=value ...": the frontend module's counters, read afresh from DIR (--stats-dir)
  *     each time. Each regular file directly in DIR whose name is [A-Za-z0-9_]+ and whose content is an unsigned
  *     decimal integer (one trailing newline allowed) gives a pair; other files are skipped; pairs are sorted by
@@ -29,9 +35,10 @@
  *              [pattern options]
  *     draws rounds 0..N-1 into a zeroed H*STRIDE buffer and writes it to OUT.
  *
- * Build: gcc -static -O2 -Wall -Wextra -o xfb-writer xfb-writer.c
+ * Build: gcc -static -O2 -Wall -Wextra -pthread -o xfb-writer xfb-writer.c
  */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 
 #include <dirent.h>
 #include <errno.h>
@@ -39,6 +46,7 @@
 #include <inttypes.h>
 #include <linux/fb.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -47,6 +55,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -65,6 +74,8 @@
 #define MAX_TOUCHES 65536 /* pattern.MAX_TOUCHES */
 #define MAX_TOUCH_GAP_US 10000000
 #define MAX_STATS 32
+#define MAX_MAPPINGS 64
+#define MAX_WORKERS 16
 
 struct chan {
     unsigned offset, length;
@@ -77,13 +88,16 @@ struct geom {
 
 enum mode { MODE_MIXED, MODE_SPARSE };
 enum order { ORDER_RANDOM, ORDER_ASCENDING };
+enum worker_kind { WORKER_THREAD, WORKER_PROCESS };
 
-/* pattern.WriterParams, plus the guest-only pause between touches */
+/* pattern.WriterParams, plus guest-only options that change timing and mappings, never the bytes */
 struct params {
     enum mode mode;
     uint64_t pages, touches;
     enum order order;
     uint64_t touch_gap_us;
+    uint64_t mappings, workers;
+    enum worker_kind worker_kind;
 };
 
 /* One sparse-mode entry: its page, its place in generation order (the stable sort's tie-break) and the PRNG
@@ -178,9 +192,79 @@ static int cmp_entry(const void *pa, const void *pb)
     return a->index < b->index ? -1 : a->index > b->index; /* qsort is not stable: generation order decides */
 }
 
+/* One worker's share of a sparse round: the entries whose page % workers == worker, in round order. */
+struct share {
+    uint8_t *fb;
+    const struct geom *g;
+    const struct sparse_entry *entries;
+    const struct params *pp;
+    uint64_t worker;
+};
+
+static void draw_share(const struct share *sh)
+{
+    for (uint64_t i = 0; i < sh->pp->pages; i++) {
+        const struct sparse_entry *e = &sh->entries[i];
+        if (e->page % sh->pp->workers != sh->worker)
+            continue;
+        uint64_t st = e->state;
+        for (uint64_t t = 0; t < sh->pp->touches; t++) {
+            uint32_t pixel = colour_pixel(sh->g, next(&st));
+            if (t > 0 && sh->pp->touch_gap_us > 0)
+                sleep_us(sh->pp->touch_gap_us);
+            fill_page(sh->fb, sh->g, e->page, pixel);
+        }
+    }
+}
+
+static void *share_thread(void *arg)
+{
+    draw_share(arg);
+    return NULL;
+}
+
+/* All workers' shares; returns when every one is drawn. */
+static void draw_shares(struct share *shares, const struct params *pp)
+{
+    pthread_t threads[MAX_WORKERS];
+    pid_t pids[MAX_WORKERS];
+    if (pp->workers == 1) {
+        draw_share(&shares[0]);
+        return;
+    }
+    for (uint64_t k = 0; k < pp->workers; k++) {
+        if (pp->worker_kind == WORKER_THREAD) {
+            int err = pthread_create(&threads[k], NULL, share_thread, &shares[k]);
+            if (err)
+                fatal("pthread_create: %s", strerror(err));
+        } else {
+            pids[k] = fork();
+            if (pids[k] < 0)
+                fatal("fork: %s", strerror(errno));
+            if (pids[k] == 0) {
+                draw_share(&shares[k]);
+                _exit(0);
+            }
+        }
+    }
+    for (uint64_t k = 0; k < pp->workers; k++) {
+        if (pp->worker_kind == WORKER_THREAD) {
+            pthread_join(threads[k], NULL);
+        } else {
+            int status;
+            while (waitpid(pids[k], &status, 0) < 0)
+                if (errno != EINTR)
+                    fatal("waitpid: %s", strerror(errno));
+            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                fatal("worker process %" PRIu64 " died (status %d)", k, status);
+        }
+    }
+}
+
 static void draw_sparse(uint8_t *fb, const struct geom *g, uint64_t state, uint64_t npages, const struct params *pp)
 {
     static struct sparse_entry *entries; /* kept between rounds: --pages does not change */
+    struct share shares[MAX_WORKERS];
     if (!entries && !(entries = calloc(pp->pages, sizeof *entries)))
         fatal("out of memory");
     for (uint64_t i = 0; i < pp->pages; i++) {
@@ -188,19 +272,13 @@ static void draw_sparse(uint8_t *fb, const struct geom *g, uint64_t state, uint6
         entries[i].index = i;
         entries[i].state = state;
         for (uint64_t t = 0; t < pp->touches; t++)
-            next(&state); /* this entry's colours, drawn again from entries[i].state below */
+            next(&state); /* this entry's colours, drawn again from entries[i].state in draw_share */
     }
     if (pp->order == ORDER_ASCENDING)
         qsort(entries, pp->pages, sizeof *entries, cmp_entry);
-    for (uint64_t i = 0; i < pp->pages; i++) {
-        uint64_t st = entries[i].state;
-        for (uint64_t t = 0; t < pp->touches; t++) {
-            uint32_t pixel = colour_pixel(g, next(&st));
-            if (t > 0 && pp->touch_gap_us > 0)
-                sleep_us(pp->touch_gap_us);
-            fill_page(fb, g, entries[i].page, pixel);
-        }
-    }
+    for (uint64_t k = 0; k < pp->workers; k++)
+        shares[k] = (struct share){.fb = fb, .g = g, .entries = entries, .pp = pp, .worker = k};
+    draw_shares(shares, pp);
 }
 
 static void draw_round(uint8_t *fb, const struct geom *g, uint64_t seed, uint64_t round, const struct params *pp)
@@ -320,8 +398,40 @@ static int dump_mode(const char *out, const struct geom *g, uint64_t seed, uint6
     return 0;
 }
 
+/*
+ * The framebuffer as `mappings` MAP_SHARED mmap()s of page-aligned chunks at their own file offsets, back to back
+ * in one reserved range, so the caller sees one buffer.
+ */
+static uint8_t *map_chunks(int fd, const char *path, uint64_t smem, uint64_t mappings)
+{
+    uint64_t pages = (smem + FB_PAGE - 1) / FB_PAGE;
+    if (mappings > pages)
+        fatal("--mappings %" PRIu64 " exceeds the framebuffer's %" PRIu64 " pages", mappings, pages);
+    if (mappings == 1) {
+        void *fb = mmap(NULL, (size_t)smem, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (fb == MAP_FAILED)
+            fatal("mmap %s (%" PRIu64 " bytes): %s", path, smem, strerror(errno));
+        return fb;
+    }
+    uint8_t *base = mmap(NULL, (size_t)(pages * FB_PAGE), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED)
+        fatal("reserving %" PRIu64 " pages of address space: %s", pages, strerror(errno));
+    for (uint64_t k = 0; k < mappings; k++) {
+        uint64_t first = pages * k / mappings, end = pages * (k + 1) / mappings;
+        uint64_t offset = first * FB_PAGE, len = (end - first) * FB_PAGE;
+        if (offset + len > smem)
+            len = smem - offset; /* the last chunk ends with the framebuffer */
+        if (mmap(base + offset, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, (off_t)offset) ==
+            MAP_FAILED)
+            fatal("mmap %s chunk %" PRIu64 " (offset %" PRIu64 ", %" PRIu64 " bytes): %s", path, k, offset, len,
+                  strerror(errno));
+    }
+    return base;
+}
+
 /* Map the framebuffer device, or (tests) a plain file laid out as *file_geom. Fills *g and *smem. */
-static uint8_t *map_fb(const char *path, const struct geom *file_geom, struct geom *g, uint64_t *smem)
+static uint8_t *map_fb(const char *path, const struct geom *file_geom, struct geom *g, uint64_t *smem,
+                       uint64_t mappings)
 {
     int fd = open(path, O_RDWR);
     if (fd < 0)
@@ -352,10 +462,8 @@ static uint8_t *map_fb(const char *path, const struct geom *file_geom, struct ge
     if (g->height * g->stride > *smem)
         fatal("%" PRIu64 "x%" PRIu64 " lines of %" PRIu64 " bytes exceed smem %" PRIu64,
               g->width, g->height, g->stride, *smem);
-    void *fb = mmap(NULL, (size_t)*smem, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (fb == MAP_FAILED)
-        fatal("mmap %s (%" PRIu64 " bytes): %s", path, *smem, strerror(errno));
-    close(fd); /* the mapping keeps the device open */
+    uint8_t *fb = map_chunks(fd, path, *smem, mappings);
+    close(fd); /* the mappings keep the device open */
     return fb;
 }
 
@@ -537,7 +645,7 @@ static int guest_mode(const char *path, const struct geom *file_geom, uint64_t t
 {
     struct geom g;
     uint64_t smem;
-    uint8_t *fb = map_fb(path, file_geom, &g, &smem);
+    uint8_t *fb = map_fb(path, file_geom, &g, &smem, pp->mappings);
     char line[256], chunk[256];
     fb_path = path;
     size_t len = 0;
@@ -599,15 +707,17 @@ static void usage(void)
 {
     fatal("usage: xfb-writer [--fb PATH] [--tick-ms MS] [PATTERN] [--touch-gap-us N] [--stats-dir DIR] | "
           "--dump OUT --geometry W,H,BPP,STRIDE,RO/RL,GO/GL,BO/BL --seed S --rounds N [PATTERN]; "
-          "PATTERN: [--mode mixed|sparse] [--pages N] [--touches N] [--order random|ascending]");
+          "PATTERN: [--mode mixed|sparse] [--pages N] [--touches N] [--order random|ascending]; guest mode also "
+          "[--mappings K] [--workers N] [--worker-kind thread|process]");
 }
 
 int main(int argc, char **argv)
 {
     const char *fb_path = "/dev/fb0", *dump = NULL, *geometry = NULL, *stats_dir = NULL;
     uint64_t tick_ms = 10, seed = 0, rounds = 0;
-    int have_seed = 0, have_rounds = 0, have_gap = 0;
-    struct params pp = {.mode = MODE_MIXED, .pages = 8, .touches = 1, .order = ORDER_RANDOM, .touch_gap_us = 0};
+    int have_seed = 0, have_rounds = 0, have_guest_only = 0;
+    struct params pp = {.mode = MODE_MIXED, .pages = 8, .touches = 1, .order = ORDER_RANDOM, .touch_gap_us = 0,
+                        .mappings = 1, .workers = 1, .worker_kind = WORKER_THREAD};
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     for (int i = 1; i < argc; i++) {
@@ -644,7 +754,17 @@ int main(int argc, char **argv)
         else if (strcmp(opt, "--touches") == 0)
             pp.touches = parse_arg_u64(opt, val, MAX_TOUCHES);
         else if (strcmp(opt, "--touch-gap-us") == 0)
-            pp.touch_gap_us = parse_arg_u64(opt, val, MAX_TOUCH_GAP_US), have_gap = 1;
+            pp.touch_gap_us = parse_arg_u64(opt, val, MAX_TOUCH_GAP_US), have_guest_only = 1;
+        else if (strcmp(opt, "--mappings") == 0)
+            pp.mappings = parse_arg_u64(opt, val, MAX_MAPPINGS), have_guest_only = 1;
+        else if (strcmp(opt, "--workers") == 0)
+            pp.workers = parse_arg_u64(opt, val, MAX_WORKERS), have_guest_only = 1;
+        else if (strcmp(opt, "--worker-kind") == 0 && strcmp(val, "thread") == 0)
+            pp.worker_kind = WORKER_THREAD, have_guest_only = 1;
+        else if (strcmp(opt, "--worker-kind") == 0 && strcmp(val, "process") == 0)
+            pp.worker_kind = WORKER_PROCESS, have_guest_only = 1;
+        else if (strcmp(opt, "--worker-kind") == 0)
+            fatal("bad value for --worker-kind: '%s' (expected thread or process)", val);
         else if (strcmp(opt, "--stats-dir") == 0)
             stats_dir = val;
         else
@@ -654,11 +774,15 @@ int main(int argc, char **argv)
         fatal("--tick-ms must be at least 1");
     if (pp.pages == 0 || pp.touches == 0)
         fatal("--pages and --touches must be at least 1");
+    if (pp.mappings == 0 || pp.workers == 0)
+        fatal("--mappings and --workers must be at least 1");
+    if (pp.workers > 1 && pp.mode != MODE_SPARSE)
+        fatal("--workers above 1 needs --mode sparse (mixed rounds overlap, so their order matters)");
     if (dump) {
         if (!geometry || !have_seed || !have_rounds)
             usage();
-        if (have_gap || stats_dir)
-            fatal("--touch-gap-us and --stats-dir are for guest mode only");
+        if (have_guest_only || stats_dir)
+            fatal("--touch-gap-us, --mappings, --workers, --worker-kind and --stats-dir are for guest mode only");
         struct geom g = parse_geom(geometry);
         return dump_mode(dump, &g, seed, rounds, &pp);
     }

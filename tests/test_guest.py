@@ -1,0 +1,63 @@
+"""The guest's xl configuration: what the harness asks Xen and the guest's init for."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pytest
+
+from harness.config import ConfigError, load
+from harness.guest import xl_config
+
+
+@dataclass
+class HostPaths:
+    """The two facts about a host that xl_config reads."""
+    guest_dir: str = "/var/lib/xfb"
+    vnc_listen: str = "0.0.0.0"
+
+
+def config(tmp_path, text: str):
+    (tmp_path / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    p = tmp_path / "scenario.yaml"
+    p.write_text(text + "\napt:\n  sources: test.sources\n")
+    return load(p)
+
+
+def settings(xl: str) -> dict[str, str]:
+    extra = re.search(r'^extra = "(.*)"$', xl, re.M).group(1)
+    return dict(item.split("=", 1) for item in extra.split() if "=" in item)
+
+
+def test_defaults(tmp_path):
+    xl = xl_config(config(tmp_path, ""), HostPaths())
+    s = settings(xl)
+    assert "vcpus = 1" in xl.splitlines()
+    assert 'kernel = "/var/lib/xfb/vmlinux"' in xl
+    assert (s["xfb_mode"], s["xfb_mappings"], s["xfb_workers"], s["xfb_worker_kind"]) == ("mixed", "1", "1", "thread")
+    assert "xfb_module" not in s and "initcall_blacklist" not in s
+
+
+def test_writer_and_guest_options_reach_the_guest(tmp_path):
+    cfg = config(tmp_path, "guest:\n  vcpus: 2\nwriter:\n  mode: sparse\n  pages: 5\n  touches: 3\n"
+                           "  mappings: 4\n  workers: 3\n  worker_kind: process\n  touch_gap_us: 7\n")
+    xl = xl_config(cfg, HostPaths())
+    s = settings(xl)
+    assert "vcpus = 2" in xl.splitlines()
+    assert {k: s[k] for k in ("xfb_mode", "xfb_pages", "xfb_touches", "xfb_mappings", "xfb_workers",
+                              "xfb_worker_kind", "xfb_touch_gap_us")} == {
+        "xfb_mode": "sparse", "xfb_pages": "5", "xfb_touches": "3", "xfb_mappings": "4", "xfb_workers": "3",
+        "xfb_worker_kind": "process", "xfb_touch_gap_us": "7"}
+
+
+@pytest.mark.parametrize("frontend, module", [("legacy", "xenfb_legacy"), ("legacy-fixed", "xenfb_legacy_fixed")])
+def test_legacy_frontends_load_our_module(tmp_path, frontend, module):
+    s = settings(xl_config(config(tmp_path, f"frontend: {frontend}\nlegacy:\n  race_window_ms: 250\n"),
+                           HostPaths()))
+    assert (s["xfb_module"], s["initcall_blacklist"], s["xfb_race_window_ms"]) == (module, "xenfb_init", "250")
+
+
+def test_quotes_in_extra_cmdline_are_refused(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        xl_config(config(tmp_path, 'guest:\n  extra_cmdline: \'a="b"\'\n'), HostPaths())
+    assert info.value.key == "guest.extra_cmdline"
