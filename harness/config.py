@@ -39,6 +39,8 @@ SCHEMA: dict[str, Any] = {
         "race_window_ms": Field(0, "int", "legacy frontends: sleep this long between the fault handler dropping "
                                 "its lock and returning the page, widening the real race window (0 = natural)",
                                 minimum=0),
+        "unload_at_end": Field(False, "bool", "legacy frontends: after the last round, unbind the device and "
+                               "unload the module (nothing maps it then); the run is an ERROR if that fails"),
     },
     "rounds": Field(10, "int", "pattern rounds after the baseline (round 0 clears the screen)", minimum=1),
     "seed": Field(1, "int", "pattern seed; the same seed draws the same frames", minimum=0),
@@ -66,6 +68,9 @@ SCHEMA: dict[str, Any] = {
     },
     "guest": {
         "memory_mb": Field(256, "int", "guest memory", minimum=64),
+        "mapping_checks": Field(False, "bool", "before the rounds, check that the frontend survives and keeps "
+                                "tracking split, forked, moved and partly unmapped mappings (xfb-mapcheck; counters "
+                                "are checked where the frontend has them)"),
         "vcpus": Field(1, "int", "guest virtual CPUs; with 2 or more, the frontend's thread can run while a fault "
                        "is in flight on another CPU (the natural race needs that)", minimum=1, maximum=64),
         "kernel_package": Field("linux-image-6.1.0-56-amd64", "str", "Debian package of the guest kernel"),

@@ -12,12 +12,13 @@ from .config import Config, ConfigError
 from .geometry import Geometry
 from .pattern import WriterParams
 from .hosts.base import Console, HostError, XenHost
-from .protocol import (Bye, Done, ProtocolError, Ready, Stats, WriterError, format_go, format_quit, format_stats,
-                       parse_line)
+from .protocol import (Bye, Check, Done, ProtocolError, Ready, Stats, Unloaded, WriterError, format_go, format_quit,
+                       format_stats, parse_line)
 
 NAME = "xfb-guest"
 REMOTE_CFG = "/tmp/xfb-guest.cfg"
-GUEST_FATAL = re.compile(r"Kernel panic.*|XFB-GUEST-WRITER-EXIT.*|XFB-GUEST-FAIL.*|BUG: .*|Oops: .*")
+KERNEL_FATAL = re.compile(r"Kernel panic.*|BUG: .*|Oops: .*")
+GUEST_FATAL = re.compile(KERNEL_FATAL.pattern + r"|XFB-GUEST-WRITER-EXIT.*|XFB-GUEST-FAIL.*")
 
 
 class GuestError(RuntimeError):
@@ -38,12 +39,14 @@ def xl_config(cfg: Config, host: XenHost) -> str:
     settings = {"xfb_tick_ms": cfg["writer.tick_ms"], "xfb_mode": params.mode, "xfb_pages": params.pages,
                 "xfb_touches": params.touches, "xfb_order": params.order,
                 "xfb_touch_gap_us": cfg["writer.touch_gap_us"], "xfb_mappings": cfg["writer.mappings"],
-                "xfb_workers": cfg["writer.workers"], "xfb_worker_kind": cfg["writer.worker_kind"]}
+                "xfb_workers": cfg["writer.workers"], "xfb_worker_kind": cfg["writer.worker_kind"],
+                "xfb_mapcheck": int(cfg["guest.mapping_checks"])}
     module = LEGACY_MODULES[cfg["frontend"]]
     if module:
         # Keep the built-in xen-fbfront off the device so our module gets it.
         settings.update(initcall_blacklist="xenfb_init", xfb_module=module,
-                        xfb_race_window_ms=cfg["legacy.race_window_ms"])
+                        xfb_race_window_ms=cfg["legacy.race_window_ms"],
+                        xfb_unload=int(cfg["legacy.unload_at_end"]))
     cmdline = " ".join(["console=hvc0 quiet", *(f"{k}={v}" for k, v in settings.items()), extra]).strip()
     return "\n".join([
         f'name = "{NAME}"',
@@ -67,6 +70,9 @@ class Guest:
         self.console: Console | None = None
         self.domid: int | None = None
         self.geometry: Geometry | None = None
+        self.checks: list[Check] = []  # mapping checks passed before READY
+        self.unload = bool(LEGACY_MODULES[cfg["frontend"]]) and cfg["legacy.unload_at_end"]
+        self.finished = False  # the writer has said BYE
 
     def __enter__(self) -> "Guest":
         return self
@@ -83,7 +89,15 @@ class Guest:
             local.unlink()
         self.host.exec(["xl", "destroy", NAME], check=False)  # a leftover from an aborted run on a real host
         self.console = self.host.console(["xl", "create", "-c", REMOTE_CFG], self.run_dir / "guest-console.log")
-        msg = self._next_message(self.cfg["guest.boot_timeout"], "the writer's READY line (guest.boot_timeout)")
+        deadline = time.monotonic() + self.cfg["guest.boot_timeout"]
+        while True:
+            msg = self._next_message(deadline - time.monotonic(), "the writer's READY line (guest.boot_timeout)")
+            if not isinstance(msg, Check):
+                break
+            if not msg.ok:
+                raise GuestError(f"the frontend failed the mapping check {msg.name!r}: {msg.detail}\n"
+                                 f"--- last guest console lines ---\n{self.console.tail()}")
+            self.checks.append(msg)
         if not isinstance(msg, Ready):
             raise GuestError(f"expected READY from the writer, got {msg}")
         self.geometry = msg.geometry
@@ -131,10 +145,35 @@ class Guest:
             raise GuestError(f"expected STATS from the writer, got {msg}")
         return dict(msg.values)
 
+    def finish(self) -> str:
+        """The orderly end after the last round: the writer quits, and with legacy.unload_at_end the guest's init
+        unbinds and unloads the module. Returns the module unloaded ("" if none was asked for)."""
+        self.console.send_line(format_quit())
+        msg = self._next_message(30, "the writer's BYE line")
+        if not isinstance(msg, Bye):
+            raise GuestError(f"expected BYE from the writer, got {msg}")
+        self.finished = True
+        if not self.unload:
+            return ""
+        msg = self._next_message(60, "the module to be unbound and unloaded (XFB UNLOADED)")
+        if not isinstance(msg, Unloaded):
+            raise GuestError(f"expected XFB UNLOADED from the guest, got {msg}")
+        self.finished = True
+        try:  # a BUG from the unload may come a little later: read on until the guest powers off
+            while (line := self.console.read_line(2)) is not None:
+                if KERNEL_FATAL.search(line):
+                    raise GuestError(f"the guest broke after unloading {msg.module}: {line}\n"
+                                     f"--- last guest console lines ---\n{self.console.tail(60)}")
+        except EOFError:
+            pass
+        return msg.module
+
     def stop(self) -> None:
         """Ask the writer to finish, then make sure the domain is gone either way."""
         if self.console is not None:
             try:
+                if self.finished:
+                    raise EOFError  # nothing left to ask for
                 self.console.send_line(format_quit())
                 deadline = time.monotonic() + 5
                 while time.monotonic() < deadline:

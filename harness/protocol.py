@@ -8,6 +8,13 @@ Writer -> harness, one line each, always starting with "XFB "::
     XFB BYE
     XFB ERROR <message>
 
+Before READY, the mapping checks (harness/writer/xfb-mapcheck.c) may report, one line per check::
+
+    XFB CHECK <name> ok <what was checked>
+    XFB CHECK <name> FAIL <why>
+
+and after BYE, the guest's init reports that it unloaded the frontend module: "XFB UNLOADED <module>".
+
 Harness -> writer: "GO <round> <seed>", "STATS" and "QUIT".
 
 STATS asks for the counters of the frontend module under test (the files of the writer's --stats-dir); the
@@ -72,13 +79,27 @@ class WriterError:
     message: str
 
 
-Message = Ready | Done | Stats | Bye | WriterError
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Unloaded:
+    module: str
+
+
+Message = Ready | Done | Stats | Bye | WriterError | Check | Unloaded
 
 _READY_KEYS = ("width", "height", "bpp", "stride", "red", "green", "blue", "smem")
 _NUMBER = re.compile(r"[0-9]+")
 _CHANNEL = re.compile(r"([0-9]+)/([0-9]+)")
 _DONE = re.compile(r"([0-9]+)\s+tick=([0-9]+)")
 _STAT = re.compile(r"([A-Za-z0-9_]+)=([0-9]+)")
+_CHECK = re.compile(r"([A-Za-z0-9_-]+)\s+(ok|FAIL)(?:\s+(.*))?")
+_MODULE = re.compile(r"[A-Za-z0-9_]+")
 MAX_STAT = 2**64 - 1
 
 
@@ -146,7 +167,17 @@ def parse_line(line: str) -> Message | None:
         return Bye()
     if word == "ERROR":
         return WriterError(rest)
-    raise ProtocolError(f"malformed writer line {line!r}: expected STATS, READY, DONE, BYE or ERROR after 'XFB'")
+    if word == "CHECK":
+        m = _CHECK.fullmatch(rest)
+        if not m:
+            raise ProtocolError(f"malformed writer line {line!r}: expected 'XFB CHECK <name> ok|FAIL <detail>'")
+        return Check(m[1], m[2] == "ok", (m[3] or "").strip())
+    if word == "UNLOADED":
+        if not _MODULE.fullmatch(rest):
+            raise ProtocolError(f"malformed writer line {line!r}: expected 'XFB UNLOADED <module>'")
+        return Unloaded(rest)
+    raise ProtocolError(f"malformed writer line {line!r}: expected STATS, READY, DONE, BYE, ERROR, CHECK or "
+                        f"UNLOADED after 'XFB'")
 
 
 def format_go(round: int, seed: int) -> str:

@@ -45,6 +45,8 @@ class Result:
     host: str = ""
     geometry: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)  # the frontend module's counters at the end (legacy only)
+    checks: list = field(default_factory=list)  # mapping checks passed before the rounds: {name, detail}
+    unloaded: str = ""  # the frontend module unloaded after the last round (legacy.unload_at_end)
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def decide(self) -> None:
@@ -117,6 +119,10 @@ def summary(result: Result, run_dir: Path) -> str:
             lines.append(f"{r.round:5d}  {r.missed_pixels:6d}  {hits:>9s}  {r.settle:7s}{r.settle_s:5.2f}s  {rects}")
     if result.counters:
         lines.append("frontend counters: " + ", ".join(f"{k}={v}" for k, v in sorted(result.counters.items())))
+    if result.checks:
+        lines.append("mapping checks passed: " + ", ".join(c["name"] for c in result.checks))
+    if result.unloaded:
+        lines.append(f"module {result.unloaded} unbound and unloaded after the last round")
     t = result.timings
     if t:
         lines.append("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))

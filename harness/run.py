@@ -37,9 +37,12 @@ def run(cfg: Config, run_dir: Path, cache: Cache) -> Result:
                     result.geometry = geometry.as_dict()
                     say(f"guest framebuffer: {geometry.width}x{geometry.height}x{geometry.bpp}, "
                         f"stride {geometry.stride}")
+                    result.checks = [{"name": c.name, "detail": c.detail} for c in guest.checks]
                     with Capture(host, geometry, Guest.VNC_PORT, guest.domid) as capture:
                         with step("rounds"):
                             _rounds(cfg, guest, capture, geometry, result, run_dir)
+                    if not result.reason:  # an ERROR in the rounds has said all there is to say
+                        result.unloaded = guest.finish()
             finally:
                 try:
                     host.save_logs(run_dir)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from harness.geometry import Channel, Geometry
-from harness.protocol import (Bye, Done, ProtocolError, Ready, Stats, WriterError, format_go, format_quit,
-                              format_stats, parse_line)
+from harness.protocol import (Bye, Check, Done, ProtocolError, Ready, Stats, Unloaded, WriterError, format_go,
+                              format_quit, format_stats, parse_line)
 
 READY = "XFB READY width=800 height=600 bpp=32 stride=3200 red=16/8 green=8/8 blue=0/8 smem=2097152"
 GEOMETRY = Geometry(800, 600, 32, 3200, Channel(16, 8), Channel(8, 8), Channel(0, 8), smem=2097152)
@@ -17,6 +17,10 @@ def test_good_lines():
     assert parse_line("XFB DONE 4294967295 tick=0") == Done(2**32 - 1, 0)
     assert parse_line("XFB BYE") == Bye()
     assert parse_line("XFB ERROR unknown command: GO x") == WriterError("unknown command: GO x")
+    assert parse_line("XFB CHECK munmap-part ok a hole punched") == Check("munmap-part", True, "a hole punched")
+    assert parse_line("XFB CHECK fork FAIL no zap within 200 ms") == Check("fork", False, "no zap within 200 ms")
+    assert parse_line("XFB CHECK plain ok") == Check("plain", True, "")
+    assert parse_line("XFB UNLOADED xenfb_legacy_fixed") == Unloaded("xenfb_legacy_fixed")
 
 
 def test_ready_565():
@@ -50,8 +54,13 @@ def test_non_writer_lines_are_none(line):
     ("XFB DONE x tick=1", "XFB DONE <round> tick=<tick>"),
     ("XFB DONE 3 tick=-1", "XFB DONE <round> tick=<tick>"),
     ("XFB BYE now", "XFB BYE"),
-    ("XFB HELLO", "READY, DONE, BYE or ERROR"),
-    ("XFB ", "READY, DONE, BYE or ERROR"),
+    ("XFB HELLO", "READY, DONE, BYE, ERROR, CHECK or UNLOADED"),
+    ("XFB ", "READY, DONE, BYE, ERROR, CHECK or UNLOADED"),
+    ("XFB CHECK fork", "XFB CHECK <name> ok|FAIL <detail>"),
+    ("XFB CHECK fork maybe", "XFB CHECK <name> ok|FAIL <detail>"),
+    ("XFB CHECK a/b ok", "XFB CHECK <name> ok|FAIL <detail>"),
+    ("XFB UNLOADED", "XFB UNLOADED <module>"),
+    ("XFB UNLOADED two words", "XFB UNLOADED <module>"),
     (READY.replace(" smem=2097152", ""), "missing smem"),
     (READY.replace("red=16/8", "red=16"), "red='16' is not OFFSET/LENGTH"),
     (READY.replace("width=800", "width=8x0"), "width='8x0' is not a decimal number"),
@@ -121,7 +130,7 @@ def test_stats_message_is_immutable_and_hashable():
     ("XFB STATS a=1 b=2=3", "'b=2=3' is not NAME=VALUE"),
     ("XFB STATS a=1 a=2", "counter 'a' appears twice"),
     ("XFB STATS a=18446744073709551616", "does not fit in 64 bits"),
-    ("XFB STATSX", "STATS, READY, DONE, BYE or ERROR"),
+    ("XFB STATSX", "STATS, READY, DONE, BYE, ERROR, CHECK or UNLOADED"),
 ])
 def test_malformed_stats_lines_name_the_line(line, needle):
     with pytest.raises(ProtocolError) as info:

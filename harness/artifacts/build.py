@@ -1,4 +1,4 @@
-"""The artifact recipe: config -> Xen, dom0 kernel + initramfs + disk, writer, guest payload disk.
+"""The artifact recipe: config -> Xen, dom0 kernel + initramfs + disk, guest tools (writer, mapping checks), guest payload disk.
 
 Every entry's cache key holds the package versions it came from, the config values it used and a hash of our
 own files that shape it, so changing any of them rebuilds it and nothing stale is reused.
@@ -23,6 +23,7 @@ from .kernel import bzimage, extract_vmlinux, kernel_version, module_load_order
 HERE = Path(__file__).resolve().parent
 FILES = HERE.parent / "files"
 WRITER_SRC = HERE.parent / "writer" / "xfb-writer.c"
+MAPCHECK_SRC = HERE.parent / "writer" / "xfb-mapcheck.c"
 LEGACY_SRC = HERE.parent.parent / "guest-kernels" / "xenfb-legacy"
 # frontend -> the module the guest loads (None: the kernel's built-in driver)
 LEGACY_MODULES = {"upstream": None, "legacy": "xenfb_legacy", "legacy-fixed": "xenfb_legacy_fixed"}
@@ -155,11 +156,14 @@ def _dom0_image(cache: Cache, apt: Apt, cfg: Config, series: str, log: Path) -> 
     return cache.entry("dom0-image", inputs, build)
 
 
-def _writer(cache: Cache, log: Path) -> Path:
+def _guest_tools(cache: Cache, log: Path) -> Path:
+    """The guest's static programs: the pattern writer and the mapping checks."""
     def build(out: Path) -> None:
-        run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-pthread", "-o", str(out / "xfb-writer"), str(WRITER_SRC)], log)
+        for src in (WRITER_SRC, MAPCHECK_SRC):
+            run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-pthread", "-o", str(out / src.stem), str(src)], log)
     gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    return cache.entry("writer", {"source": hash_files(WRITER_SRC), "gcc": gcc, "build": RECIPE}, build) / "xfb-writer"
+    return cache.entry("guest-tools", {"source": hash_files(WRITER_SRC, MAPCHECK_SRC), "gcc": gcc, "build": RECIPE},
+                       build)
 
 
 def _legacy_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, log: Path) -> Path:
@@ -194,7 +198,7 @@ def _legacy_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, lo
     return cache.entry("legacy-modules", inputs, build)
 
 
-def _payload(cache: Cache, apt: Apt, kernel: Path, writer: Path, modules: Path | None, log: Path) -> Path:
+def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, modules: Path | None, log: Path) -> Path:
     def build(out: Path) -> None:
         busybox = _busybox(apt, out)
         disk = out / "disk"
@@ -203,9 +207,11 @@ def _payload(cache: Cache, apt: Apt, kernel: Path, writer: Path, modules: Path |
         with open(disk / "initrd.cpio", "wb") as f:
             cpio = CpioWriter(f)
             _start_initramfs(cpio, busybox, ("bin", "dev", "proc", "sys", "tmp"))
-            for applet in ("sh", "mount", "grep", "stty", "poweroff", "cat", "echo", "sleep", "insmod", "ls"):
+            for applet in ("sh", "mount", "grep", "stty", "poweroff", "cat", "echo", "sleep", "insmod", "rmmod",
+                           "ls"):
                 cpio.symlink(f"bin/{applet}", "busybox")
-            cpio.file("bin/xfb-writer", writer.read_bytes(), 0o755)
+            for program in ("xfb-writer", "xfb-mapcheck"):
+                cpio.file(f"bin/{program}", (tools / program).read_bytes(), 0o755)
             if modules is not None:
                 cpio.directory("modules")
                 for ko in sorted(modules.glob("*.ko")):
@@ -215,7 +221,7 @@ def _payload(cache: Cache, apt: Apt, kernel: Path, writer: Path, modules: Path |
         _ext4_image(disk, out / "payload.img", "xfb-guest", log)
         shutil.rmtree(disk)
         shutil.rmtree(out / "bb")
-    inputs = {"kernel": kernel.name, "writer": writer.parent.name, "busybox": apt.version(BUSYBOX),
+    inputs = {"kernel": kernel.name, "tools": tools.name, "busybox": apt.version(BUSYBOX),
               "modules": modules.name if modules else None,
               "recipe": hash_files(FILES / "guest-init", HERE / "cpio.py"), "build": RECIPE}
     return cache.entry("guest-payload", inputs, build) / "payload.img"
@@ -231,11 +237,11 @@ def build_all(cfg: Config, cache: Cache, log: Path) -> Artifacts:
     guest_kernel = _kernel(cache, apt, cfg["guest.kernel_package"], log)
     dom0_initrd = _dom0_initrd(cache, apt, dom0_kernel, log)
     dom0 = _dom0_image(cache, apt, cfg, series, log)
-    writer = _writer(cache, log)
+    tools = _guest_tools(cache, log)
     modules = None
     if LEGACY_MODULES[cfg["frontend"]]:
         modules = _legacy_modules(cache, apt, cfg["guest.kernel_package"], guest_kernel, log)
-    payload = _payload(cache, apt, guest_kernel, writer, modules, log)
+    payload = _payload(cache, apt, guest_kernel, tools, modules, log)
     versions = {p: apt.version(p) for p in (cfg["host.xen_package"], cfg["host.dom0_kernel_package"],
                                             cfg["guest.kernel_package"], f"xen-utils-{series}",
                                             "qemu-system-xen")}

@@ -35,7 +35,16 @@
  *              [pattern options]
  *     draws rounds 0..N-1 into a zeroed H*STRIDE buffer and writes it to OUT.
  *
+ * X mode: the same source built with -DXFB_X11 is xfb-xwriter, an X client: it draws the same pattern with
+ * XFillRectangle on the root window of an X server (--display, default $DISPLAY), which writes it into the
+ * framebuffer itself, and XSync()s before saying DONE. The geometry still comes from --fb (ioctl only; nothing is
+ * mapped), and must match the X screen's size and TrueColor masks, so that a pattern pixel value is the X pixel
+ * value. Round 0 goes through X too, unless --baseline-device DEV (usually /dev/fb0) writes it there with
+ * pwrite(2) as guest mode does. --mappings and --workers are refused (Xlib calls stay on one thread); dump mode
+ * is not built.
+ *
  * Build: gcc -static -O2 -Wall -Wextra -pthread -o xfb-writer xfb-writer.c
+ *        gcc -O2 -Wall -Wextra -DXFB_X11 -o xfb-xwriter xfb-writer.c -lX11
  */
 #define _POSIX_C_SOURCE 200809L
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
@@ -58,6 +67,10 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef XFB_X11
+#include <X11/Xlib.h>
+#include <X11/Xutil.h>
+#endif
 
 /* Copies of the spec's constants (harness/pattern.py, harness/geometry.py). */
 #define SPLITMIX_GAMMA 0x9E3779B97F4A7C15ULL
@@ -146,14 +159,36 @@ static uint32_t pack(const struct geom *g, unsigned r, unsigned gr, unsigned b)
     return pack_chan(g->red, r) | pack_chan(g->green, gr) | pack_chan(g->blue, b);
 }
 
-/* Write w pixels of one value, little-endian, starting at (x, y). */
-static void fill_span(uint8_t *fb, const struct geom *g, uint64_t x, uint64_t y, uint64_t w, uint32_t pixel)
+#ifdef XFB_X11
+/* X mode draws on the root window of this display; fb and g still describe the layout. */
+static Display *dpy;
+static GC gc;
+
+static void fill_rect(uint8_t *fb, const struct geom *g, uint64_t x, uint64_t y, uint64_t w, uint64_t h,
+                      uint32_t pixel)
+{
+    (void)fb, (void)g;
+    XSetForeground(dpy, gc, pixel);
+    XFillRectangle(dpy, DefaultRootWindow(dpy), gc, (int)x, (int)y, (unsigned)w, (unsigned)h);
+}
+#else
+/* w x h pixels of one value, little-endian, from (x, y). */
+static void fill_rect(uint8_t *fb, const struct geom *g, uint64_t x, uint64_t y, uint64_t w, uint64_t h,
+                      uint32_t pixel)
 {
     uint64_t bytes = g->bpp / 8;
-    uint8_t *p = fb + y * g->stride + x * bytes;
-    for (uint64_t i = 0; i < w; i++)
-        for (uint64_t k = 0; k < bytes; k++)
-            *p++ = (uint8_t)(pixel >> (8 * k));
+    for (uint64_t row = y; row < y + h; row++) {
+        uint8_t *p = fb + row * g->stride + x * bytes;
+        for (uint64_t i = 0; i < w; i++)
+            for (uint64_t k = 0; k < bytes; k++)
+                *p++ = (uint8_t)(pixel >> (8 * k));
+    }
+}
+#endif
+
+static void fill_span(uint8_t *fb, const struct geom *g, uint64_t x, uint64_t y, uint64_t w, uint32_t pixel)
+{
+    fill_rect(fb, g, x, y, w, 1, pixel);
 }
 
 /* Every drawable pixel whose first byte lies in page `page` (same walk as pattern.page_rects). */
@@ -285,8 +320,7 @@ static void draw_round(uint8_t *fb, const struct geom *g, uint64_t seed, uint64_
 {
     uint64_t drawable = g->height - TICKER_ROWS;
     if (round == 0) {
-        for (uint64_t y = 0; y < drawable; y++)
-            fill_span(fb, g, 0, y, g->width, 0);
+        fill_rect(fb, g, 0, 0, g->width, drawable, 0);
         return;
     }
     uint64_t state = seed ^ (round * ROUND_MUL);
@@ -306,8 +340,7 @@ static void draw_round(uint8_t *fb, const struct geom *g, uint64_t seed, uint64_
             uint64_t w = 1 + next(&state) % (g->width - x);
             uint64_t hmax = drawable - y < MAX_RECT_H ? drawable - y : MAX_RECT_H;
             uint64_t h = 1 + next(&state) % hmax;
-            for (uint64_t row = y; row < y + h; row++)
-                fill_span(fb, g, x, row, w, pixel);
+            fill_rect(fb, g, x, y, w, h, pixel);
         } else {
             fill_page(fb, g, next(&state) % npages, pixel);
         }
@@ -382,6 +415,7 @@ static struct geom parse_geom(const char *text)
     return g;
 }
 
+#ifndef XFB_X11
 static int dump_mode(const char *out, const struct geom *g, uint64_t seed, uint64_t rounds, const struct params *pp)
 {
     uint8_t *buf = calloc(g->height, g->stride);
@@ -397,7 +431,9 @@ static int dump_mode(const char *out, const struct geom *g, uint64_t seed, uint6
     free(buf);
     return 0;
 }
+#endif
 
+#ifndef XFB_X11
 /*
  * The framebuffer as `mappings` MAP_SHARED mmap()s of page-aligned chunks at their own file offsets, back to back
  * in one reserved range, so the caller sees one buffer.
@@ -428,6 +464,7 @@ static uint8_t *map_chunks(int fd, const char *path, uint64_t smem, uint64_t map
     }
     return base;
 }
+#endif
 
 /* Map the framebuffer device, or (tests) a plain file laid out as *file_geom. Fills *g and *smem. */
 static uint8_t *map_fb(const char *path, const struct geom *file_geom, struct geom *g, uint64_t *smem,
@@ -462,9 +499,63 @@ static uint8_t *map_fb(const char *path, const struct geom *file_geom, struct ge
     if (g->height * g->stride > *smem)
         fatal("%" PRIu64 "x%" PRIu64 " lines of %" PRIu64 " bytes exceed smem %" PRIu64,
               g->width, g->height, g->stride, *smem);
+#ifdef XFB_X11
+    (void)mappings;
+    close(fd);
+    return NULL; /* the X server maps the framebuffer, not us */
+#else
     uint8_t *fb = map_chunks(fd, path, *smem, mappings);
     close(fd); /* the mappings keep the device open */
     return fb;
+#endif
+}
+
+#ifdef XFB_X11
+static int x_error(Display *d, XErrorEvent *e)
+{
+    char text[256];
+    XGetErrorText(d, e->error_code, text, sizeof text);
+    fatal("X error: %s (request %u)", text, e->request_code);
+}
+
+static int x_io_error(Display *d)
+{
+    (void)d;
+    fatal("lost the connection to the X server");
+}
+
+/* Connect, and check that a pattern pixel value means the same colour to this X screen. */
+static void open_display(const char *name, const struct geom *g)
+{
+    if (!(dpy = XOpenDisplay(name)))
+        fatal("cannot open X display '%s'", name ? name : "$DISPLAY");
+    XSetErrorHandler(x_error);
+    XSetIOErrorHandler(x_io_error);
+    int screen = DefaultScreen(dpy);
+    Visual *v = DefaultVisual(dpy, screen);
+    unsigned long masks[3] = {v->red_mask, v->green_mask, v->blue_mask};
+    const struct chan *chans[3] = {&g->red, &g->green, &g->blue};
+    if ((uint64_t)DisplayWidth(dpy, screen) != g->width || (uint64_t)DisplayHeight(dpy, screen) != g->height)
+        fatal("the X screen is %dx%d, the framebuffer %" PRIu64 "x%" PRIu64, DisplayWidth(dpy, screen),
+              DisplayHeight(dpy, screen), g->width, g->height);
+    if (v->class != TrueColor)
+        fatal("the X screen's default visual is not TrueColor");
+    for (int i = 0; i < 3; i++) {
+        unsigned long want = ((1UL << chans[i]->length) - 1) << chans[i]->offset;
+        if (masks[i] != want)
+            fatal("X visual colour mask 0x%lx differs from the framebuffer's 0x%lx", masks[i], want);
+    }
+    gc = XCreateGC(dpy, DefaultRootWindow(dpy), 0, NULL);
+    XSync(dpy, False);
+}
+#endif
+
+/* After drawing: in X mode, everything asked for has been drawn into the framebuffer when this returns. */
+static void drawn(void)
+{
+#ifdef XFB_X11
+    XSync(dpy, False);
+#endif
 }
 
 static uint64_t now_ms(void)
@@ -567,9 +658,8 @@ static void print_stats(const char *dir)
     fflush(stdout);
 }
 
-/* One input line, without its terminator. */
-/* The device (or test file) behind the mapping, for the baseline below. */
-static const char *fb_path;
+/* Where round 0 is written with pwrite() (see below); NULL draws it like any round (X mode's default). */
+static const char *baseline_path;
 
 /*
  * Guest mode writes the baseline (round 0: black drawable rows) with write(2), not through the mapping. The bytes
@@ -581,7 +671,7 @@ static void write_zeros(int fd, const uint8_t *zeros, size_t n, uint64_t offset)
     for (size_t done = 0; done < n;) {
         ssize_t w = pwrite(fd, zeros + done, n - done, (off_t)(offset + done));
         if (w <= 0)
-            fatal("baseline: write to %s: %s", fb_path, w < 0 ? strerror(errno) : "short write");
+            fatal("baseline: write to %s: %s", baseline_path, w < 0 ? strerror(errno) : "short write");
         done += (size_t)w;
     }
 }
@@ -590,9 +680,9 @@ static void write_baseline(const struct geom *g)
 {
     uint64_t rows = g->height - TICKER_ROWS, line = g->width * (g->bpp / 8);
     uint8_t *zeros = calloc(1, (size_t)(rows * g->stride));
-    int fd = open(fb_path, O_WRONLY);
+    int fd = open(baseline_path, O_WRONLY);
     if (!zeros || fd < 0)
-        fatal("baseline: cannot open %s: %s", fb_path, strerror(errno));
+        fatal("baseline: cannot open %s: %s", baseline_path, strerror(errno));
     if (line == g->stride) /* no padding: one write */
         write_zeros(fd, zeros, (size_t)(rows * g->stride), 0);
     else /* padding bytes are never written */
@@ -627,10 +717,11 @@ static void handle_line(char *line, uint8_t *fb, const struct geom *g, uint32_t 
         const char *p = s + 2;
         if (parse_u64(&p, &round) && round <= UINT32_MAX && (*p == ' ' || *p == '\t') && parse_u64(&p, &seed) &&
             *p == '\0') {
-            if (round == 0)
+            if (round == 0 && baseline_path)
                 write_baseline(g);
             else
                 draw_round(fb, g, seed, round, pp);
+            drawn();
             printf("XFB DONE %" PRIu64 " tick=%" PRIu32 "\n", round, tick);
             fflush(stdout);
             return;
@@ -641,14 +732,18 @@ static void handle_line(char *line, uint8_t *fb, const struct geom *g, uint32_t 
 }
 
 static int guest_mode(const char *path, const struct geom *file_geom, uint64_t tick_ms, const struct params *pp,
-                      const char *stats_dir)
+                      const char *stats_dir, const char *display)
 {
     struct geom g;
     uint64_t smem;
     uint8_t *fb = map_fb(path, file_geom, &g, &smem, pp->mappings);
     char line[256], chunk[256];
-    fb_path = path;
     size_t len = 0;
+#ifdef XFB_X11
+    open_display(display, &g);
+#else
+    (void)display;
+#endif
     int overlong = 0;
 
     printf("XFB READY width=%" PRIu64 " height=%" PRIu64 " bpp=%" PRIu64 " stride=%" PRIu64
@@ -659,11 +754,13 @@ static int guest_mode(const char *path, const struct geom *file_geom, uint64_t t
 
     uint32_t tick = 1;
     draw_ticker(fb, &g, tick);
+    drawn();
     uint64_t deadline = now_ms() + tick_ms;
     for (;;) {
         uint64_t now = now_ms();
         if (now >= deadline) {
             draw_ticker(fb, &g, ++tick);
+            drawn();
             deadline += tick_ms;
             if (deadline <= now) /* fell behind (e.g. the guest was paused): resume, do not burst */
                 deadline = now + tick_ms;
@@ -705,15 +802,21 @@ static int guest_mode(const char *path, const struct geom *file_geom, uint64_t t
 
 static void usage(void)
 {
+#ifdef XFB_X11
+    fatal("usage: xfb-xwriter [--display NAME] [--fb PATH] [--baseline-device PATH] [--tick-ms MS] [PATTERN] "
+          "[--touch-gap-us N] [--stats-dir DIR]; "
+          "PATTERN: [--mode mixed|sparse] [--pages N] [--touches N] [--order random|ascending]");
+#else
     fatal("usage: xfb-writer [--fb PATH] [--tick-ms MS] [PATTERN] [--touch-gap-us N] [--stats-dir DIR] | "
           "--dump OUT --geometry W,H,BPP,STRIDE,RO/RL,GO/GL,BO/BL --seed S --rounds N [PATTERN]; "
           "PATTERN: [--mode mixed|sparse] [--pages N] [--touches N] [--order random|ascending]; guest mode also "
           "[--mappings K] [--workers N] [--worker-kind thread|process]");
+#endif
 }
 
 int main(int argc, char **argv)
 {
-    const char *fb_path = "/dev/fb0", *dump = NULL, *geometry = NULL, *stats_dir = NULL;
+    const char *fb_path = "/dev/fb0", *dump = NULL, *geometry = NULL, *stats_dir = NULL, *display = NULL;
     uint64_t tick_ms = 10, seed = 0, rounds = 0;
     int have_seed = 0, have_rounds = 0, have_guest_only = 0;
     struct params pp = {.mode = MODE_MIXED, .pages = 8, .touches = 1, .order = ORDER_RANDOM, .touch_gap_us = 0,
@@ -767,6 +870,12 @@ int main(int argc, char **argv)
             fatal("bad value for --worker-kind: '%s' (expected thread or process)", val);
         else if (strcmp(opt, "--stats-dir") == 0)
             stats_dir = val;
+#ifdef XFB_X11
+        else if (strcmp(opt, "--display") == 0)
+            display = val;
+        else if (strcmp(opt, "--baseline-device") == 0)
+            baseline_path = val;
+#endif
         else
             usage();
     }
@@ -778,6 +887,13 @@ int main(int argc, char **argv)
         fatal("--mappings and --workers must be at least 1");
     if (pp.workers > 1 && pp.mode != MODE_SPARSE)
         fatal("--workers above 1 needs --mode sparse (mixed rounds overlap, so their order matters)");
+#ifdef XFB_X11
+    if (dump)
+        fatal("xfb-xwriter has no dump mode (use xfb-writer)");
+    if (pp.mappings != 1 || pp.workers != 1)
+        fatal("--mappings and --workers are for xfb-writer only: the X server does the mapping, one client draws");
+    (void)seed, (void)rounds, (void)have_seed, (void)have_rounds, (void)have_guest_only;
+#else
     if (dump) {
         if (!geometry || !have_seed || !have_rounds)
             usage();
@@ -786,9 +902,13 @@ int main(int argc, char **argv)
         struct geom g = parse_geom(geometry);
         return dump_mode(dump, &g, seed, rounds, &pp);
     }
+#endif
+#ifndef XFB_X11
+    baseline_path = fb_path; /* guest mode always writes the baseline with pwrite() */
+#endif
     if (geometry) {
         struct geom g = parse_geom(geometry);
-        return guest_mode(fb_path, &g, tick_ms, &pp, stats_dir);
+        return guest_mode(fb_path, &g, tick_ms, &pp, stats_dir, display);
     }
-    return guest_mode(fb_path, NULL, tick_ms, &pp, stats_dir);
+    return guest_mode(fb_path, NULL, tick_ms, &pp, stats_dir, display);
 }

@@ -1,0 +1,171 @@
+"""The X writer (xfb-writer.c built with -DXFB_X11) against a real X server on this machine (Xvfb): it draws the
+pattern's exact bytes through X, and has drawn them when it says DONE."""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import pattern, protocol
+from harness.geometry import Geometry
+
+from .test_pattern import WRITER_SRC, drawable_pixels, geom, geometry_arg
+
+XVFB = shutil.which("Xvfb")
+pytestmark = pytest.mark.skipif(XVFB is None, reason="Xvfb not installed (scripts/install installs it)")
+
+# Xvfb screens and the framebuffer layout each one has (rows padded to 32 bits).
+SCREENS = {
+    "800x600x24": geom(800, 600, 32, 3200, (16, 8), (8, 8), (0, 8)),
+    "333x201x16": geom(333, 201, 16, 668, (11, 5), (5, 6), (0, 5)),
+}
+
+
+@pytest.fixture(scope="module")
+def xwriter(tmp_path_factory) -> Path:
+    exe = tmp_path_factory.mktemp("xwriter") / "xfb-xwriter"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-DXFB_X11", "-o", str(exe), str(WRITER_SRC),
+                    "-lX11"], check=True)
+    return exe
+
+
+class Xvfb:
+    """A real X server whose screen is a file we can read (XWD format, -fbdir)."""
+
+    def __init__(self, tmp: Path, screen: str):
+        self.dir = tmp
+        self.display = self._free_display()
+        self.proc = subprocess.Popen([XVFB, self.display, "-screen", "0", screen, "-fbdir", str(tmp),
+                                      "-nolisten", "tcp", "-nocursor"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while not Path(f"/tmp/.X11-unix/X{self.display[1:]}").exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Xvfb did not start: {self.proc.stderr.read().decode(errors='replace')}")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _free_display() -> str:
+        for n in range(90, 190):
+            if not Path(f"/tmp/.X{n}-lock").exists() and not Path(f"/tmp/.X11-unix/X{n}").exists():
+                return f":{n}"
+        raise RuntimeError("no free X display number")
+
+    def screen(self, g: Geometry) -> bytes:
+        """The screen's pixel bytes, laid out as g (rows of g.stride bytes)."""
+        raw = (self.dir / "Xvfb_screen0").read_bytes()
+        header_size, version = struct.unpack(">II", raw[:8])
+        fields = struct.unpack(">25I", raw[:100])
+        ncolors, bytes_per_line, width, height = fields[19], fields[12], fields[4], fields[5]
+        assert version == 7 and (width, height, bytes_per_line) == (g.width, g.height, g.stride)
+        start = header_size + 12 * ncolors  # XWDColor entries are 12 bytes
+        return raw[start:start + g.height * g.stride]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def xvfb(request, tmp_path):
+    server = Xvfb(tmp_path, request.param)
+    yield server, SCREENS[request.param]
+    server.close()
+
+
+def session(xwriter: Path, server: Xvfb, g: Geometry, args: list[str], fb: Path):
+    return subprocess.Popen([str(xwriter), "--display", server.display, "--fb", str(fb), "--geometry",
+                             geometry_arg(g), "--tick-ms", "1000", *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("xvfb", list(SCREENS), indirect=True)
+@pytest.mark.parametrize("params", [pattern.WriterParams(), pattern.WriterParams("sparse", 12, 3, "ascending")],
+                         ids=["mixed", "sparse"])
+def test_x_writer_draws_the_pattern_through_x(xwriter, xvfb, tmp_path, params):
+    server, g = xvfb
+    fb = tmp_path / "geometry-only"
+    fb.write_bytes(bytes(g.height * g.stride))
+    proc = session(xwriter, server, g, params.writer_args(), fb)
+    try:
+        ready = protocol.parse_line(proc.stdout.readline())
+        assert isinstance(ready, protocol.Ready), ready
+        for r in range(6):
+            proc.stdin.write(protocol.format_go(r, 77))
+            proc.stdin.flush()
+            done = protocol.parse_line(proc.stdout.readline())
+            assert done.round == r
+            # DONE means drawn: the X server's screen already shows every round so far, nothing later.
+            want = pattern.render(g, 77, r + 1, params=params)
+            assert np.array_equal(drawable_pixels(server.screen(g), g), drawable_pixels(want, g)), f"round {r}"
+        out, _ = proc.communicate(protocol.format_quit(), timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert protocol.parse_line(out.strip()) == protocol.Bye()
+    assert fb.read_bytes() == bytes(g.height * g.stride), "without --baseline-device nothing touches --fb"
+
+
+@pytest.mark.parametrize("xvfb", ["800x600x24"], indirect=True)
+def test_x_writer_baseline_device_and_ticker(xwriter, xvfb, tmp_path):
+    server, g = xvfb
+    dev = tmp_path / "device"
+    dev.write_bytes(b"\x5a" * (g.height * g.stride))
+    proc = session(xwriter, server, g, ["--baseline-device", str(dev)], dev)
+    try:
+        assert isinstance(protocol.parse_line(proc.stdout.readline()), protocol.Ready)
+        proc.stdin.write(protocol.format_go(0, 1))
+        proc.stdin.flush()
+        assert protocol.parse_line(proc.stdout.readline()).round == 0
+        out, _ = proc.communicate(protocol.format_quit(), timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = np.frombuffer(dev.read_bytes(), np.uint8).reshape(g.height, g.stride)
+    assert (lines[: g.drawable_height] == 0).all() and (lines[g.drawable_height:] == 0x5A).all()
+    # The heartbeat is drawn through X: tick 1 is bit 0 white, bits 1.. black, in the last row.
+    screen = np.frombuffer(server.screen(g), np.uint8).reshape(g.height, g.stride)
+    last = screen[g.height - 1, : 24 * 4].reshape(24, 4)
+    assert (last[0, :3] == 255).all() and (last[1:, :3] == 0).all()
+
+
+@pytest.mark.parametrize("xvfb", ["800x600x24"], indirect=True)
+@pytest.mark.parametrize("args, needle", [
+    (["--workers", "2", "--mode", "sparse"], "xfb-writer only"),
+    (["--mappings", "2"], "xfb-writer only"),
+])
+def test_x_writer_refuses_mmap_only_options(xwriter, xvfb, tmp_path, args, needle):
+    server, g = xvfb
+    fb = tmp_path / "fb"
+    fb.write_bytes(bytes(g.height * g.stride))
+    proc = subprocess.run([str(xwriter), "--display", server.display, "--fb", str(fb), "--geometry",
+                           geometry_arg(g), *args], capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 1 and needle in protocol.parse_line(proc.stdout.strip()).message
+
+
+@pytest.mark.parametrize("xvfb", ["333x201x16"], indirect=True)
+def test_x_writer_refuses_a_screen_that_is_not_the_framebuffer(xwriter, xvfb, tmp_path):
+    server, _ = xvfb
+    g = SCREENS["800x600x24"]
+    fb = tmp_path / "fb"
+    fb.write_bytes(bytes(g.height * g.stride))
+    proc = subprocess.run([str(xwriter), "--display", server.display, "--fb", str(fb), "--geometry",
+                           geometry_arg(g)], capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 1
+    assert "the X screen is 333x201, the framebuffer 800x600" in protocol.parse_line(proc.stdout.strip()).message
+
+
+def test_x_writer_without_a_server_says_so(xwriter, tmp_path):
+    g = SCREENS["800x600x24"]
+    fb = tmp_path / "fb"
+    fb.write_bytes(bytes(g.height * g.stride))
+    env = dict(os.environ, DISPLAY=":189")
+    proc = subprocess.run([str(xwriter), "--fb", str(fb), "--geometry", geometry_arg(g)], capture_output=True,
+                          text=True, timeout=10, env=env)
+    assert proc.returncode == 1 and "cannot open X display" in protocol.parse_line(proc.stdout.strip()).message
