@@ -45,6 +45,10 @@ SCHEMA: dict[str, Any] = {
     "rounds": Field(10, "int", "pattern rounds after the baseline (round 0 clears the screen)", minimum=1),
     "seed": Field(1, "int", "pattern seed; the same seed draws the same frames", minimum=0),
     "writer": {
+        "kind": Field("mmap", "enum", "who draws: 'mmap' is xfb-writer writing through its own mmap of /dev/fb0; "
+                      "'xorg' is an X server (fbdev driver, ShadowFB off) drawing into the framebuffer for an X "
+                      "client, xfb-xwriter, that draws the same pattern with XFillRectangle",
+                      choices=("mmap", "xorg")),
         "tick_ms": Field(10, "int", "heartbeat period of the writer while it waits (keeps the display busy)",
                          minimum=1),
         "mode": Field("mixed", "enum", "what a round draws: 'mixed' rectangles and pages, or 'sparse' pages, "
@@ -225,6 +229,11 @@ def load(path: str | os.PathLike | None) -> Config:
         loaded = {} if loaded is None else loaded  # an empty file means all defaults; [] or 0 does not
         base = p.resolve().parent
         _merge(source, SCHEMA, loaded, data, "", base)
+    if data["writer"]["kind"] == "xorg":
+        for key in ("mappings", "workers"):
+            if data["writer"][key] != 1:
+                raise ConfigError(source, f"writer.{key}", "expected 1 with writer.kind 'xorg' (the X server "
+                                  "maps the framebuffer, and one X client draws)")
     if data["writer"]["workers"] > 1 and data["writer"]["mode"] != "sparse":
         raise ConfigError(source, "writer.workers", "expected 1 unless writer.mode is 'sparse' (mixed rounds "
                           "overlap, so the order of their writes decides the frame)")

@@ -21,6 +21,26 @@ KERNEL_FATAL = re.compile(r"Kernel panic.*|BUG: .*|Oops: .*")
 GUEST_FATAL = re.compile(KERNEL_FATAL.pattern + r"|XFB-GUEST-WRITER-EXIT.*|XFB-GUEST-FAIL.*")
 
 
+XORG_CONF = Path(__file__).resolve().parent / "files" / "xorg.conf"
+XORG_LOG_BEGIN, XORG_LOG_END = "XFB-XORG-LOG-BEGIN", "XFB-XORG-LOG-END"
+
+
+def save_xorg_config(run_dir: Path) -> dict:
+    """Keep the X server's configuration and its log (the guest prints it on the console once X is up) in the run
+    directory, and say whether the fbdev driver really runs with ShadowFB off."""
+    (run_dir / "xorg.conf").write_text(XORG_CONF.read_text())
+    info = {"config": "xorg.conf"}
+    console = run_dir / "guest-console.log"
+    text = console.read_text(errors="replace") if console.exists() else ""
+    if XORG_LOG_BEGIN in text and XORG_LOG_END in text:
+        body = text.split(XORG_LOG_BEGIN, 1)[1].split(XORG_LOG_END, 1)[0].replace("\r\n", "\n").lstrip("\n")
+        (run_dir / "Xorg.0.log").write_text(body)
+        info["log"] = "Xorg.0.log"
+        m = re.search(r'FBDEV\(0\): Option "ShadowFB" "(\w+)"', body)
+        info["shadowfb"] = m.group(1) if m else "unknown"
+    return info
+
+
 class GuestError(RuntimeError):
     """The guest, its kernel or the writer broke: an ERROR verdict, with the console tail."""
 
@@ -36,7 +56,7 @@ def xl_config(cfg: Config, host: XenHost) -> str:
     if '"' in extra or "\\" in extra:
         raise ConfigError(cfg.source, "guest.extra_cmdline", "expected no double quotes or backslashes")
     params = writer_params(cfg)
-    settings = {"xfb_tick_ms": cfg["writer.tick_ms"], "xfb_mode": params.mode, "xfb_pages": params.pages,
+    settings = {"xfb_writer": cfg["writer.kind"], "xfb_tick_ms": cfg["writer.tick_ms"], "xfb_mode": params.mode, "xfb_pages": params.pages,
                 "xfb_touches": params.touches, "xfb_order": params.order,
                 "xfb_touch_gap_us": cfg["writer.touch_gap_us"], "xfb_mappings": cfg["writer.mappings"],
                 "xfb_workers": cfg["writer.workers"], "xfb_worker_kind": cfg["writer.worker_kind"],

@@ -47,6 +47,7 @@ class Result:
     counters: dict = field(default_factory=dict)  # the frontend module's counters at the end (legacy only)
     checks: list = field(default_factory=list)  # mapping checks passed before the rounds: {name, detail}
     unloaded: str = ""  # the frontend module unloaded after the last round (legacy.unload_at_end)
+    xorg: dict = field(default_factory=dict)  # writer.kind xorg: the X configuration files kept, ShadowFB state
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def decide(self) -> None:

@@ -12,7 +12,7 @@ from .capture import Capture
 from .compare import compare
 from .config import Config
 from .geometry import Rect
-from .guest import Guest, writer_params
+from .guest import Guest, save_xorg_config, writer_params
 from .hosts.nested import NestedHost, qemu_version
 from .images import diff_image, load_ppm, save_png
 from .progress import TIMINGS, say, step
@@ -44,6 +44,8 @@ def run(cfg: Config, run_dir: Path, cache: Cache) -> Result:
                     if not result.reason:  # an ERROR in the rounds has said all there is to say
                         result.unloaded = guest.finish()
             finally:
+                if cfg["writer.kind"] == "xorg":
+                    result.xorg = save_xorg_config(run_dir)
                 try:
                     host.save_logs(run_dir)
                 except Exception as e:  # never let log collection hide the real outcome

@@ -264,6 +264,12 @@ def test_integer_above_maximum(tmp_path, text, key, maximum):
     assert f"<= {maximum}" in str(err)
 
 
+@pytest.mark.parametrize("key", ["mappings", "workers"])
+def test_xorg_writer_draws_with_one_client(tmp_path, key):
+    err = load_error(write_config(tmp_path, f"writer:\n  kind: xorg\n  mode: sparse\n  {key}: 2\n"))
+    assert err.key == f"writer.{key}" and "'xorg'" in str(err)
+
+
 def test_workers_need_sparse_mode(tmp_path):
     err = load_error(write_config(tmp_path, "writer:\n  workers: 2\n"))
     assert err.key == "writer.workers" and "'sparse'" in str(err)

@@ -61,3 +61,26 @@ def test_quotes_in_extra_cmdline_are_refused(tmp_path):
     with pytest.raises(ConfigError) as info:
         xl_config(config(tmp_path, 'guest:\n  extra_cmdline: \'a="b"\'\n'), HostPaths())
     assert info.value.key == "guest.extra_cmdline"
+
+
+def test_xorg_config_and_log_are_kept(tmp_path):
+    from harness.guest import save_xorg_config
+    (tmp_path / "guest-console.log").write_text(
+        "boot\r\nXFB-XORG-LOG-BEGIN\r\n[  1.0] (II) FBDEV(0): using /dev/fb0\r\n"
+        '[  1.1] (**) FBDEV(0): Option "ShadowFB" "off"\r\nXFB-XORG-LOG-END\r\nXFB READY ...\r\n')
+    info = save_xorg_config(tmp_path)
+    assert info == {"config": "xorg.conf", "log": "Xorg.0.log", "shadowfb": "off"}
+    assert 'Option "ShadowFB" "off"' in (tmp_path / "xorg.conf").read_text()
+    assert (tmp_path / "Xorg.0.log").read_text().splitlines()[0] == "[  1.0] (II) FBDEV(0): using /dev/fb0"
+
+
+def test_xorg_log_missing_is_said_not_guessed(tmp_path):
+    from harness.guest import save_xorg_config
+    (tmp_path / "guest-console.log").write_text("XFB-GUEST-FAIL the X server did not come up\n")
+    assert save_xorg_config(tmp_path) == {"config": "xorg.conf"}
+    assert not (tmp_path / "Xorg.0.log").exists()
+
+
+def test_xorg_writer_reaches_the_guest(tmp_path):
+    s = settings(xl_config(config(tmp_path, "writer:\n  kind: xorg\n"), HostPaths()))
+    assert s["xfb_writer"] == "xorg"

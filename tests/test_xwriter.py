@@ -169,3 +169,24 @@ def test_x_writer_without_a_server_says_so(xwriter, tmp_path):
     proc = subprocess.run([str(xwriter), "--fb", str(fb), "--geometry", geometry_arg(g)], capture_output=True,
                           text=True, timeout=10, env=env)
     assert proc.returncode == 1 and "cannot open X display" in protocol.parse_line(proc.stdout.strip()).message
+
+
+@pytest.mark.parametrize("xvfb", ["800x600x24"], indirect=True)
+def test_x_writer_probe_is_silent_when_the_server_answers(xwriter, xvfb, tmp_path):
+    server, g = xvfb
+    fb = tmp_path / "fb"
+    fb.write_bytes(bytes(g.height * g.stride))
+    proc = subprocess.run([str(xwriter), "--probe", "5", "--display", server.display, "--fb", str(fb),
+                           "--geometry", geometry_arg(g)], capture_output=True, text=True, timeout=10)
+    assert (proc.returncode, proc.stdout) == (0, "")
+
+
+def test_x_writer_probe_gives_up_after_its_time(xwriter, tmp_path):
+    g = SCREENS["800x600x24"]
+    fb = tmp_path / "fb"
+    fb.write_bytes(bytes(g.height * g.stride))
+    t0 = time.monotonic()
+    proc = subprocess.run([str(xwriter), "--probe", "1", "--display", ":189", "--fb", str(fb), "--geometry",
+                           geometry_arg(g)], capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 1 and 1 <= time.monotonic() - t0 < 5
+    assert "no X server answered on ':189' within 1 s" in protocol.parse_line(proc.stdout.strip()).message

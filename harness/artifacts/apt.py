@@ -79,6 +79,39 @@ class Apt:
             raise LookupError(f"apt-get download {package}={version} produced no .deb in {debs}")
         return found[0]
 
+    def install_set(self, packages: list[str]) -> dict[str, str]:
+        """Every package (name -> version) that installing `packages` with their dependencies onto an empty
+        system would bring, as apt resolves it (no recommends)."""
+        out = subprocess.run(["apt-get", *self.opts, "-s", "install", "--no-install-recommends", *packages],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise LookupError(f"apt cannot resolve {' '.join(packages)} from {self.sources}:\n{out.stdout}"
+                              f"{out.stderr}")
+        found = {}
+        for line in out.stdout.splitlines():
+            if line.startswith("Inst "):  # "Inst libc6 (2.36-9+deb12u14 Debian:12.15/oldstable [amd64])"
+                name, _, rest = line[5:].partition(" (")
+                found[name.split(":")[0]] = rest.split()[0]
+        return found
+
+    def download_all(self, packages: dict[str, str]) -> list[Path]:
+        """Download name=version for each package in one apt call (what is already here is not fetched
+        again) and return the .deb paths."""
+        debs = self.dir / "debs"
+
+        def present(name: str, version: str) -> list[Path]:
+            return list(debs.glob(f"{name}_{version.replace(':', '%3a')}_*.deb"))
+        missing = [f"{n}={v}" for n, v in sorted(packages.items()) if not present(n, v)]
+        if missing:
+            run(["apt-get", *self.opts, "download", *missing], self.log, cwd=debs)
+        paths = []
+        for name, version in sorted(packages.items()):
+            found = present(name, version)
+            if not found:
+                raise LookupError(f"apt-get download {name}={version} produced no .deb in {debs}")
+            paths.append(found[0])
+        return paths
+
     def extract(self, package: str, dest: Path, version: str | None = None) -> Path:
         deb = self.download(package, version)
         run(["dpkg-deb", "-x", str(deb), str(dest)], self.log)

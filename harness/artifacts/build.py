@@ -1,4 +1,5 @@
-"""The artifact recipe: config -> Xen, dom0 kernel + initramfs + disk, guest tools (writer, mapping checks), guest payload disk.
+"""The artifact recipe: config -> Xen, dom0 kernel + initramfs + disk, guest tools (writer, mapping checks), for the
+X writer an X server and the X client, guest payload disk.
 
 Every entry's cache key holds the package versions it came from, the config values it used and a hash of our
 own files that shape it, so changing any of them rebuilds it and nothing stale is reused.
@@ -18,6 +19,7 @@ from ..progress import run, step
 from .apt import Apt
 from .cache import Cache, hash_files
 from .cpio import CpioWriter
+from .elf import closure, copy_closure
 from .kernel import bzimage, extract_vmlinux, kernel_version, module_load_order
 
 HERE = Path(__file__).resolve().parent
@@ -33,6 +35,14 @@ DOM0_MODULES = ["virtio_blk", "virtio_pci", "ext4", "virtio_net",
 DOM0_EXTRA_PACKAGES = ["xenstore-utils", "qemu-system-xen", "kmod", "iproute2", "mount", "procps",
                        "openssh-server", "socat"]
 BUSYBOX = "busybox-static"
+# The X stress writer's guest: an X server with the fbdev driver, its keymap compiler and data, and libX11.
+XORG_PACKAGES = ["xserver-xorg-core", "xserver-xorg-video-fbdev", "x11-xkb-utils", "xkb-data", "libx11-6"]
+# What runs in the guest: everything else in those packages (and their ~120 dependencies) is left out.
+XORG_PROGRAMS = ["/usr/lib/xorg/Xorg", "/usr/bin/xkbcomp", "/usr/lib/xorg/modules/drivers/fbdev_drv.so",
+                 "/usr/lib/xorg/modules/libfbdevhw.so", "/usr/lib/xorg/modules/libshadow.so",
+                 "/usr/lib/xorg/modules/libshadowfb.so", "/usr/lib/xorg/modules/libwfb.so"]
+XORG_DATA = ["usr/share/X11/xkb", "usr/lib/xorg/protocol.txt", "usr/share/X11/XErrorDB"]
+XWRITER = "/usr/bin/xfb-xwriter"
 # This file is the recipe of every entry below: any change to it rebuilds them all, so none is stale.
 RECIPE = hash_files(Path(__file__))
 
@@ -166,6 +176,39 @@ def _guest_tools(cache: Cache, log: Path) -> Path:
                        build)
 
 
+def _xorg_root(cache: Cache, apt: Apt, log: Path) -> Path:
+    """The X writer's part of the guest: Xorg with the fbdev driver, xkbcomp, keymaps and the X client
+    (xfb-xwriter, linked against the guest's libX11), with only the shared libraries they load."""
+    packages = apt.install_set(XORG_PACKAGES)
+
+    def build(out: Path) -> None:
+        debs = apt.download_all(packages)
+        tree = out / "packages"
+        with step(f"extract {len(debs)} X packages"):
+            for deb in debs:
+                run(["dpkg-deb", "-x", str(deb), str(tree)], log)
+        # Built here, against this machine's libX11 headers; run there, against the guest's libX11 (same soname).
+        run(["gcc", "-O2", "-Wall", "-Wextra", "-DXFB_X11", "-o", str(tree / XWRITER.lstrip("/")), str(WRITER_SRC),
+             "-lX11"], log)
+        root = out / "root"
+        files = closure(tree, XORG_PROGRAMS + [XWRITER])
+        copy_closure(files, root)
+        for data in XORG_DATA:
+            src, dest = tree / data, root / data
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, dest, symlinks=True)  # links resolve in the guest, whose root this is
+            else:
+                shutil.copy2(src, dest)
+        (root / "etc/X11").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(FILES / "xorg.conf", root / "etc/X11/xfb-xorg.conf")
+        shutil.rmtree(tree)
+    gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    inputs = {"packages": packages, "source": hash_files(WRITER_SRC, FILES / "xorg.conf", HERE / "elf.py"),
+              "gcc": gcc, "build": RECIPE}
+    return cache.entry("xorg-root", inputs, build) / "root"
+
+
 def _legacy_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, log: Path) -> Path:
     """Our old-design frontend, built against the exact guest kernel's headers from Debian's packages."""
     version = (kernel / "version").read_text()  # e.g. 6.1.0-56-amd64
@@ -198,7 +241,8 @@ def _legacy_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, lo
     return cache.entry("legacy-modules", inputs, build)
 
 
-def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, modules: Path | None, log: Path) -> Path:
+def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, modules: Path | None, xorg: Path | None,
+             log: Path) -> Path:
     def build(out: Path) -> None:
         busybox = _busybox(apt, out)
         disk = out / "disk"
@@ -208,7 +252,7 @@ def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, modules: Path | 
             cpio = CpioWriter(f)
             _start_initramfs(cpio, busybox, ("bin", "dev", "proc", "sys", "tmp"))
             for applet in ("sh", "mount", "grep", "stty", "poweroff", "cat", "echo", "sleep", "insmod", "rmmod",
-                           "ls"):
+                           "ls", "mkdir"):
                 cpio.symlink(f"bin/{applet}", "busybox")
             for program in ("xfb-writer", "xfb-mapcheck"):
                 cpio.file(f"bin/{program}", (tools / program).read_bytes(), 0o755)
@@ -216,13 +260,15 @@ def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, modules: Path | 
                 cpio.directory("modules")
                 for ko in sorted(modules.glob("*.ko")):
                     cpio.file(f"modules/{ko.name}", ko.read_bytes())
+            if xorg is not None:
+                cpio.tree(xorg)
             cpio.file("init", (FILES / "guest-init").read_bytes(), 0o755)
             cpio.close()
         _ext4_image(disk, out / "payload.img", "xfb-guest", log)
         shutil.rmtree(disk)
         shutil.rmtree(out / "bb")
     inputs = {"kernel": kernel.name, "tools": tools.name, "busybox": apt.version(BUSYBOX),
-              "modules": modules.name if modules else None,
+              "modules": modules.name if modules else None, "xorg": xorg.parent.name if xorg else None,
               "recipe": hash_files(FILES / "guest-init", HERE / "cpio.py"), "build": RECIPE}
     return cache.entry("guest-payload", inputs, build) / "payload.img"
 
@@ -241,7 +287,8 @@ def build_all(cfg: Config, cache: Cache, log: Path) -> Artifacts:
     modules = None
     if LEGACY_MODULES[cfg["frontend"]]:
         modules = _legacy_modules(cache, apt, cfg["guest.kernel_package"], guest_kernel, log)
-    payload = _payload(cache, apt, guest_kernel, tools, modules, log)
+    xorg = _xorg_root(cache, apt, log) if cfg["writer.kind"] == "xorg" else None
+    payload = _payload(cache, apt, guest_kernel, tools, modules, xorg, log)
     versions = {p: apt.version(p) for p in (cfg["host.xen_package"], cfg["host.dom0_kernel_package"],
                                             cfg["guest.kernel_package"], f"xen-utils-{series}",
                                             "qemu-system-xen")}

@@ -40,7 +40,8 @@
  * framebuffer itself, and XSync()s before saying DONE. The geometry still comes from --fb (ioctl only; nothing is
  * mapped), and must match the X screen's size and TrueColor masks, so that a pattern pixel value is the X pixel
  * value. Round 0 goes through X too, unless --baseline-device DEV (usually /dev/fb0) writes it there with
- * pwrite(2) as guest mode does. --mappings and --workers are refused (Xlib calls stay on one thread); dump mode
+ * pwrite(2) as guest mode does. --probe SECONDS waits (at most that long) until the X server answers, checks that
+ * its screen is the framebuffer, and exits 0 without a word: the X server has then drawn its start-up screen. --mappings and --workers are refused (Xlib calls stay on one thread); dump mode
  * is not built.
  *
  * Build: gcc -static -O2 -Wall -Wextra -pthread -o xfb-writer xfb-writer.c
@@ -548,6 +549,26 @@ static void open_display(const char *name, const struct geom *g)
     gc = XCreateGC(dpy, DefaultRootWindow(dpy), 0, NULL);
     XSync(dpy, False);
 }
+
+static uint64_t now_ms(void);
+
+/* --probe: wait for the X server, check its screen, say nothing. */
+static int probe_mode(const char *path, const struct geom *file_geom, const char *display, uint64_t seconds)
+{
+    struct geom g;
+    uint64_t smem;
+    map_fb(path, file_geom, &g, &smem, 1);
+    uint64_t deadline = now_ms() + seconds * 1000;
+    Display *d;
+    while (!(d = XOpenDisplay(display))) {
+        if (now_ms() >= deadline)
+            fatal("no X server answered on '%s' within %" PRIu64 " s", display ? display : "$DISPLAY", seconds);
+        sleep_us(100000);
+    }
+    XCloseDisplay(d);
+    open_display(display, &g);
+    return 0;
+}
 #endif
 
 /* After drawing: in X mode, everything asked for has been drawn into the framebuffer when this returns. */
@@ -804,7 +825,7 @@ static void usage(void)
 {
 #ifdef XFB_X11
     fatal("usage: xfb-xwriter [--display NAME] [--fb PATH] [--baseline-device PATH] [--tick-ms MS] [PATTERN] "
-          "[--touch-gap-us N] [--stats-dir DIR]; "
+          "[--touch-gap-us N] [--stats-dir DIR] | --probe SECONDS [--display NAME] [--fb PATH]; "
           "PATTERN: [--mode mixed|sparse] [--pages N] [--touches N] [--order random|ascending]");
 #else
     fatal("usage: xfb-writer [--fb PATH] [--tick-ms MS] [PATTERN] [--touch-gap-us N] [--stats-dir DIR] | "
@@ -818,7 +839,8 @@ int main(int argc, char **argv)
 {
     const char *fb_path = "/dev/fb0", *dump = NULL, *geometry = NULL, *stats_dir = NULL, *display = NULL;
     uint64_t tick_ms = 10, seed = 0, rounds = 0;
-    int have_seed = 0, have_rounds = 0, have_guest_only = 0;
+    int have_seed = 0, have_rounds = 0, have_guest_only = 0, have_probe = 0;
+    uint64_t probe_s = 0;
     struct params pp = {.mode = MODE_MIXED, .pages = 8, .touches = 1, .order = ORDER_RANDOM, .touch_gap_us = 0,
                         .mappings = 1, .workers = 1, .worker_kind = WORKER_THREAD};
 
@@ -875,6 +897,8 @@ int main(int argc, char **argv)
             display = val;
         else if (strcmp(opt, "--baseline-device") == 0)
             baseline_path = val;
+        else if (strcmp(opt, "--probe") == 0)
+            probe_s = parse_arg_u64(opt, val, 3600), have_probe = 1;
 #endif
         else
             usage();
@@ -893,7 +917,15 @@ int main(int argc, char **argv)
     if (pp.mappings != 1 || pp.workers != 1)
         fatal("--mappings and --workers are for xfb-writer only: the X server does the mapping, one client draws");
     (void)seed, (void)rounds, (void)have_seed, (void)have_rounds, (void)have_guest_only;
+    if (have_probe) {
+        if (geometry) {
+            struct geom g = parse_geom(geometry);
+            return probe_mode(fb_path, &g, display, probe_s);
+        }
+        return probe_mode(fb_path, NULL, display, probe_s);
+    }
 #else
+    (void)have_probe, (void)probe_s;
     if (dump) {
         if (!geometry || !have_seed || !have_rounds)
             usage();
