@@ -1,7 +1,9 @@
-"""Cold and warm end-to-end times of the default run: prints figures, asserts nothing.
+"""Cold and warm end-to-end times of a run (default: the default config), and the size of what the guest boots:
+prints figures, asserts nothing.
 
 Cold: an empty artifact cache (what a new user's first run pays). Warm: the same cache again.
 Usage: .venv/bin/python benchmarks/e2e_times.py [--warm-runs N] [CONFIG]
+e.g.   .venv/bin/python benchmarks/e2e_times.py configs/xorg-upstream.yaml     # the X writer's guest
 """
 from __future__ import annotations
 
@@ -30,6 +32,17 @@ def one_run(config: str, cache: str, out: Path) -> tuple[float, dict]:
     return took, result
 
 
+def guest_sizes(cache: Path) -> None:
+    """What the guest boots (its kernel and initramfs), and the X part of the initramfs where there is one."""
+    for sizes in sorted(cache.glob("guest-payload-*/sizes.json")):
+        for name, size in json.loads(sizes.read_text()).items():
+            print(f"  guest {name}: {size / 2**20:.1f} MiB")
+    for root in sorted(cache.glob("xorg-root-*/root")):
+        files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+        print(f"  of which the X server, xkbcomp, keymaps, the X client and their libraries: "
+              f"{sum(p.stat().st_size for p in files) / 2**20:.1f} MiB in {len(files)} files")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", nargs="?", default="configs/default.yaml")
@@ -40,6 +53,7 @@ def main() -> None:
         took, res = one_run(args.config, cache, Path(tmp) / "cold")
         print(f"cold (empty cache): {took:6.1f} s  verdict {res['verdict']}  host {res['host']}")
         print("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in res["timings"].items()))
+        guest_sizes(Path(cache))
         warm = []
         for i in range(args.warm_runs):
             took, res = one_run(args.config, cache, Path(tmp) / f"warm{i}")

@@ -7,6 +7,7 @@ own files that shape it, so changing any of them rebuilds it and nothing stale i
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import shutil
@@ -264,6 +265,8 @@ def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, modules: Path | 
                 cpio.tree(xorg)
             cpio.file("init", (FILES / "guest-init").read_bytes(), 0o755)
             cpio.close()
+        sizes = {name: (disk / name).stat().st_size for name in ("vmlinux", "initrd.cpio")}
+        (out / "sizes.json").write_text(json.dumps(sizes) + "\n")  # for benchmarks/e2e_times.py
         _ext4_image(disk, out / "payload.img", "xfb-guest", log)
         shutil.rmtree(disk)
         shutil.rmtree(out / "bb")
