@@ -189,22 +189,25 @@ class Guest:
         return msg.module
 
     def stop(self) -> None:
-        """Ask the writer to finish, then make sure the domain is gone either way."""
+        """Ask the writer to finish (unless finish() did), then make sure the domain is gone either way."""
         if self.console is not None:
-            try:
-                if self.finished:
-                    raise EOFError  # nothing left to ask for
-                self.console.send_line(format_quit())
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline:
-                    line = self.console.read_line(0.5)
-                    if line is not None and isinstance(parse_line(line), Bye):
-                        break
-            except (EOFError, OSError, ProtocolError):
-                pass
+            if not self.finished:
+                self._ask_to_quit()
             self.console.close()
             self.console = None
         try:
             self.host.exec(["xl", "destroy", NAME], check=False, timeout=30)
         except HostError:
+            pass
+
+    def _ask_to_quit(self) -> None:
+        """Best effort, after an error: the writer may be gone already."""
+        try:
+            self.console.send_line(format_quit())
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                line = self.console.read_line(0.5)
+                if line is not None and isinstance(parse_line(line), Bye):
+                    break
+        except (EOFError, OSError, ProtocolError):
             pass
