@@ -14,6 +14,7 @@
  * mapping must have been zapped, so the next write faults again. Every write is also read back through the
  * device with pread(), which proves the mapping shows the framebuffer page its offset names. Without
  * --stats-dir (the built-in frontend has no counters) only the read-back and survival are checked.
+ * Tests only: a regular file as --fb stands for a framebuffer of its size.
  *
  * Build: gcc -static -O2 -Wall -Wextra -o xfb-mapcheck xfb-mapcheck.c
  */
@@ -30,6 +31,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -283,9 +285,13 @@ int main(int argc, char **argv)
     if (fd < 0)
         fail("cannot open %s: %s", fb_path, strerror(errno));
     struct fb_fix_screeninfo fix;
-    if (ioctl(fd, FBIOGET_FSCREENINFO, &fix) != 0)
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+        fb_pages = (uint64_t)st.st_size / PG;
+    else if (ioctl(fd, FBIOGET_FSCREENINFO, &fix) == 0)
+        fb_pages = fix.smem_len / PG;
+    else
         fail("FBIOGET_FSCREENINFO on %s: %s", fb_path, strerror(errno));
-    fb_pages = fix.smem_len / PG;
     if (fb_pages < 16)
         fail("the framebuffer has %" PRIu64 " pages, the checks need 16", fb_pages);
     check_plain();
