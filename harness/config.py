@@ -136,6 +136,10 @@ def describe() -> str:
     lines = []
     for dotted, f in _walk(SCHEMA):
         extra = f" (one of: {', '.join(f.choices)})" if f.choices else ""
+        if f.maximum is not None:
+            extra = f" ({f.minimum}..{f.maximum})"
+        elif f.minimum is not None:
+            extra = f" (>= {f.minimum})"
         lines.append(f"  {dotted} = {f.default!r}{extra}\n      {f.doc}")
     return "\n".join(lines)
 
