@@ -33,13 +33,23 @@ def run_cli(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     return subprocess.run(harness_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+def run_scenario(config: str | Path, out: Path) -> Run:
+    """`xenfb-harness run CONFIG --output OUT`, as a user would type it."""
+    proc = run_cli("run", str(config), "--output", str(out))
+    return Run(proc.returncode, out, proc.stdout, proc.stderr)
+
+
+def run_shipped(tmp_path_factory, name: str) -> Run:
+    """One of the shipped scenarios, configs/NAME.yaml, into a fresh run directory."""
+    return run_scenario(f"configs/{name}.yaml", tmp_path_factory.mktemp(name) / "run")
+
+
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory) -> Run:
     """The README's main job: the default config, upstream frontend."""
-    out = tmp_path_factory.mktemp("default") / "run"
-    proc = run_cli("run", "configs/default.yaml", "--output", str(out))
-    sys.stderr.write(proc.stderr)
-    return Run(proc.returncode, out, proc.stdout, proc.stderr)
+    run = run_shipped(tmp_path_factory, "default")
+    sys.stderr.write(run.stderr)
+    return run
 
 
 def pid_alive(pid: int) -> bool:

@@ -8,31 +8,25 @@ import pytest
 from harness import pattern
 from harness.geometry import PAGE_SIZE
 
-from .conftest import Run, run_cli
+from .conftest import Run, run_shipped
 from .test_default_run import geometry_of
 
 pytestmark = pytest.mark.e2e
 
 
-def run_config(tmp_path_factory, name: str) -> Run:
-    out = tmp_path_factory.mktemp(name) / "run"
-    proc = run_cli("run", f"configs/{name}.yaml", "--output", str(out))
-    return Run(proc.returncode, out, proc.stdout, proc.stderr)
-
-
 @pytest.fixture(scope="module")
 def legacy(tmp_path_factory) -> Run:
-    return run_config(tmp_path_factory, "legacy-race")
+    return run_shipped(tmp_path_factory, "legacy-race")
 
 
 @pytest.fixture(scope="module")
 def legacy_fixed(tmp_path_factory) -> Run:
-    return run_config(tmp_path_factory, "legacy-fixed-race")
+    return run_shipped(tmp_path_factory, "legacy-fixed-race")
 
 
 @pytest.fixture(scope="module")
 def upstream_sparse(tmp_path_factory) -> Run:
-    return run_config(tmp_path_factory, "upstream-sparse")
+    return run_shipped(tmp_path_factory, "upstream-sparse")
 
 
 def test_legacy_with_a_widened_window_fails(legacy):

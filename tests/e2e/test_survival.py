@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from .conftest import ROOT, Run, run_cli
+from .conftest import ROOT, Run, run_scenario
 
 pytestmark = pytest.mark.e2e
 
@@ -22,8 +22,7 @@ def survival(request, tmp_path_factory) -> tuple[str, Run]:
     text, n = re.subn(r"^frontend: .*$", f"frontend: {frontend}", SCENARIO.read_text(), flags=re.M)
     assert n == 1
     config.write_text(text)
-    proc = run_cli("run", str(config), "--output", str(tmp / "run"))
-    return frontend, Run(proc.returncode, tmp / "run", proc.stdout, proc.stderr)
+    return frontend, run_scenario(config, tmp / "run")
 
 
 def test_mapping_checks_pass_rounds_run_and_the_module_unloads(survival):

@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Run, run_cli
+from .conftest import Run, run_shipped
 
 pytestmark = pytest.mark.e2e
 
 
-def run_config(tmp_path_factory, name: str) -> Run:
-    out = tmp_path_factory.mktemp(name) / "run"
-    proc = run_cli("run", f"configs/{name}.yaml", "--output", str(out))
-    return Run(proc.returncode, out, proc.stdout, proc.stderr)
-
-
 @pytest.fixture(scope="module")
 def xorg_upstream(tmp_path_factory) -> Run:
-    return run_config(tmp_path_factory, "xorg-upstream")
+    return run_shipped(tmp_path_factory, "xorg-upstream")
 
 
 @pytest.fixture(scope="module")
 def xorg_legacy(tmp_path_factory) -> Run:
-    return run_config(tmp_path_factory, "xorg-legacy-race")
+    return run_shipped(tmp_path_factory, "xorg-legacy-race")
 
 
 def assert_x_drew(run: Run) -> None:
