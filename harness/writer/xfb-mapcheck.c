@@ -164,6 +164,7 @@ static void reap(pid_t pid)
         exit(1); /* the child printed its FAIL line */
 }
 
+/* A write that faults if the page is not mapped, checking nothing (page: for spawn(), unused). */
 static void touch_only(uint8_t *p, uint64_t page)
 {
     (void)page;
@@ -208,12 +209,12 @@ static void check_fork(void)
 {
     check = "fork";
     uint8_t *p = map(0, 8);
-    *(volatile uint32_t *)(p + 2 * PG) = ++stamp; /* a fault pending on the parent's mapping at fork time */
+    touch_only(p + 2 * PG, 2); /* a fault pending on the parent's mapping at fork time */
     reap(spawn(expect_tracked, p + 3 * PG, 3));
     expect_tracked(p + 2 * PG, 2);
     for (int i = 0; i < CHURN; i++) { /* children that write and exit while the thread walks the mappings */
-        touch_only(p + (uint64_t)(i % 8) * PG, 0);
-        reap(spawn(touch_only, p + (uint64_t)((i + 3) % 8) * PG, 0));
+        touch_only(p + (uint64_t)(i % 8) * PG, (uint64_t)(i % 8));
+        reap(spawn(touch_only, p + (uint64_t)((i + 3) % 8) * PG, (uint64_t)((i + 3) % 8)));
     }
     expect_tracked(p + 4 * PG, 4);
     unmap(p, 8);
@@ -224,7 +225,7 @@ static void check_mremap(void)
 {
     check = "mremap";
     uint8_t *p = map(10, 4);
-    *(volatile uint32_t *)p = ++stamp; /* a fault pending when the mapping moves */
+    touch_only(p, 10); /* a fault pending when the mapping moves */
     uint8_t *spot = mmap(NULL, 4 * PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (spot == MAP_FAILED)
         fail("reserving address space: %s", strerror(errno));
@@ -243,7 +244,7 @@ static void check_munmap_part(void)
 {
     check = "munmap-part";
     uint8_t *p = map(0, 12);
-    *(volatile uint32_t *)(p + 5 * PG) = ++stamp; /* a fault pending in the part that goes */
+    touch_only(p + 5 * PG, 5); /* a fault pending in the part that goes */
     unmap(p + 4 * PG, 4);
     expect_tracked(p + PG, 1);
     expect_tracked(p + 10 * PG, 10);
@@ -259,7 +260,7 @@ static void check_munmap_pending(void)
     for (int i = 0; i < CHURN; i++) {
         uint8_t *p = map(0, 4);
         for (uint64_t k = 0; k < 4; k++)
-            *(volatile uint32_t *)(p + k * PG) = ++stamp;
+            touch_only(p + k * PG, k);
         unmap(p, 4); /* before the refresh thread has zapped it */
         if (i % 10 == 0)
             sleep_us(60000); /* sometimes across a tick */
