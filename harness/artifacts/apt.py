@@ -66,18 +66,14 @@ class Apt:
             self._versions[package] = candidate
         return self._versions[package]
 
+    def _downloaded(self, package: str, version: str) -> Path | None:
+        """The .deb of package=version if we have it (apt writes an epoch's ':' as '%3a' in file names)."""
+        return next((self.dir / "debs").glob(f"{package}_{version.replace(':', '%3a')}_*.deb"), None)
+
     def download(self, package: str, version: str | None = None) -> Path:
         """Download package at the given (default: candidate) version, once, and return the .deb path."""
         version = version or self.version(package)
-        debs = self.dir / "debs"
-        safe = version.replace(":", "%3a")
-        found = list(debs.glob(f"{package}_{safe}_*.deb"))
-        if not found:
-            run(["apt-get", *self.opts, "download", f"{package}={version}"], self.log, cwd=debs)
-            found = list(debs.glob(f"{package}_{safe}_*.deb"))
-        if not found:
-            raise LookupError(f"apt-get download {package}={version} produced no .deb in {debs}")
-        return found[0]
+        return self.download_all({package: version})[0]
 
     def install_set(self, packages: list[str]) -> dict[str, str]:
         """Every package (name -> version) that installing `packages` with their dependencies onto an empty
@@ -97,19 +93,15 @@ class Apt:
     def download_all(self, packages: dict[str, str]) -> list[Path]:
         """Download name=version for each package in one apt call (what is already here is not fetched
         again) and return the .deb paths."""
-        debs = self.dir / "debs"
-
-        def present(name: str, version: str) -> list[Path]:
-            return list(debs.glob(f"{name}_{version.replace(':', '%3a')}_*.deb"))
-        missing = [f"{n}={v}" for n, v in sorted(packages.items()) if not present(n, v)]
+        missing = [f"{n}={v}" for n, v in sorted(packages.items()) if not self._downloaded(n, v)]
         if missing:
-            run(["apt-get", *self.opts, "download", *missing], self.log, cwd=debs)
+            run(["apt-get", *self.opts, "download", *missing], self.log, cwd=self.dir / "debs")
         paths = []
         for name, version in sorted(packages.items()):
-            found = present(name, version)
-            if not found:
-                raise LookupError(f"apt-get download {name}={version} produced no .deb in {debs}")
-            paths.append(found[0])
+            found = self._downloaded(name, version)
+            if found is None:
+                raise LookupError(f"apt-get download {name}={version} produced no .deb in {self.dir / 'debs'}")
+            paths.append(found)
         return paths
 
     def extract(self, package: str, dest: Path, version: str | None = None) -> Path:
