@@ -6,6 +6,7 @@ own files that shape it, so changing any of them rebuilds it and nothing stale i
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -167,13 +168,18 @@ def _dom0_image(cache: Cache, apt: Apt, cfg: Config, series: str, log: Path) -> 
     return cache.entry("dom0-image", inputs, build)
 
 
+@functools.cache
+def _gcc() -> str:
+    """The compiler's version line: part of the key of everything we compile."""
+    return subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+
+
 def _guest_tools(cache: Cache, log: Path) -> Path:
     """The guest's static programs: the pattern writer and the mapping checks."""
     def build(out: Path) -> None:
         for src in (WRITER_SRC, MAPCHECK_SRC):
             run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-pthread", "-o", str(out / src.stem), str(src)], log)
-    gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    return cache.entry("guest-tools", {"source": hash_files(WRITER_SRC, MAPCHECK_SRC), "gcc": gcc, "build": RECIPE},
+    return cache.entry("guest-tools", {"source": hash_files(WRITER_SRC, MAPCHECK_SRC), "gcc": _gcc(), "build": RECIPE},
                        build)
 
 
@@ -204,9 +210,8 @@ def _xorg_root(cache: Cache, apt: Apt, log: Path) -> Path:
         (root / "etc/X11").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(FILES / "xorg.conf", root / "etc/X11/xfb-xorg.conf")
         shutil.rmtree(tree)
-    gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     inputs = {"packages": packages, "source": hash_files(WRITER_SRC, FILES / "xorg.conf", HERE / "elf.py"),
-              "gcc": gcc, "build": RECIPE}
+              "gcc": _gcc(), "build": RECIPE}
     return cache.entry("xorg-root", inputs, build) / "root"
 
 
