@@ -62,10 +62,7 @@ R=/mnt
 def cpio(path: Path, busybox: Path, init: str, tree: Path | None = None, modules: tuple[Path, list] = None):
     with open(path, "wb") as f:
         c = CpioWriter(f)
-        for d in ("bin", "dev", "proc", "sys", "mnt"):
-            c.directory(d)
-        c.char_device("dev/console", 5, 1)
-        c.file("bin/busybox", busybox.read_bytes(), 0o755)
+        build._start_initramfs(c, busybox, ("bin", "dev", "proc", "sys", "mnt"))
         for applet in ("sh", "mount", "mkdir", "cat", "cut", "echo", "sleep", "insmod", "chroot", "poweroff", "ls", "dmesg", "tail"):
             c.symlink(f"bin/{applet}", "busybox")
         c.file("init", init.encode(), 0o755)
