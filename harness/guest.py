@@ -19,8 +19,6 @@ NAME = "xfb-guest"
 REMOTE_CFG = "/tmp/xfb-guest.cfg"
 KERNEL_FATAL = re.compile(r"Kernel panic.*|BUG: .*|Oops: .*")
 GUEST_FATAL = re.compile(KERNEL_FATAL.pattern + r"|XFB-GUEST-WRITER-EXIT.*|XFB-GUEST-FAIL.*")
-
-
 XORG_CONF = Path(__file__).resolve().parent / "files" / "xorg.conf"
 XORG_LOG_BEGIN, XORG_LOG_END = "XFB-XORG-LOG-BEGIN", "XFB-XORG-LOG-END"
 
@@ -56,8 +54,8 @@ def xl_config(cfg: Config, host: XenHost) -> str:
     if '"' in extra or "\\" in extra:
         raise ConfigError(cfg.source, "guest.extra_cmdline", "expected no double quotes or backslashes")
     params = writer_params(cfg)
-    settings = {"xfb_writer": cfg["writer.kind"], "xfb_tick_ms": cfg["writer.tick_ms"], "xfb_mode": params.mode, "xfb_pages": params.pages,
-                "xfb_touches": params.touches, "xfb_order": params.order,
+    settings = {"xfb_writer": cfg["writer.kind"], "xfb_tick_ms": cfg["writer.tick_ms"], "xfb_mode": params.mode,
+                "xfb_pages": params.pages, "xfb_touches": params.touches, "xfb_order": params.order,
                 "xfb_touch_gap_us": cfg["writer.touch_gap_us"], "xfb_mappings": cfg["writer.mappings"],
                 "xfb_workers": cfg["writer.workers"], "xfb_worker_kind": cfg["writer.worker_kind"],
                 "xfb_mapcheck": int(cfg["guest.mapping_checks"])}
@@ -178,7 +176,6 @@ class Guest:
         msg = self._next_message(60, "the module to be unbound and unloaded (XFB UNLOADED)")
         if not isinstance(msg, Unloaded):
             raise GuestError(f"expected XFB UNLOADED from the guest, got {msg}")
-        self.finished = True
         try:  # a BUG from the unload may come a little later: read on until the guest powers off
             while (line := self.console.read_line(2)) is not None:
                 if KERNEL_FATAL.search(line):
