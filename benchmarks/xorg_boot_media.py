@@ -52,7 +52,8 @@ INIT_RAM = COMMON + "R=/\n" + START_X
 INIT_DISK = COMMON + """for m in $(cat /modules.order); do insmod "/$m"; done
 i=0; while [ ! -b /dev/xvda ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
 mkdir -p /mnt && mount -o ro /dev/xvda /mnt && echo "XFB-T mounted $(cut -d' ' -f1 /proc/uptime)"
-[ -b /dev/xvda ] || { cat /proc/modules; ls /sys/bus/xen/devices; cat /sys/bus/xen/devices/vbd-*/state; dmesg | tail -20; }
+# If the disk never came, say what the guest saw (modules, xenbus devices, kernel messages).
+[ -b /dev/xvda ] || { cat /proc/modules; ls /sys/bus/xen/devices; dmesg | tail -20; }
 for d in tmp var/lib/xkb; do mount -t tmpfs tmpfs /mnt/$d; done
 for d in dev proc sys; do mount -o bind /$d /mnt/$d; done
 R=/mnt
@@ -63,7 +64,8 @@ def cpio(path: Path, busybox: Path, init: str, tree: Path | None = None, modules
     with open(path, "wb") as f:
         c = CpioWriter(f)
         build._start_initramfs(c, busybox, ("bin", "dev", "proc", "sys", "mnt"))
-        for applet in ("sh", "mount", "mkdir", "cat", "cut", "echo", "sleep", "insmod", "chroot", "poweroff", "ls", "dmesg", "tail"):
+        for applet in ("sh", "mount", "mkdir", "cat", "cut", "echo", "sleep", "insmod", "chroot", "poweroff", "ls",
+                       "dmesg", "tail"):
             c.symlink(f"bin/{applet}", "busybox")
         c.file("init", init.encode(), 0o755)
         if tree is not None:
