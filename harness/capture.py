@@ -12,6 +12,7 @@ the settle timeout, longer than the slowest idle refresh, and say so in the repo
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +22,13 @@ import numpy as np
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from .geometry import Geometry
-from .hosts.base import HostError, XenHost
+from .hosts.base import HostError
+from .hosts.dom0 import Dom0
 from .images import load_ppm
 from .pattern import decode_ticker
 from .rfb import RFBClient
 from .signals import deferring
 
-QMP_RELAY_PORT = 4444
-REMOTE_DUMP = "/tmp/xfb-screendump.ppm"
 
 
 @dataclass
@@ -40,17 +40,29 @@ class Settled:
 
 
 class Capture:
-    def __init__(self, host: XenHost, geometry: Geometry, vnc_port: int, domid: int):
+    """Both views of one guest, reached through the host's SSH connection: its VNC server (on dom0's loopback)
+    and its device model's QMP socket. Leaving the context closes both and their forwards."""
+
+    def __init__(self, host: Dom0, geometry: Geometry, vnc_port: int, domid: int, remote_dir: str):
         self.host, self.geometry, self.domid = host, geometry, domid
-        addr, port = host.forward(vnc_port)
-        # One connection for the whole run: a new client can make QEMU repaint everything and hide misses.
-        self.vnc = deferring(RFBClient.connect)(addr, port, timeout=30)
+        self.remote_dump = f"{remote_dir}/screendump.ppm"
+        self.forwards = contextlib.ExitStack()
         self.qmp: QEMUMonitorProtocol | None = None
+        try:
+            addr, port = self.forwards.enter_context(host.forward_tcp(vnc_port))
+            # One connection for the whole run: a new client can make QEMU repaint everything and hide misses.
+            self.vnc = deferring(RFBClient.connect)(addr, port, timeout=30)
+        except BaseException:
+            self.forwards.close()
+            raise
 
     def close(self) -> None:
-        self.vnc.close()
-        if self.qmp is not None:
-            self.qmp.close()
+        try:
+            self.vnc.close()
+            if self.qmp is not None:
+                self.qmp.close()
+        finally:
+            self.forwards.close()
 
     def __enter__(self) -> "Capture":
         return self
@@ -79,13 +91,10 @@ class Capture:
     @deferring
     def _connect_qmp(self) -> QEMUMonitorProtocol:
         socket_path = f"/var/run/xen/qmp-libxl-{self.domid}"
-        # A relay in dom0 from TCP to the device model's QMP socket, so the QMP client runs here.
-        self.host.exec(["sh", "-c", 'setsid "$@" </dev/null >/dev/null 2>&1 &', "sh",
-                        "socat", f"TCP-LISTEN:{QMP_RELAY_PORT},reuseaddr,fork", f"UNIX-CONNECT:{socket_path}"])
-        addr, port = self.host.forward(QMP_RELAY_PORT)
+        local = self.forwards.enter_context(self.host.forward_unix(socket_path))
         deadline = time.monotonic() + 20
         while True:
-            qmp = QEMUMonitorProtocol((addr, port))
+            qmp = QEMUMonitorProtocol(local)
             try:
                 qmp.connect()
                 qmp.settimeout(30)
@@ -101,8 +110,8 @@ class Capture:
         """The device model's own view of the guest framebuffer (live guest memory at 16/32 bpp)."""
         if self.qmp is None:
             self.qmp = self._connect_qmp()
-        reply = self.qmp.cmd_raw("screendump", {"filename": REMOTE_DUMP})
+        reply = self.qmp.cmd_raw("screendump", {"filename": self.remote_dump})
         if "error" in reply:
             raise HostError(f"screendump failed: {reply['error']}")
-        self.host.get(REMOTE_DUMP, local)
+        self.host.get(self.remote_dump, local)
         return load_ppm(local)

@@ -1,4 +1,4 @@
-"""Command line: `xenfb-harness run|build|keys`. Also `python -m harness`."""
+"""Command line: `xenfb-harness run|build|keys|host|cache`. Also `python -m harness`."""
 from __future__ import annotations
 
 import argparse
@@ -11,19 +11,24 @@ from pathlib import Path
 
 from . import config, signals
 from .artifacts.cache import Cache, default_cache_dir
-from .report import ERROR, EXIT_CODES
+from .result import ERROR, EXIT_CODES
 
 DESCRIPTION = """\
-Boot Xen with a PV dom0 under QEMU, start a PV guest with a virtual framebuffer, draw seeded patterns into the
-framebuffer from inside the guest, and compare what the backend shows over VNC with what was drawn, round by
-round. A missed screen update is a pixel the guest wrote that the backend never repainted.
+Start Xen PV guests with a virtual framebuffer on a Xen host, draw seeded patterns into the framebuffer from
+inside each guest, and compare what the backend shows over VNC with what was drawn, round by round. A missed
+screen update is a pixel the guest wrote that the backend never repainted.
 
-Stages: config -> artifacts (Debian packages, dom0 and guest images, cached) -> nested Xen host -> guest ->
-writer rounds -> capture (VNC, plus a QMP screendump of guest memory) -> compare -> report.
+The host is either nested (Xen and dom0 booted under QEMU here, the default) or a running dom0 reached over SSH
+(host.kind: ssh; a real Xen host, or a nested one kept running by `xenfb-harness host up`). One host serves
+every scenario of a run, each in a fresh guest.
+
+Stages: config -> artifacts (Debian packages, dom0 image, guest payload; cached) -> host -> guest (payload
+uploaded, xl create) -> writer rounds -> capture (VNC, plus a QMP screendump of guest memory) -> compare ->
+result.json, junit.xml.
 """
 
 RUN_EPILOG = """\
-verdicts and exit codes:
+verdicts and exit codes (with several scenarios or --repeat: the worst of them):
   0 PASS   every round was compared and the backend showed every pixel the guest wrote
   1 FAIL   missed updates: result.json and junit.xml say which rounds, how many pixels, which rectangles and
            framebuffer pages; expected/seen/diff PNGs are kept for every round that differed
@@ -31,52 +36,100 @@ verdicts and exit codes:
            the frontend. The reason and the last console lines are printed.
 
 examples:
-  xenfb-harness run                          # configs/default.yaml: upstream frontend, 10 rounds
-  xenfb-harness run configs/default.yaml --output /tmp/run1
-  xenfb-harness build                        # only build (or check) the cached artifacts
-  xenfb-harness keys                         # every config key, its default and meaning
+  xenfb-harness run                                    # configs/default.yaml on a nested host booted for it
+  xenfb-harness run configs/default.yaml configs/legacy-race.yaml   # both on one nested host
+  xenfb-harness run configs/default.yaml --repeat 5    # five fresh guests, one host
+  xenfb-harness host up --state /tmp/h                 # keep a nested host running, then:
+  xenfb-harness run configs/default.yaml --host /tmp/h/host.yaml
+  xenfb-harness run configs/default.yaml --host my-xen.yaml   # a real dom0: see README "Hosts"
 
+Output: with one scenario, OUTPUT holds its result.json, junit.xml, images and logs; with several, or with
+--repeat, each gets OUTPUT/<config name>[/run-NNN]. OUTPUT/host holds the host's own logs.
 The first run builds the artifacts (about a minute); later runs reuse them from the cache
 (XENFB_HARNESS_CACHE, else $XDG_CACHE_HOME/xenfb-harness, else ~/.cache/xenfb-harness).
+"""
+
+HOST_EPILOG = """\
+  xenfb-harness host up [CONFIG] --state DIR   boot a nested host (CONFIG's host settings) and return once dom0
+                                               is ready; it keeps running and stops itself after
+                                               host.idle_timeout_min minutes nobody used it. DIR/host.yaml is
+                                               the config fragment to reach it: `run --host DIR/host.yaml`
+  xenfb-harness host down --state DIR          stop it; nothing of it is left running or mounted
+  xenfb-harness host clean --host FILE         show and remove what killed runs left on a host: domains and
+                                               directories named xfb-harness-*, never anything else
 """
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
-def _config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", default=None,
-                   help=f"scenario YAML (default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)} "
-                        "when it exists, else built-in defaults)")
+def _cache_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help=f"artifact cache (default: {default_cache_dir()})")
+
+
+def _config_arg(p: argparse.ArgumentParser, many: bool = False) -> None:
+    p.add_argument("config", nargs="*" if many else "?", default=None,
+                   help=f"scenario YAML (default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)} "
+                        "when it exists, else built-in defaults)")
+    _cache_arg(p)
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="xenfb-harness", description=DESCRIPTION,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="build what is missing, boot the stack, run the rounds, report a verdict",
+    run = sub.add_parser("run", help="build what is missing, start guests on a host, run the rounds, report",
                          description=DESCRIPTION, epilog=RUN_EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    _config_arg(run)
+    _config_arg(run, many=True)
     run.add_argument("--output", type=Path, default=None,
                      help="run directory for result.json, junit.xml, images and logs "
                           "(default: runs/<time>-<config name>)")
+    run.add_argument("--host", type=Path, default=None, metavar="FILE",
+                     help="a config fragment with only a host: section (e.g. DIR/host.yaml from `host up`, or "
+                          "your real dom0's address, user, key and known_hosts) that replaces every scenario's")
+    run.add_argument("--accept-new-host-key", action="store_true",
+                     help="ssh hosts: accept and remember an unknown host key (check the fingerprint printed); "
+                          "a changed key is never accepted")
     run.add_argument("--repeat", type=int, default=1, metavar="N",
-                     help="run N times (each boots afresh, into OUTPUT/run-NNN) and print how often it failed, "
-                          "per minute of stress, with the frontend's race-hit counter beside it")
+                     help="run each scenario N times, each in a fresh guest on the same host, and print how often "
+                          "it failed, per minute of stress, with the frontend's race-hit counter beside it")
     run.add_argument("--until-fail", action="store_true",
-                     help="with --repeat: stop at the first FAIL (or ERROR)")
+                     help="stop at the first scenario that does not PASS")
     build = sub.add_parser("build", help="build the artifacts into the cache and print where they are")
     _config_arg(build)
     sub.add_parser("keys", help="list every config key with its default and meaning")
+    host = sub.add_parser("host", help="keep a nested host running (up, down), or clean up a host",
+                          epilog=HOST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    host_sub = host.add_subparsers(dest="host_command", required=True, metavar="ACTION")
+    up = host_sub.add_parser("up", help="boot a nested host that keeps running; prints DIR/host.yaml")
+    _config_arg(up)
+    up.add_argument("--state", type=Path, required=True, metavar="DIR", help="where the host keeps its state")
+    serve = host_sub.add_parser("serve", help=argparse.SUPPRESS)  # what `host up` starts in the background
+    _config_arg(serve)
+    serve.add_argument("--state", type=Path, required=True)
+    down = host_sub.add_parser("down", help="stop a host started with `host up`")
+    down.add_argument("--state", type=Path, required=True, metavar="DIR")
+    clean = host_sub.add_parser("clean", help="show and remove our leftovers (domains, files) on a host")
+    clean.add_argument("--host", type=Path, required=True, metavar="FILE", help="host config fragment")
+    clean.add_argument("--accept-new-host-key", action="store_true", help="as for run")
+    cache = sub.add_parser("cache", help="list the artifact cache, or prune what the given configs do not use")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    _cache_arg(cache_sub.add_parser("list", help="every entry, its size, and what keyed it"))
+    prune = cache_sub.add_parser("prune", help="build (if missing) what the configs need, remove the rest")
+    _config_arg(prune, many=True)
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     return ap
 
 
-def _load(path: str | None) -> config.Config:
+def _load(path: str | None, host_file: Path | None = None) -> config.Config:
     if path is None and DEFAULT_CONFIG.is_file():
         path = str(DEFAULT_CONFIG)
-    return config.load(path)
+    return config.load(path, host_file)
+
+
+def _shipped_configs() -> list[str]:
+    return sorted(str(p) for p in DEFAULT_CONFIG.parent.glob("*.yaml"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,57 +140,107 @@ def main(argv: list[str] | None = None) -> int:
     signals.install()
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack: for hangs
     try:
-        cfg = _load(args.config)
+        if args.command == "host" and args.host_command == "down":
+            from .hostservice import down
+            return down(args.state)
+        if args.command == "host" and args.host_command == "clean":
+            return _clean(_load(None, args.host), args.accept_new_host_key)
+        names = args.config if isinstance(args.config, list) else [args.config]
+        if args.command == "cache" and args.cache_command == "prune" and not args.config:
+            names = _shipped_configs()
+        cfgs = [_load(name, getattr(args, "host", None) if args.command == "run" else None)
+                for name in (names or [None])]
     except config.ConfigError as e:
         print(f"xenfb-harness: bad config: {e}", file=sys.stderr)
         return EXIT_CODES[ERROR]
     cache = Cache(args.cache_dir or default_cache_dir())
+    if args.command == "cache":
+        return _cache(cache, args, cfgs)
     if args.command == "build":
-        from .artifacts.build import build_all
-        try:
-            art = build_all(cfg, cache, cache.root / "build.log")
-        except KeyboardInterrupt:
-            print("xenfb-harness: interrupted; the cache holds only complete entries", file=sys.stderr)
-            return EXIT_CODES[ERROR]
-        for name, value in vars(art).items():
-            print(f"{name}: {value}")
-        return 0
-    from .report import summary
-    from .run import run
-    out = args.output or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(cfg.source).stem}"
-    if args.repeat > 1:
-        return _repeat(cfg, out, cache, args.repeat, args.until_fail)
-    result = run(cfg, out, cache)
-    print(summary(result, out))
-    if result.verdict == ERROR:
-        print("\n" + textwrap.indent(result.reason, "  "), file=sys.stderr)
-    return EXIT_CODES[result.verdict]
+        return _build(cfgs[0], cache)
+    if args.command == "host":
+        from . import hostservice
+        if args.host_command == "up":
+            return hostservice.up(cfgs[0], args.state, cache)
+        return hostservice.serve(cfgs[0], args.state, cache)
+    return _run(args, cfgs, cache)
 
 
-def _repeat(cfg: config.Config, out: Path, cache: Cache, times: int, until_fail: bool) -> int:
-    """Many runs of one scenario: the rate at which it fails, per minute of writer stress."""
-    from .run import run
-    verdicts: list[str] = []
-    stress_s = 0.0
-    hits = 0
-    for i in range(times):
-        result = run(cfg, out / f"run-{i + 1:03d}", cache)
-        verdicts.append(result.verdict)
-        stress_s += result.timings.get("rounds", 0.0)
-        hits += result.counters.get("race_hits", 0)
-        print(f"run {i + 1}/{times}: {result.verdict}  race hits {result.counters.get('race_hits', '-')}  "
-              f"{(result.reason.splitlines() or [''])[0][:110]}", flush=True)
-        if signals.received or (until_fail and result.verdict != "PASS"):
-            break
-    fails = verdicts.count("FAIL")
-    minutes = stress_s / 60
-    rate = f"{fails / minutes:.2f} FAIL per minute of stress" if minutes else "no stress time"
-    print(f"{len(verdicts)} runs: {fails} FAIL, {verdicts.count('PASS')} PASS, {verdicts.count('ERROR')} ERROR; "
-          f"{minutes:.1f} min of rounds, {rate}; race hits counted by the frontend: {hits}")
-    print(f"run directories: {out}/run-*")
-    if verdicts.count(ERROR):
+def _build(cfg: config.Config, cache: Cache) -> int:
+    from .artifacts.host import build_host
+    from .artifacts.payload import build_payload
+    try:
+        art = build_payload(cfg, cache, cache.root / "build.log")
+        if cfg["host.kind"] == "nested":
+            for name, value in vars(build_host(cfg, cache, cache.root / "build.log")).items():
+                print(f"host {name}: {value}")
+    except KeyboardInterrupt:
+        print("xenfb-harness: interrupted; the cache holds only complete entries", file=sys.stderr)
         return EXIT_CODES[ERROR]
-    return EXIT_CODES["FAIL"] if fails else EXIT_CODES["PASS"]
+    for name, value in vars(art).items():
+        print(f"payload {name}: {value}")
+    return 0
+
+
+def _run(args, cfgs: list[config.Config], cache: Cache) -> int:
+    from .result import summary
+    from .run import Job, repeat_summary, run_jobs
+    stem = Path(cfgs[0].source.split(" on ")[0]).stem
+    out = args.output or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
+    jobs = []
+    for i, cfg in enumerate(cfgs):
+        base = out if len(cfgs) == 1 else out / f"{i + 1:02d}-{Path(cfg.source.split(' on ')[0]).stem}"
+        for k in range(args.repeat):
+            jobs.append(Job(cfg, base if args.repeat == 1 else base / f"run-{k + 1:03d}"))
+
+    def report(result, job) -> None:
+        print(summary(result, job.run_dir), flush=True)
+        if result.verdict == ERROR:
+            print("\n" + textwrap.indent(result.reason, "  "), file=sys.stderr)
+
+    try:
+        results = run_jobs(jobs, cache, out / "host", args.accept_new_host_key, args.until_fail, report)
+    except config.ConfigError as e:
+        print(f"xenfb-harness: bad config: {e}", file=sys.stderr)
+        return EXIT_CODES[ERROR]
+    if len(jobs) > 1:
+        print(repeat_summary(results))
+        print(f"run directories: {out}")
+    verdicts = {r.verdict for r in results} or {ERROR}
+    return max(EXIT_CODES[v] for v in verdicts)
+
+
+def _clean(cfg: config.Config, accept_new: bool) -> int:
+    from .hosts import connect_ssh
+    from .hosts.dom0 import clean
+    if cfg["host.kind"] != "ssh":
+        print("xenfb-harness: host clean needs a host of kind ssh (--host FILE)", file=sys.stderr)
+        return EXIT_CODES[ERROR]
+    dom0 = connect_ssh(cfg.data["host"], accept_new)
+    try:
+        done = clean(dom0.ssh, cfg["host.workdir"])
+    finally:
+        dom0.ssh.close()
+    print("\n".join(done) if done else f"nothing of ours under {cfg['host.workdir']}")
+    return 0
+
+
+def _cache(cache: Cache, args, cfgs: list[config.Config]) -> int:
+    from .artifacts.cache import format_entries
+    if args.cache_command == "list":
+        print(format_entries(cache.entries()))
+        return 0
+    from .artifacts.host import build_host
+    from .artifacts.payload import build_payload
+    for cfg in cfgs:  # resolving an entry's key needs what it is built from, so missing ones get built
+        build_payload(cfg, cache, cache.root / "build.log")
+        if cfg["host.kind"] == "nested":
+            build_host(cfg, cache, cache.root / "build.log")
+    removed = cache.prune(cache.used, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(format_entries(removed) if removed else "nothing to prune")
+    print(f"{verb} {len(removed)} entries; kept {len(cache.used)} used by {len(cfgs)} configs")
+    return 0
 
 
 if __name__ == "__main__":

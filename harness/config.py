@@ -12,6 +12,11 @@ from typing import Any
 
 import yaml
 
+from .frontends import FRONTENDS
+from .pattern import DEFAULT_PARAMS
+
+# Bumped whenever a key changes meaning or goes away; result.json records it with the effective config.
+SCHEMA_VERSION = 2
 
 class ConfigError(ValueError):
     def __init__(self, source: str, key: str, message: str):
@@ -22,7 +27,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Field:
     default: Any
-    kind: str  # int | str | bool | enum | path | rects | str_list
+    kind: str  # int | str | bool | enum | path (an existing file) | file (a file that may not exist yet) | rects
     doc: str
     choices: tuple = ()
     minimum: int | None = None
@@ -31,10 +36,8 @@ class Field:
 
 # Every key, its default and what it means. `xenfb-harness --help` and the README point here.
 SCHEMA: dict[str, Any] = {
-    "frontend": Field("upstream", "enum", "guest framebuffer frontend: 'upstream' is the kernel's built-in "
-                      "xen-fbfront (fb_deferred_io); 'legacy' is our module with the 2.6.18 design and its race; "
-                      "'legacy-fixed' is that module with the backported fix (guest-kernels/xenfb-legacy)",
-                      choices=("upstream", "legacy", "legacy-fixed")),
+    "frontend": Field("upstream", "enum", "guest framebuffer frontend: " +
+                      "; ".join(f"'{f.name}' is {f.doc}" for f in FRONTENDS.values()), choices=tuple(FRONTENDS)),
     "legacy": {
         "race_window_ms": Field(0, "int", "legacy frontends: sleep this long between the fault handler dropping "
                                 "its lock and returning the page, widening the real race window (0 = natural)",
@@ -51,12 +54,12 @@ SCHEMA: dict[str, Any] = {
                       choices=("mmap", "xorg")),
         "tick_ms": Field(10, "int", "heartbeat period of the writer while it waits (keeps the display busy)",
                          minimum=1),
-        "mode": Field("mixed", "enum", "what a round draws: 'mixed' rectangles and pages, or 'sparse' pages, "
+        "mode": Field(DEFAULT_PARAMS.mode, "enum", "what a round draws: 'mixed' rectangles and pages, or 'sparse' pages, "
                       "each touched a few times (a miss stays on screen until compared)",
                       choices=("mixed", "sparse")),
-        "pages": Field(8, "int", "sparse mode: pages written per round", minimum=1),
-        "touches": Field(1, "int", "sparse mode: times each page is written per round", minimum=1),
-        "order": Field("random", "enum", "sparse mode: page order within a round", choices=("random", "ascending")),
+        "pages": Field(DEFAULT_PARAMS.pages, "int", "sparse mode: pages written per round", minimum=1),
+        "touches": Field(DEFAULT_PARAMS.touches, "int", "sparse mode: times each page is written per round", minimum=1),
+        "order": Field(DEFAULT_PARAMS.order, "enum", "sparse mode: page order within a round", choices=("random", "ascending")),
         "mappings": Field(1, "int", "map the framebuffer as this many mmap()s of consecutive chunks at their own "
                           "file offsets (the frontend serves faults at non-zero offsets and tracks each mapping)",
                           minimum=1, maximum=64),
@@ -82,17 +85,30 @@ SCHEMA: dict[str, Any] = {
         "boot_timeout": Field(180, "int", "seconds from 'xl create' to the writer's READY line", minimum=1),
     },
     "host": {
-        "kind": Field("nested", "enum", "where Xen runs: 'nested' boots Xen and dom0 under QEMU here",
-                      choices=("nested",)),
-        "accel": Field("auto", "enum", "outer QEMU accelerator: auto probes KVM and falls back to TCG",
+        "kind": Field("nested", "enum", "where Xen runs: 'nested' boots Xen and dom0 under QEMU here; 'ssh' uses "
+                      "a running dom0 reached over SSH (a real Xen host, or one started by `xenfb-harness host up`)",
+                      choices=("nested", "ssh")),
+        "accel": Field("auto", "enum", "nested: outer QEMU accelerator: auto probes KVM and falls back to TCG",
                        choices=("auto", "tcg", "kvm")),
-        "memory_mb": Field(2048, "int", "outer QEMU memory", minimum=512),
-        "cpus": Field(2, "int", "outer QEMU virtual CPUs", minimum=1),
-        "dom0_memory_mb": Field(1024, "int", "dom0 memory", minimum=256),
-        "xen_package": Field("xen-hypervisor-4.17-amd64", "str", "Debian package of the Xen hypervisor"),
-        "dom0_kernel_package": Field("linux-image-6.1.0-56-amd64", "str", "Debian package of the dom0 kernel"),
-        "xen_cmdline": Field("", "str", "appended to Xen's command line"),
-        "boot_timeout": Field(600, "int", "seconds for Xen and dom0 to boot to a ready SSH server", minimum=1),
+        "memory_mb": Field(2048, "int", "nested: outer QEMU memory", minimum=512),
+        "cpus": Field(2, "int", "nested: outer QEMU virtual CPUs", minimum=1),
+        "dom0_memory_mb": Field(1024, "int", "nested: dom0 memory", minimum=256),
+        "xen_package": Field("xen-hypervisor-4.17-amd64", "str", "nested: Debian package of the Xen hypervisor"),
+        "dom0_kernel_package": Field("linux-image-6.1.0-56-amd64", "str",
+                                     "nested: Debian package of the dom0 kernel"),
+        "xen_cmdline": Field("", "str", "nested: appended to Xen's command line"),
+        "boot_timeout": Field(600, "int", "nested: seconds for Xen and dom0 to boot to a ready SSH server",
+                              minimum=1),
+        "idle_timeout_min": Field(30, "int", "nested, `host up`: a host nobody has used for this long stops "
+                                  "itself", minimum=1),
+        "address": Field("", "str", "ssh: the dom0's address (name or IP)"),
+        "port": Field(22, "int", "ssh: the dom0's SSH port", minimum=1, maximum=65535),
+        "user": Field("root", "str", "ssh: the user to log in as (xl needs root)"),
+        "key": Field("~/.ssh/id_ed25519", "file", "ssh: private key file (Ed25519, ECDSA or RSA)"),
+        "known_hosts": Field("~/.ssh/known_hosts", "file", "ssh: known_hosts file holding the dom0's host key; "
+                             "checked strictly (an unknown key is accepted only with --accept-new-host-key)"),
+        "workdir": Field("/tmp", "str", "ssh: directory in dom0 under which the run keeps its files, in one "
+                         "directory of its own that is removed at the end"),
     },
     "apt": {
         "sources": Field("/etc/apt/sources.list.d/debian.sources", "path",
@@ -160,13 +176,16 @@ def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
         if not isinstance(value, bool):
             fail("true or false")
         return value
-    if f.kind in ("str", "enum", "path"):
+    if f.kind in ("str", "enum", "path", "file"):
         if not isinstance(value, str):
             fail("a string")
         if "\n" in value or "\0" in value:
             fail("a single line")
         if f.kind == "enum" and value not in f.choices:
             fail("one of " + ", ".join(repr(c) for c in f.choices))
+        if f.kind == "file":
+            path = Path(os.path.expanduser(value))
+            return str(path if path.is_absolute() else base / path)
         if f.kind == "path":
             path = Path(value) if os.path.isabs(value) else base / value
             if not path.is_file():
@@ -214,25 +233,46 @@ class Config:
     def __getitem__(self, dotted: str) -> Any:
         return self.get(dotted)
 
+    def effective(self) -> dict:
+        """Every key's value as the run used it, for result.json."""
+        return {"schema_version": SCHEMA_VERSION, **self.data}
 
-def load(path: str | os.PathLike | None) -> Config:
-    """Load and validate a scenario file; None gives the defaults alone."""
+
+def _read(path: str | os.PathLike) -> tuple[str, dict, Path]:
+    source, p = str(path), Path(path)
+    if not p.is_file():
+        raise ConfigError(source, "", "config file does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(source, "", f"not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(source, "", f"not valid UTF-8: {e}") from None
+    return source, ({} if loaded is None else loaded), p.resolve().parent  # empty: all defaults; [] or 0 is not
+
+
+def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = None) -> Config:
+    """Load and validate a scenario file; None gives the defaults alone. `host_file` is a config fragment with
+    only a `host:` section (e.g. the host.yaml `host up` writes) that replaces the scenario's host settings."""
     data = defaults()
     loaded: dict = {}
     source, base = "(defaults)", Path.cwd()
     if path is not None:
-        source, p = str(path), Path(path)
-        if not p.is_file():
-            raise ConfigError(source, "", "config file does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(source, "", f"not valid YAML: {e}") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(source, "", f"not valid UTF-8: {e}") from None
-        loaded = {} if loaded is None else loaded  # an empty file means all defaults; [] or 0 does not
-        base = p.resolve().parent
+        source, loaded, base = _read(path)
         _merge(source, SCHEMA, loaded, data, "", base)
+    if host_file is not None:
+        host_source, host_data, host_base = _read(host_file)
+        if not isinstance(host_data, dict) or set(host_data) - {"host"}:
+            raise ConfigError(host_source, "", "expected a mapping with only a 'host' section")
+        data["host"] = defaults()["host"]
+        _merge(host_source, {"host": SCHEMA["host"]}, host_data, data, "", host_base)
+        source = f"{source} on {host_source}"
+    host = data["host"]
+    if host["kind"] == "ssh" and not host["address"]:
+        raise ConfigError(source, "host.address", "expected the dom0's address when host.kind is 'ssh'")
+    if not host["workdir"].startswith("/") or any(c in host["workdir"] for c in "\"\\\n"):
+        raise ConfigError(source, "host.workdir", f"expected an absolute path without quotes or backslashes, "
+                          f"got {host['workdir']!r}")
     if data["writer"]["kind"] == "xorg":
         for key in ("mappings", "workers"):
             if data["writer"][key] != 1:

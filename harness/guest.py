@@ -1,22 +1,23 @@
 """The test guest: a PV domU with a vfb, started with `xl create -c` so its console is ours from the first line,
-and the writer on that console driven round by round (lockstep; see harness/protocol.py)."""
+and the writer on that console driven round by round (lockstep; see harness/protocol.py).
+
+A guest lives in a slot its host gives it (a domain name and a directory unique to the run), so one host runs
+many guests one after another, and nothing of one guest is seen by the next."""
 from __future__ import annotations
 
 import re
-import tempfile
 import time
 from pathlib import Path
 
-from .artifacts.build import LEGACY_MODULES
 from .config import Config, ConfigError
+from .frontends import frontend
 from .geometry import Geometry
 from .pattern import WriterParams
-from .hosts.base import Console, HostError, XenHost
+from .hosts.base import Console, HostError
+from .hosts.dom0 import Dom0, GuestSlot
 from .protocol import (Bye, Check, Done, ProtocolError, Ready, Stats, Unloaded, WriterError, format_go, format_quit,
                        format_stats, parse_line)
 
-NAME = "xfb-guest"
-REMOTE_CFG = "/tmp/xfb-guest.cfg"
 KERNEL_FATAL = re.compile(r"Kernel panic.*|BUG: .*|Oops: .*")
 GUEST_FATAL = re.compile(KERNEL_FATAL.pattern + r"|XFB-GUEST-WRITER-EXIT.*|XFB-GUEST-FAIL.*")
 XORG_CONF = Path(__file__).resolve().parent / "files" / "xorg.conf"
@@ -49,7 +50,9 @@ def writer_params(cfg: Config) -> WriterParams:
                         order=cfg["writer.order"])
 
 
-def xl_config(cfg: Config, host: XenHost) -> str:
+def xl_config(cfg: Config, name: str, kernel: str, initrd: str) -> str:
+    """The guest's xl configuration. `name` and the paths are ours (no quotes inside); config values that reach
+    it are checked here or in the schema."""
     extra = cfg["guest.extra_cmdline"]
     if '"' in extra or "\\" in extra:
         raise ConfigError(cfg.source, "guest.extra_cmdline", "expected no double quotes or backslashes")
@@ -59,37 +62,40 @@ def xl_config(cfg: Config, host: XenHost) -> str:
                 "xfb_touch_gap_us": cfg["writer.touch_gap_us"], "xfb_mappings": cfg["writer.mappings"],
                 "xfb_workers": cfg["writer.workers"], "xfb_worker_kind": cfg["writer.worker_kind"],
                 "xfb_mapcheck": int(cfg["guest.mapping_checks"])}
-    module = LEGACY_MODULES[cfg["frontend"]]
-    if module:
-        # Keep the built-in xen-fbfront off the device so our module gets it.
-        settings.update(initcall_blacklist="xenfb_init", xfb_module=module,
-                        xfb_race_window_ms=cfg["legacy.race_window_ms"],
+    fe = frontend(cfg["frontend"])
+    if fe.module:
+        settings.update(xfb_module=fe.module, xfb_race_window_ms=cfg["legacy.race_window_ms"],
                         xfb_unload=int(cfg["legacy.unload_at_end"]))
-    cmdline = " ".join(["console=hvc0 quiet", *(f"{k}={v}" for k, v in settings.items()), extra]).strip()
+    words = ["console=hvc0 quiet", fe.builtin_off, *(f"{k}={v}" for k, v in settings.items()), extra]
+    cmdline = " ".join(w for w in words if w)
     return "\n".join([
-        f'name = "{NAME}"',
+        f'name = "{name}"',
         'type = "pv"',
-        f'kernel = "{host.guest_dir}/vmlinux"',  # uncompressed: xl create is much faster with it
-        f'ramdisk = "{host.guest_dir}/initrd.cpio"',
+        f'kernel = "{kernel}"',  # uncompressed: xl create is much faster with it
+        f'ramdisk = "{initrd}"',
         f'extra = "{cmdline}"',
         f"memory = {cfg['guest.memory_mb']}",
         f"vcpus = {cfg['guest.vcpus']}",
-        f"vfb = [ \"vnc=1,vnclisten={host.vnc_listen},vncdisplay=0\" ]",
+        # dom0's loopback only, on the first free display: reached through our SSH connection, never from
+        # outside, and never clashing with another guest's VNC.
+        'vfb = [ "vnc=1,vnclisten=127.0.0.1,vncunused=1" ]',
         'on_crash = "preserve"',
         "",
     ])
 
 
 class Guest:
-    VNC_PORT = 5900  # vncdisplay=0
-
-    def __init__(self, host: XenHost, cfg: Config, run_dir: Path):
+    def __init__(self, host: Dom0, cfg: Config, run_dir: Path, kernel: str, initrd: str):
+        """kernel and initrd: the payload's paths on the host."""
         self.host, self.cfg, self.run_dir = host, cfg, run_dir
+        self.kernel, self.initrd = kernel, initrd
+        self.slot: GuestSlot | None = None
         self.console: Console | None = None
         self.domid: int | None = None
+        self.vnc_port: int | None = None
         self.geometry: Geometry | None = None
         self.checks: list[Check] = []  # mapping checks passed before READY
-        self.unload = bool(LEGACY_MODULES[cfg["frontend"]]) and cfg["legacy.unload_at_end"]
+        self.unload = bool(frontend(cfg["frontend"]).module) and cfg["legacy.unload_at_end"]
         self.finished = False  # the writer has said BYE
 
     def __enter__(self) -> "Guest":
@@ -99,14 +105,10 @@ class Guest:
         self.stop()
 
     def start(self) -> Geometry:
-        local = Path(tempfile.mkstemp(prefix="xfb-guest-", suffix=".cfg")[1])
-        try:
-            local.write_text(xl_config(self.cfg, self.host))
-            self.host.put(local, REMOTE_CFG)
-        finally:
-            local.unlink()
-        self.host.exec(["xl", "destroy", NAME], check=False)  # a leftover from an aborted run on a real host
-        self.console = self.host.console(["xl", "create", "-c", REMOTE_CFG], self.run_dir / "guest-console.log")
+        self.slot = self.host.new_guest()
+        config = f"{self.slot.dir}/guest.cfg"
+        self.host.put_bytes(xl_config(self.cfg, self.slot.name, self.kernel, self.initrd).encode(), config)
+        self.console = self.host.console(["xl", "create", "-c", config], self.run_dir / "guest-console.log")
         deadline = time.monotonic() + self.cfg["guest.boot_timeout"]
         while True:
             msg = self._next_message(deadline - time.monotonic(), "the writer's READY line (guest.boot_timeout)")
@@ -119,7 +121,10 @@ class Guest:
         if not isinstance(msg, Ready):
             raise GuestError(f"expected READY from the writer, got {msg}")
         self.geometry = msg.geometry
-        self.domid = int(self.host.exec(["xl", "domid", NAME]).stdout.strip())
+        self.domid = int(self.host.exec(["xl", "domid", self.slot.name]).stdout.strip())
+        # libxl records where the device model's VNC server listens (vncunused picked the display).
+        port = self.host.exec(["xenstore-read", f"/local/domain/{self.domid}/console/vnc-port"]).stdout
+        self.vnc_port = int(port.strip())
         return msg.geometry
 
     def _next_message(self, timeout: float, waiting_for: str):
@@ -186,16 +191,17 @@ class Guest:
         return msg.module
 
     def stop(self) -> None:
-        """Ask the writer to finish (unless finish() did), then make sure the domain is gone either way."""
+        """Ask the writer to finish (unless finish() did), then make sure the domain and its files are gone."""
         if self.console is not None:
             if not self.finished:
                 self._ask_to_quit()
             self.console.close()
             self.console = None
-        try:
-            self.host.exec(["xl", "destroy", NAME], check=False, timeout=30)
-        except HostError:
-            pass
+        if self.slot is not None:
+            try:
+                self.host.end_guest(self.slot)
+            except HostError:
+                pass  # the connection is gone: the host's guard destroys the domain by itself
 
     def _ask_to_quit(self) -> None:
         """Best effort, after an error: the writer may be gone already."""

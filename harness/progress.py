@@ -2,14 +2,30 @@
 are still alive, and their full output goes to a log file."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
-TIMINGS: dict[str, float] = {}  # step name -> seconds, collected for result.json
+
+class Timings(dict):
+    """Step name -> seconds, for one run's result.json. `step()` adds to the Timings being collected."""
+
+    @contextmanager
+    def collecting(self):
+        token = _collecting.set(self)
+        try:
+            yield self
+        finally:
+            _collecting.reset(token)
+
+
+_collecting: ContextVar[Timings | None] = ContextVar("timings", default=None)
 
 
 def say(message: str) -> None:
@@ -24,7 +40,9 @@ def step(name: str):
         yield
     finally:
         took = time.monotonic() - start
-        TIMINGS[name] = round(TIMINGS.get(name, 0.0) + took, 3)
+        timings = _collecting.get()
+        if timings is not None:
+            timings[name] = round(timings.get(name, 0.0) + took, 3)
         say(f"{name}: {took:.1f} s")
 
 
@@ -35,25 +53,66 @@ class CommandError(RuntimeError):
         self.cmd, self.rc = cmd, rc
 
 
+STOP_GRACE = 30.0  # seconds an interrupted child gets to clean up after SIGTERM before SIGKILL
+
+
 def run(cmd: list[str], log: Path | None = None, heartbeat: float = 15.0, **kwargs) -> str:
-    """Run cmd (never through a shell), log its output, print a heartbeat while it runs; raise on failure."""
+    """Run cmd (never through a shell), log its output, print a heartbeat while it runs; raise on failure.
+
+    The child runs in its own session, so a Ctrl-C in the terminal reaches only the harness. If the harness is
+    interrupted while waiting, the child is stopped politely (see _stop) and the interruption goes on."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                            start_new_session=True, **kwargs)
     start = time.monotonic()
     done = threading.Event()
+    lines: list[str] = []
 
     def beat():
         while not done.wait(heartbeat):
             say(f"  ... still running {cmd[0]} ({time.monotonic() - start:.0f} s)")
 
+    def read():  # in a thread, so that the output read before an interruption is kept for the log
+        with proc.stdout:
+            for line in proc.stdout:
+                lines.append(line)
+
     threading.Thread(target=beat, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              errors="replace", **kwargs)
+        proc.wait()
+    except BaseException:
+        say(f"stopping {cmd[0]} (up to {STOP_GRACE:.0f} s) ...")
+        _stop(proc)
+        raise
     finally:
+        reader.join()
         done.set()
-    if log is not None:
-        with open(log, "a") as f:
-            f.write(f"$ {' '.join(cmd)}\n{proc.stdout}\n")
+        output = "".join(lines)
+        if log is not None:
+            with open(log, "a") as f:
+                f.write(f"$ {' '.join(cmd)}\n{output}\n")
     if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-20:])
+        tail = "\n".join(output.splitlines()[-20:])
         raise CommandError(cmd, proc.returncode, tail, log)
-    return proc.stdout
+    return output
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the child's process group, so that e.g. mmdebstrap unmounts what it mounted in its target; SIGKILL
+    what is left of the group after the child exits or STOP_GRACE seconds, whichever comes first."""
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:  # also if interrupted again while waiting; stragglers would keep the output pipe open
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # its own session, so its process group has the child's pid
+    except ProcessLookupError:
+        pass

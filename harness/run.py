@@ -1,115 +1,140 @@
-"""One end-to-end run: artifacts -> Xen host -> guest -> writer rounds -> capture -> compare -> report."""
+"""Scenarios on one host: config -> artifacts -> host (given, or nested and booted here) -> a fresh guest per
+scenario and repeat -> result -> reports.
+
+A host serves many guests: every scenario of one `xenfb-harness run` runs on the same host, one after another,
+each in a guest of its own. Whatever breaks, every scenario gets a result.json with a verdict.
+"""
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from . import pattern, report, signals
-from .artifacts.build import build_all
+from . import signals
 from .artifacts.cache import Cache
-from .capture import Capture
-from .compare import compare
-from .config import Config
-from .geometry import Rect
-from .guest import Guest, save_xorg_config, writer_params
+from .artifacts.host import build_host
+from .artifacts.payload import build_payload
+from .config import Config, ConfigError
+from .hosts import connect_ssh
+from .hosts.dom0 import Dom0
 from .hosts.nested import NestedHost, qemu_version
-from .images import diff_image, load_ppm, save_png
-from .progress import TIMINGS, say, step
-from .report import ERROR, Result, RoundResult
+from .progress import Timings, say
+from .result import ERROR, Result, write
+from .scenario import new_result, run_scenario
 
 
-def run(cfg: Config, run_dir: Path, cache: Cache) -> Result:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    result = Result(config=cfg.source, frontend=cfg["frontend"], seed=cfg["seed"], rounds_planned=cfg["rounds"])
-    TIMINGS.clear()
-    start = time.monotonic()
-    host = None
-    try:
-        artifacts = build_all(cfg, cache, run_dir / "build.log")
-        result.versions = dict(artifacts.versions, qemu_outer=qemu_version())
-        with NestedHost(cfg, artifacts, run_dir) as host:
-            result.host = host.description
-            try:
-                with Guest(host, cfg, run_dir) as guest:
-                    with step("start guest"):
-                        geometry = guest.start()
-                    result.geometry = geometry.as_dict()
-                    say(f"guest framebuffer: {geometry.width}x{geometry.height}x{geometry.bpp}, "
-                        f"stride {geometry.stride}")
-                    result.checks = [{"name": c.name, "detail": c.detail} for c in guest.checks]
-                    with Capture(host, geometry, Guest.VNC_PORT, guest.domid) as capture:
-                        with step("rounds"):
-                            _rounds(cfg, guest, capture, geometry, result, run_dir)
-                    if not result.reason:  # an ERROR in the rounds has said all there is to say
-                        result.unloaded = guest.finish()
-            finally:
-                if cfg["writer.kind"] == "xorg":
-                    result.xorg = save_xorg_config(run_dir)
-                try:
-                    host.save_logs(run_dir)
-                except Exception as e:  # never let log collection hide the real outcome
-                    say(f"warning: could not collect dom0 logs: {e}")
-    except (KeyboardInterrupt, Exception) as e:  # the stack or the harness broke, or we were stopped: ERROR
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-        result.verdict = ERROR
-        if signals.received:
-            result.reason = f"interrupted by {signals.received}; every process we started was stopped"
+@dataclass(frozen=True)
+class Job:
+    cfg: Config
+    run_dir: Path
+
+
+def error_text(exc: BaseException) -> str:
+    if signals.received:
+        return f"interrupted by {signals.received}; every process we started was stopped"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def shared_host(cfgs: list[Config]) -> dict:
+    """The host settings all scenarios agree on: one host serves them all, so they must."""
+    first = cfgs[0]
+    for cfg in cfgs[1:]:
+        for section in ("host", "apt"):
+            for key, value in first.data[section].items():
+                if cfg.data[section][key] != value:
+                    raise ConfigError(cfg.source, f"{section}.{key}", f"expected {value!r} as in {first.source}: "
+                                      f"scenarios of one run share one host (or pass --host)")
+    return first.data["host"]
+
+
+@contextlib.contextmanager
+def open_host(cfg: Config, cache: Cache, log_dir: Path, accept_new_host_key: bool, need_memory_mb: int
+              ) -> Iterator[Dom0]:
+    """The host every scenario of the run uses, connected and checked; closed (and our traces in it removed,
+    and a nested one shut down) whatever happens."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if cfg["host.kind"] == "ssh":
+            say(f"connecting to {cfg['host.user']}@{cfg['host.address']}:{cfg['host.port']}")
+            dom0 = stack.enter_context(connect_ssh(cfg.data["host"], accept_new_host_key))
         else:
-            result.reason = f"{type(e).__name__}: {e}"
-    result.timings = dict(TIMINGS, total=round(time.monotonic() - start, 3))
-    result.decide()
-    report.write(result, run_dir)
-    return result
+            artifacts = build_host(cfg, cache, log_dir / "build.log")
+            nested = stack.enter_context(NestedHost(cfg.data["host"], artifacts, log_dir))
+            dom0 = stack.enter_context(nested.dom0())
+            dom0.versions.update(artifacts.versions, qemu_outer=qemu_version())
+        dom0.open(need_memory_mb)
+        yield dom0
 
 
-def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Result, run_dir: Path) -> None:
-    seed = cfg["seed"]
-    exclude = [geometry.ticker_rect] + [Rect(**r) for r in cfg["compare.exclude"]]
-    window_s = cfg["capture.settle_window_ms"] / 1000
-    params = writer_params(cfg)
-    counted = cfg["frontend"] != "upstream"  # our module keeps counters; the built-in driver has none
-    before = guest.stats() if counted else {}
-    for r in range(cfg["rounds"] + 1):  # round 0 is the baseline clear
-        t0 = time.monotonic()
-        expected = pattern.expected_rgb(geometry, seed, r + 1, params=params)
-        done = guest.go(r, seed)
-        settled = capture.settle(done.tick, lambda frame: compare(expected, frame, geometry, exclude).ok,
-                                 window_s, cfg["capture.settle_timeout"])
-        seen = compare(expected, settled.frame, geometry, exclude)
-        dump_path = run_dir / f"round-{r:03d}-screendump.ppm"
-        truth = compare(expected, capture.screendump(dump_path), geometry, exclude)
-        rr = RoundResult(round=r, compared_pixels=seen.compared_pixels, missed_pixels=seen.missed_pixels,
-                         rects=[x.as_dict() for x in seen.rects], pages=seen.pages, settle=settled.how,
-                         settle_s=settled.waited_s, guest_memory_ok=truth.ok,
-                         duration_s=round(time.monotonic() - t0, 3))
-        if counted:
-            now = guest.stats()
-            rr.counters = {k: v - before.get(k, 0) for k, v in now.items() if k != "race_window_ms"}
-            result.counters = {k: v for k, v in now.items()}
-            before = now
-        if seen.missed_pixels or not truth.ok:
-            base = run_dir / f"round-{r:03d}"
-            save_png(f"{base}-expected.png", expected)
-            save_png(f"{base}-seen-vnc.png", settled.frame)
-            save_png(f"{base}-diff.png", diff_image(expected, settled.frame, seen.mask))
-            rr.images = {k: f"round-{r:03d}-{k}.png" for k in ("expected", "seen-vnc", "diff")}
-        if truth.ok:
-            dump_path.unlink()  # kept only as evidence of a guest-side problem
-        result.rounds.append(rr)
-        if r == cfg["rounds"]:
-            # The last view is always kept: evidence of a PASS, and real captured data for the oracle's tests.
-            save_png(run_dir / "final-seen-vnc.png", settled.frame)
-        hits = f", {rr.counters.get('race_hits', 0)} race hits" if counted else ""
-        say(f"round {r}: {seen.missed_pixels} missed pixels{hits} (settled by {settled.how} in "
-            f"{settled.waited_s:.2f} s)")
-        if not truth.ok:
-            # The guest memory itself is not what the writer should have drawn: the writer or the guest is
-            # wrong, which says nothing about the backend. That is an ERROR, not a FAIL.
-            result.verdict = ERROR
-            result.reason = (f"round {r}: the guest framebuffer memory (screendump) differs from the expected "
-                             f"frame in {truth.missed_pixels} pixels, e.g. {truth.rects[:1]}; the writer or "
-                             f"guest is wrong, not the backend")
-            save_png(run_dir / f"round-{r:03d}-diff-screendump.png",
-                     diff_image(expected, load_ppm(dump_path), truth.mask))
-            return
+def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key: bool = False,
+             until_fail: bool = False, on_result=None) -> list[Result]:
+    """Each job is a fresh guest on one shared host. Returns a result per job started (and an ERROR for each
+    job a broken host kept from running); `on_result(result, job)` is called as each one ends."""
+    shared_host([j.cfg for j in jobs])
+    results: list[Result] = []
+    timings = Timings()  # the host's own steps, counted in the first scenario's timings
+    started = time.monotonic()
+
+    def done(result: Result, job: Job, steps: dict) -> None:
+        nonlocal started
+        result.timings = dict(steps, total=round(time.monotonic() - started, 3))
+        started = time.monotonic()
+        result.decide()
+        write(result, job.run_dir)
+        results.append(result)
+        if on_result:
+            on_result(result, job)
+
+    try:
+        need = max(j.cfg["guest.memory_mb"] for j in jobs)
+        with timings.collecting(), open_host(jobs[0].cfg, cache, host_dir, accept_new_host_key, need) as dom0:
+            for job in jobs:
+                result, steps = _one(job, cache, dom0)
+                done(result, job, {**timings, **steps})
+                timings.clear()
+                if signals.received:
+                    raise KeyboardInterrupt(signals.received)  # the remaining jobs are not started
+                if until_fail and result.verdict != "PASS":
+                    break
+    except (KeyboardInterrupt, Exception) as e:  # the host broke, or we were stopped
+        host_dir.mkdir(parents=True, exist_ok=True)
+        (host_dir / "error.txt").write_text(traceback.format_exc())
+        if not (until_fail and results and results[-1].verdict != "PASS"):
+            for job in jobs[len(results):]:
+                result = new_result(job.cfg)
+                result.error = f"the host: {error_text(e)}"
+                job.run_dir.mkdir(parents=True, exist_ok=True)
+                done(result, job, dict(timings))
+    return results
+
+
+def _one(job: Job, cache: Cache, dom0: Dom0) -> tuple[Result, dict]:
+    result = new_result(job.cfg)
+    result.versions = dict(dom0.versions)
+    timings = Timings()
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with timings.collecting():
+            payload = build_payload(job.cfg, cache, job.run_dir / "build.log")
+            run_scenario(job.cfg, dom0, payload, job.run_dir, result)
+    except (KeyboardInterrupt, Exception) as e:  # the guest, the stack or the harness broke, or we were stopped
+        (job.run_dir / "error.txt").write_text(traceback.format_exc())
+        result.error = error_text(e)
+        tail = dom0.console_tail()
+        if tail and not signals.received:
+            result.error += f"\n--- last host console lines ---\n{tail}"
+    return result, dict(timings)
+
+
+def repeat_summary(results: list[Result]) -> str:
+    """How often a scenario failed, per minute of writer stress, with the frontend's race-hit counter."""
+    verdicts = [r.verdict for r in results]
+    fails = verdicts.count("FAIL")
+    minutes = sum(r.timings.get("rounds", 0.0) for r in results) / 60
+    hits = sum(r.counters.get("race_hits", 0) for r in results)
+    rate = f"{fails / minutes:.2f} FAIL per minute of stress" if minutes else "no stress time"
+    return (f"{len(verdicts)} runs: {fails} FAIL, {verdicts.count('PASS')} PASS, {verdicts.count(ERROR)} ERROR; "
+            f"{minutes:.1f} min of rounds, {rate}; race hits counted by the frontend: {hits}")

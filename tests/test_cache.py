@@ -2,13 +2,18 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from harness.artifacts.cache import Cache, hash_files, key_of
+from harness.artifacts.cache import Cache, EntryInfo, disk_usage, format_entries, hash_files, human_size, key_of
+from harness.artifacts.mounts import mounts_under
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 
 
 class Builder:
@@ -257,3 +262,155 @@ def test_hash_files_boundary_between_files(tmp_path):
 def test_hash_files_missing_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         hash_files(tmp_path / "nope")
+
+
+@pytest.fixture
+def unmount_leftovers(tmp_path):
+    yield
+    for point in mounts_under(tmp_path):
+        subprocess.run(["umount", "--lazy", point], check=True)
+
+
+def mount_tmpfs(point: Path) -> None:
+    point.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "test-tmpfs", str(point)], check=True)
+    (point / "inside").write_text("on the mounted file system")
+
+
+@needs_root
+def test_interrupted_build_unmounts_what_it_mounted(tmp_path, unmount_leftovers):
+    def build(out: Path) -> None:  # like mmdebstrap interrupted before its own clean-up
+        mount_tmpfs(out / "proc")
+        mount_tmpfs(out / "dev" / "pts")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Cache(tmp_path).entry("dom0-image", {"v": 1}, build)
+    assert mounts_under(tmp_path) == []
+    assert leftovers(tmp_path) == [] and entries(tmp_path) == []
+
+
+@needs_root
+def test_prune_stale_tmp_unmounts_leftovers(tmp_path, unmount_leftovers):
+    cache = Cache(tmp_path)
+    stale = tmp_path / ".tmp-dom0-image-x1y2z3ab"
+    mount_tmpfs(stale / "proc")
+    mount_tmpfs(stale / "sys")
+    cache.prune_stale_tmp()
+    assert mounts_under(tmp_path) == [] and not stale.exists()
+
+
+def test_used_records_what_this_run_returned(tmp_path):
+    first = Cache(tmp_path)
+    built = first.entry("kernel", {"v": 1}, Builder())
+    other = first.entry("xen", {"v": 1}, Builder())
+    assert first.used == {built, other}
+    second = Cache(tmp_path)  # another run: finds kernel built
+    assert second.entry("kernel", {"v": 1}, Builder()) == built
+    assert second.used == {built}
+
+
+def make_cache(tmp_path) -> tuple[Cache, dict[str, Path]]:
+    cache = Cache(tmp_path)
+    made = {
+        "k1": cache.entry("kernel", {"package": "linux-image", "version": "1"}, Builder("a" * 10000)),
+        "k2": cache.entry("kernel", {"package": "linux-image", "version": "2"}, Builder()),
+        "xen": cache.entry("xen", {"package": "xen-hypervisor", "version": "4.17"}, Builder()),
+    }
+    old = time.time() - 3 * 86400
+    os.utime(made["k1"], (old, old))
+    (tmp_path / "apt" / "debs").mkdir(parents=True)
+    (tmp_path / "apt" / "debs" / "a.deb").write_bytes(b"x" * 20000)
+    (tmp_path / ".tmp-xen-abcd1234").mkdir()  # a build in progress, or a leftover: not an entry
+    (tmp_path / "no-key-here").mkdir()
+    return cache, made
+
+
+def test_entries(tmp_path):
+    cache, made = make_cache(tmp_path)
+    (made["xen"] / "inputs.json").unlink()
+    found = cache.entries()
+    assert [(e.name, e.path) for e in found] == [("kernel", made["k1"]), ("kernel", made["k2"]), ("xen", made["xen"])]
+    k1 = found[0]
+    assert k1.key == key_of({"package": "linux-image", "version": "1"})
+    assert k1.inputs == {"package": "linux-image", "version": "1"}
+    assert found[2].inputs == {}
+    assert k1.size_bytes == disk_usage(made["k1"]) and k1.size_bytes >= 10000
+    assert abs(k1.mtime - (time.time() - 3 * 86400)) < 5
+    others = cache.other_sizes()
+    assert sorted(others) == ["apt", "no-key-here"] and others["apt"] >= 20000
+
+
+def test_disk_usage_counts_blocks_and_hard_links_once(tmp_path):
+    sparse = tmp_path / "disk.img"
+    with open(sparse, "wb") as f:
+        f.truncate(100 << 20)  # like a fresh mkfs image: 100 MiB long, almost nothing on disk
+    assert disk_usage(tmp_path) < 1 << 20
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(1 << 20))
+    once = disk_usage(tmp_path)
+    os.link(data, tmp_path / "same-data")
+    (tmp_path / "link").symlink_to("/usr")
+    assert once + 4096 >= disk_usage(tmp_path) >= once >= 1 << 20
+
+
+def test_prune_removes_what_is_not_kept(tmp_path):
+    cache, made = make_cache(tmp_path)
+    would = cache.prune({made["k2"]}, dry_run=True)
+    assert [e.path for e in would] == [made["k1"], made["xen"]]
+    assert all(p.is_dir() for p in made.values())
+
+    removed = cache.prune({made["k2"]})
+    assert removed == would
+    assert not made["k1"].exists() and not made["xen"].exists() and (made["k2"] / "artifact").exists()
+    assert (tmp_path / "apt" / "debs" / "a.deb").exists() and (tmp_path / "no-key-here").is_dir()
+    assert leftovers(tmp_path) == [".tmp-xen-abcd1234"]  # the prune left no .tmp- of its own
+    assert cache.prune({made["k2"]}) == []
+
+
+def test_prune_keeps_what_this_run_used(tmp_path):
+    _, made = make_cache(tmp_path)
+    run = Cache(tmp_path)
+    run.entry("xen", {"package": "xen-hypervisor", "version": "4.17"}, Builder())
+    assert [e.path for e in run.prune(run.used)] == [made["k1"], made["k2"]]
+    assert [e.path for e in run.entries()] == [made["xen"]]
+
+
+def test_prune_skips_a_name_being_built(tmp_path):
+    cache, made = make_cache(tmp_path)
+    with open(tmp_path / ".kernel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run is building a kernel entry
+        assert [e.path for e in cache.prune(set(), dry_run=True)] == [made["xen"]]
+        assert [e.path for e in cache.prune(set())] == [made["xen"]]
+    assert made["k1"].is_dir() and made["k2"].is_dir()
+    assert [e.path for e in cache.prune(set())] == [made["k1"], made["k2"]]
+
+
+@pytest.mark.parametrize("size, text", [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"),
+                                        (int(62.9 * 2**20), "62.9 MiB"), (3 * 2**30, "3.0 GiB"),
+                                        (5 * 2**40, "5.0 TiB")])
+def test_human_size(size, text):
+    assert human_size(size) == text
+
+
+def test_format_entries():
+    now = 1_000_000.0
+    rows = [
+        EntryInfo("kernel", "fd95fd9fe42d4f7a", Path("/c/kernel-fd95fd9fe42d4f7a"), int(73.9 * 2**20),
+                  {"build": "49158f96cf06db3a", "modules": ["ext4", "xenfs"], "package": "linux-image-6.1.0-56-amd64",
+                   "version": "6.1.192-2"}, now - 3 * 86400 - 5),
+        EntryInfo("dom0-image", "19311cc5c59e2682", Path("/c/dom0-image-19311cc5c59e2682"), int(295.7 * 2**20),
+                  {"packages": {"a": "1", "b": "2"}, "sources": "Types: deb\nURIs: http://x\n", "suite": "bookworm"},
+                  now - 7200),
+        EntryInfo("writer", "0123456789abcdef", Path("/c/writer-0123456789abcdef"), 512,
+                  {"gcc": "gcc (Debian 12.2.0-14+deb12u1) 12.2.0", "kernel": "kernel-fd95fd9fe42d4f7a", "x": None},
+                  now - 30),
+    ]
+    assert format_entries(rows, now=now) == "\n".join([
+        "NAME        KEY                    SIZE     AGE  INPUTS",
+        "kernel      fd95fd9fe42d4f7a   73.9 MiB     3 d  package=linux-image-6.1.0-56-amd64, version=6.1.192-2, 2 ...",
+        "dom0-image  19311cc5c59e2682  295.7 MiB     2 h  suite=bookworm, 2 packages",
+        "writer      0123456789abcdef      512 B  <1 min  gcc=gcc (Debian 12.2.0-14+deb12u1) 12.2.0, kernel=kernel-...",
+        "total                         369.6 MiB          3 entries",
+    ])
+    assert format_entries([], now=now).splitlines()[-1].split() == ["total", "0", "B", "0", "entries"]

@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-
 import pytest
 
 from harness.config import ConfigError, load
 from harness.guest import xl_config
 
 
-@dataclass
-class HostPaths:
-    """The two facts about a host that xl_config reads."""
-    guest_dir: str = "/var/lib/xfb"
-    vnc_listen: str = "0.0.0.0"
+NAME = "xfb-harness-test-1"
+KERNEL, INITRD = "/var/tmp/xfb-harness-s/upload-ab-vmlinux", "/var/tmp/xfb-harness-s/upload-cd-initrd.cpio"
+
+
+def xl_of(cfg) -> str:
+    return xl_config(cfg, NAME, KERNEL, INITRD)
 
 
 def config(tmp_path, text: str):
@@ -30,10 +29,12 @@ def settings(xl: str) -> dict[str, str]:
 
 
 def test_defaults(tmp_path):
-    xl = xl_config(config(tmp_path, ""), HostPaths())
+    xl = xl_of(config(tmp_path, ""))
     s = settings(xl)
     assert "vcpus = 1" in xl.splitlines()
-    assert 'kernel = "/var/lib/xfb/vmlinux"' in xl
+    assert f'kernel = "{KERNEL}"' in xl and f'ramdisk = "{INITRD}"' in xl and f'name = "{NAME}"' in xl
+    # VNC on dom0's loopback only, on a free display: several guests on one host never clash
+    assert 'vfb = [ "vnc=1,vnclisten=127.0.0.1,vncunused=1" ]' in xl
     assert (s["xfb_mode"], s["xfb_mappings"], s["xfb_workers"], s["xfb_worker_kind"]) == ("mixed", "1", "1", "thread")
     assert "xfb_module" not in s and "initcall_blacklist" not in s
 
@@ -41,7 +42,7 @@ def test_defaults(tmp_path):
 def test_writer_and_guest_options_reach_the_guest(tmp_path):
     cfg = config(tmp_path, "guest:\n  vcpus: 2\nwriter:\n  mode: sparse\n  pages: 5\n  touches: 3\n"
                            "  mappings: 4\n  workers: 3\n  worker_kind: process\n  touch_gap_us: 7\n")
-    xl = xl_config(cfg, HostPaths())
+    xl = xl_of(cfg)
     s = settings(xl)
     assert "vcpus = 2" in xl.splitlines()
     assert {k: s[k] for k in ("xfb_mode", "xfb_pages", "xfb_touches", "xfb_mappings", "xfb_workers",
@@ -52,14 +53,13 @@ def test_writer_and_guest_options_reach_the_guest(tmp_path):
 
 @pytest.mark.parametrize("frontend, module", [("legacy", "xenfb_legacy"), ("legacy-fixed", "xenfb_legacy_fixed")])
 def test_legacy_frontends_load_our_module(tmp_path, frontend, module):
-    s = settings(xl_config(config(tmp_path, f"frontend: {frontend}\nlegacy:\n  race_window_ms: 250\n"),
-                           HostPaths()))
+    s = settings(xl_of(config(tmp_path, f"frontend: {frontend}\nlegacy:\n  race_window_ms: 250\n")))
     assert (s["xfb_module"], s["initcall_blacklist"], s["xfb_race_window_ms"]) == (module, "xenfb_init", "250")
 
 
 def test_quotes_in_extra_cmdline_are_refused(tmp_path):
     with pytest.raises(ConfigError) as info:
-        xl_config(config(tmp_path, 'guest:\n  extra_cmdline: \'a="b"\'\n'), HostPaths())
+        xl_of(config(tmp_path, 'guest:\n  extra_cmdline: \'a="b"\'\n'))
     assert info.value.key == "guest.extra_cmdline"
 
 
@@ -82,5 +82,5 @@ def test_xorg_log_missing_is_said_not_guessed(tmp_path):
 
 
 def test_xorg_writer_reaches_the_guest(tmp_path):
-    s = settings(xl_config(config(tmp_path, "writer:\n  kind: xorg\n"), HostPaths()))
+    s = settings(xl_of(config(tmp_path, "writer:\n  kind: xorg\n")))
     assert s["xfb_writer"] == "xorg"

@@ -1,8 +1,9 @@
-"""The nested Xen host: Xen and a PV dom0 booted under QEMU on this machine.
+"""The nested Xen host: Xen and a PV dom0 booted under QEMU on this machine, then used like any other host,
+over SSH (`dom0()`), exactly as `host.kind: ssh` uses a real one.
 
 Like QEMU's own machine.py, the host is a context manager whose exit always shuts the VM down; a failed boot
 raises HostError with the command line and the last console lines. The outer QEMU also gets PDEATHSIG, so even a
-SIGKILLed harness cannot leave it running.
+SIGKILLed harness cannot leave it running, and its private temp dir is removed by the next start.
 """
 from __future__ import annotations
 
@@ -10,11 +11,9 @@ import collections
 import ctypes
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,15 +21,17 @@ from pathlib import Path
 import pexpect
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from ..artifacts.build import Artifacts
-from ..config import Config
+from ..artifacts.host import HostArtifacts
+from ..artifacts.mounts import remove_tree
+from ..tmpdirs import private_tmpdir, prune_stale
 from ..progress import say, step
-from ..signals import deferring
-from .base import ExecResult, HostError
+from .base import HostError
+from .dom0 import Dom0
 from .ssh import SSHSession
 
 QEMU = "qemu-system-x86_64"
 READY = "XFB-DOM0-READY"
+TMP_PREFIX = "xfb-nested-"
 # Lines that mean the stack is dead: no point waiting for a timeout.
 FATAL = re.compile(r"XFB-DOM0-FAIL.*|Kernel panic.*|Panic on CPU \d+.*|\(XEN\) \*\*\*\*+.*|FATAL TRAP.*")
 PR_SET_PDEATHSIG = 1
@@ -90,20 +91,22 @@ def choose_accel(wanted: str, xen: Path, workdir: Path) -> tuple[str, str]:
 
 
 class NestedHost:
-    vnc_listen = "0.0.0.0"  # inside the outer QEMU's private user network; reached only through hostfwd
-    guest_dir = "/guest"
+    """`host` is the config's host section (a dict), so two scenarios with the same host settings share one."""
 
-    def __init__(self, cfg: Config, artifacts: Artifacts, run_dir: Path):
-        self.cfg, self.art, self.run_dir = cfg, artifacts, Path(run_dir)
+    def __init__(self, host: dict, artifacts: HostArtifacts, log_dir: Path):
+        self.host, self.art, self.log_dir = host, artifacts, Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.child: pexpect.spawn | None = None
-        self.ssh: SSHSession | None = None
         self.qmp: QEMUMonitorProtocol | None = None
-        self.tmp = Path(tempfile.mkdtemp(prefix="xfb-nested-"))
-        self.serial_log = self.run_dir / "serial.log"
+        for stale in prune_stale(TMP_PREFIX):  # left by a harness that was SIGKILLed
+            say(f"removed {stale}, left by a harness that no longer runs")
+        self.tmp = private_tmpdir(TMP_PREFIX)
+        self.serial_log = self.log_dir / "serial.log"
         self.recent: collections.deque[str] = collections.deque(maxlen=60)
         self.drain: threading.Thread | None = None
         self.description = ""
         self.accel = ""
+        self.ssh_port = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> "NestedHost":
@@ -118,60 +121,72 @@ class NestedHost:
         self.close()
 
     def command(self, accel: str, ssh_port: int) -> list[str]:
-        c, a = self.cfg, self.art
+        h, a = self.host, self.art
         for p in (a.dom0_kernel, a.dom0_initrd):
             if "," in str(p):
                 raise HostError(f"path {p} contains a comma, which QEMU's multiboot -initrd cannot take")
-        xen_args = (f"console=com1 com1=115200,8n1 dom0_mem={c['host.dom0_memory_mb']}M,"
-                    f"max:{c['host.dom0_memory_mb']}M loglvl=all guest_loglvl=all noreboot")
+        xen_args = (f"console=com1 com1=115200,8n1 dom0_mem={h['dom0_memory_mb']}M,"
+                    f"max:{h['dom0_memory_mb']}M loglvl=all guest_loglvl=all noreboot")
         if accel == "tcg":
             xen_args += " smap=0 smep=0"  # without them dom0 dies at once under TCG (#PF in create_bounce_frame)
-        if c["host.xen_cmdline"]:
-            xen_args += " " + c["host.xen_cmdline"]
+        if h["xen_cmdline"]:
+            xen_args += " " + h["xen_cmdline"]
         dom0_args = "root=/dev/vda console=hvc0 earlyprintk=xen"
         cpu = TCG_CPU if accel == "tcg" else "host"
         return [
-            QEMU, "-accel", accel, "-cpu", cpu, "-m", str(c["host.memory_mb"]), "-smp", str(c["host.cpus"]),
+            QEMU, "-accel", accel, "-cpu", cpu, "-m", str(h["memory_mb"]), "-smp", str(h["cpus"]),
             "-display", "none", "-no-reboot", "-monitor", "none", "-serial", "stdio",
             "-qmp", f"unix:{self.tmp / 'qmp.sock'},server=on,wait=off",
             "-kernel", str(a.xen), "-append", xen_args,
             "-initrd", f"{a.dom0_kernel} {dom0_args},{a.dom0_initrd}",
             # snapshot=on: dom0 may write to its disk, but the cached image is never modified.
             "-drive", f"file={a.dom0_image},if=virtio,format=raw,snapshot=on",
-            "-drive", f"file={a.payload_image},if=virtio,format=raw,readonly=on",
+            # SSH is the only way in, on 127.0.0.1 only; guests' VNC and QMP are forwarded through it.
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
             "-device", "virtio-net-pci,netdev=net0",
         ]
 
     def start(self) -> None:
-        self.accel, why = choose_accel(self.cfg["host.accel"], self.art.xen, self.tmp)
+        self.accel, why = choose_accel(self.host["accel"], self.art.xen, self.tmp)
         say(f"accelerator: {why}")
-        ssh_port = free_port()
-        cmd = self.command(self.accel, ssh_port)
-        (self.run_dir / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
+        self.ssh_port = free_port()
+        cmd = self.command(self.accel, self.ssh_port)
+        (self.log_dir / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
         self.description = f"nested: {qemu_version()} ({self.accel.upper()}), Xen {self.art.xen_version}"
-        deadline = time.monotonic() + self.cfg["host.boot_timeout"]
+        deadline = time.monotonic() + self.host["boot_timeout"]
         with step("boot Xen and dom0"):
             # pexpect puts QEMU in a session of its own, so Ctrl-C reaches only the harness, which then
             # shuts QEMU down in order.
             self.child = pexpect.spawn(cmd[0], cmd[1:], encoding="utf-8", codec_errors="replace",
                                        preexec_fn=_die_with_parent, timeout=None, maxread=65536)
             self.child.logfile_read = open(self.serial_log, "w", buffering=1)
-            (self.run_dir / "qemu.pid").write_text(f"{self.child.pid}\n")  # lets tests prove it is gone
+            (self.log_dir / "qemu.pid").write_text(f"{self.child.pid}\n")  # lets tests prove it is gone
             self._wait_ready(deadline, cmd)
             self.drain = threading.Thread(target=self._drain, daemon=True, name="serial-drain")
             self.drain.start()
-            self.ssh = SSHSession("127.0.0.1", ssh_port, self.art.ssh_client_key, self.art.ssh_host_key_pub)
-            self.ssh.connect(deadline)
+            # Prove SSH answers within the boot deadline; each dom0() opens its own connection.
+            self.dom0(deadline=deadline).ssh.close()
         self.qmp = QEMUMonitorProtocol(str(self.tmp / "qmp.sock"))
         self.qmp.connect()
         self.qmp.settimeout(30)
+
+    def known_hosts(self) -> Path:
+        """dom0's host key, pinned at build time, for the port this boot forwards."""
+        path = self.tmp / "known_hosts"
+        path.write_text(f"[127.0.0.1]:{self.ssh_port} {self.art.ssh_host_key_pub}\n")
+        return path
+
+    def dom0(self, workdir: str = "/tmp", deadline: float | None = None) -> Dom0:
+        """A fresh SSH connection into dom0, the same way `host.kind: ssh` reaches a real host."""
+        ssh = SSHSession("127.0.0.1", self.ssh_port, "root", self.art.ssh_client_key, self.known_hosts())
+        ssh.connect(deadline or time.monotonic() + 60)
+        return Dom0(ssh, self.description, workdir, console_tail=self.console_tail)
 
     def _wait_ready(self, deadline: float, cmd: list[str]) -> None:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise HostError(f"Xen/dom0 did not boot within {self.cfg['host.boot_timeout']} s "
+                raise HostError(f"Xen/dom0 did not boot within {self.host['boot_timeout']} s "
                                 f"(host.boot_timeout); QEMU: {' '.join(cmd)}", self.console_tail())
             try:
                 self.child.expect(["\n", pexpect.EOF], timeout=min(left, 5))
@@ -214,10 +229,7 @@ class NestedHost:
                 return
 
     def close(self) -> None:
-        """Always safe, always complete: SSH, QMP and QEMU itself, whatever state we are in."""
-        if self.ssh is not None:
-            self.ssh.close()
-            self.ssh = None
+        """Always safe, always complete: QMP, QEMU itself and our temp dir, whatever state we are in."""
         if self.child is not None:
             if self.child.isalive() and self.qmp is not None:
                 try:
@@ -240,51 +252,7 @@ class NestedHost:
             except Exception:
                 pass
             self.qmp = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    # -- XenHost ---------------------------------------------------------------------------------------
-    def _session(self) -> SSHSession:
-        if self.ssh is None:
-            raise HostError("the nested host is not running")
-        return self.ssh
-
-    def exec(self, argv: list[str], timeout: float = 60, check: bool = True) -> ExecResult:
-        return self._session().exec(argv, timeout, check)
-
-    def put(self, local: Path, remote: str) -> None:
-        self._session().put(local, remote)
-
-    def get(self, remote: str, local: Path) -> None:
-        self._session().get(remote, local)
-
-    def console(self, argv: list[str], log: Path):
-        return self._session().console(argv, log)
-
-    @deferring
-    def forward(self, remote_port: int) -> tuple[str, int]:
-        port = free_port()
-        reply = self.qmp.cmd_raw("human-monitor-command",
-                             {"command-line": f"hostfwd_add tcp:127.0.0.1:{port}-:{remote_port}"})
-        if reply.get("return"):  # HMP prints nothing on success
-            raise HostError(f"hostfwd_add for dom0 port {remote_port} failed: {reply['return']}")
-        return "127.0.0.1", port
+        remove_tree(self.tmp)
 
     def console_tail(self, lines: int = 30) -> str:
         return "\n".join(list(self.recent)[-lines:])
-
-    def save_logs(self, dest: Path) -> None:
-        """dom0's logs (device model, xl, console daemon, sshd) into dest/dom0-logs."""
-        if self.ssh is None:
-            return
-        out = dest / "dom0-logs"
-        out.mkdir(exist_ok=True)
-        listing = self.ssh.exec(["find", "/var/log/xen", "/var/log/sshd.log", "-type", "f"], timeout=20, check=False)
-        for remote in listing.stdout.split():
-            try:
-                self.ssh.get(remote, out / remote.strip("/").replace("/", "_"))
-            except OSError:
-                pass
-        dmesg = self.ssh.exec(["dmesg"], timeout=20, check=False).stdout
-        (out / "dmesg.txt").write_text(dmesg)
-        xl = self.ssh.exec(["xl", "dmesg"], timeout=20, check=False).stdout
-        (out / "xl-dmesg.txt").write_text(xl)

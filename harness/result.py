@@ -1,4 +1,9 @@
-"""The run directory: result.json, junit.xml, images of every round that differed, and the logs."""
+"""A scenario's result: the facts a run collects, the one place that turns them into a verdict, and its writers
+(result.json, junit.xml, the summary printed at the end).
+
+Verdicts: PASS (every round compared, nothing missed), FAIL (missed updates: where, when, which pages), ERROR
+(the stack or the harness broke, or the guest itself drew the wrong thing). Never PASS when nothing was compared.
+"""
 from __future__ import annotations
 
 import json
@@ -23,6 +28,8 @@ class RoundResult:
     settle_s: float = 0.0
     duration_s: float = 0.0
     guest_memory_ok: bool = True  # the screendump (guest memory) matched the expected frame
+    guest_memory_missed: int = 0  # pixels of guest memory that differ from the expected frame
+    guest_memory_rects: list = field(default_factory=list)
     images: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)  # the frontend module's counters during this round
 
@@ -39,6 +46,7 @@ class Result:
     rounds_planned: int
     verdict: str = ERROR
     reason: str = ""
+    error: str = ""  # what broke (an exception, an interrupt): the run is an ERROR whatever the rounds show
     rounds: list[RoundResult] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
@@ -48,15 +56,26 @@ class Result:
     checks: list = field(default_factory=list)  # mapping checks passed before the rounds: {name, detail}
     unloaded: str = ""  # the frontend module unloaded after the last round (legacy.unload_at_end)
     xorg: dict = field(default_factory=dict)  # writer.kind xorg: the X configuration files kept, ShadowFB state
+    effective_config: dict = field(default_factory=dict)  # every key's value, with the schema version
+    guest: dict = field(default_factory=dict)  # the guest's name and domain on its host, the payload's key
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def decide(self) -> None:
-        """PASS only if every planned round was compared and none missed anything."""
-        if self.verdict == ERROR and self.reason:
-            return
+        """The verdict, from the facts alone; the only place one is made. Safe to call again."""
         compared = [r for r in self.rounds if r.compared_pixels > 0]
         missed = [r for r in self.rounds if r.missed]
-        if missed:
+        wrong_guest = [r for r in self.rounds if not r.guest_memory_ok]
+        if self.error:
+            self.verdict, self.reason = ERROR, self.error
+        elif wrong_guest:
+            # Guest memory itself is not what the writer should have drawn: the writer or the guest is wrong,
+            # which says nothing about the backend.
+            r = wrong_guest[0]
+            self.verdict = ERROR
+            self.reason = (f"round {r.round}: the guest framebuffer memory (screendump) differs from the expected "
+                           f"frame in {r.guest_memory_missed} pixels, e.g. {r.guest_memory_rects[:1]}; the writer "
+                           f"or guest is wrong, not the backend")
+        elif missed:
             self.verdict = FAIL
             first = missed[0]
             self.reason = (f"{len(missed)} of {len(self.rounds)} rounds show missed updates; first in round "
@@ -67,8 +86,7 @@ class Result:
                 self.reason += f"; WARNING: rounds {unexplained} missed with no race hit counted by the module"
         elif len(compared) != self.rounds_planned + 1 or not compared:
             self.verdict = ERROR
-            self.reason = self.reason or (f"only {len(compared)} of {self.rounds_planned + 1} rounds were "
-                                          f"compared")
+            self.reason = f"only {len(compared)} of {self.rounds_planned + 1} rounds were compared"
         else:
             self.verdict = PASS
             self.reason = f"all {len(compared)} rounds matched ({sum(r.compared_pixels for r in compared)} pixels)"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.report import ERROR, EXIT_CODES, FAIL, PASS, Result, RoundResult, summary, write, write_junit
+from harness.result import ERROR, EXIT_CODES, FAIL, PASS, Result, RoundResult, summary, write, write_junit
 
 PIXELS = 640 * 480
 
@@ -98,16 +98,25 @@ def test_never_pass_when_all_rounds_compared_zero_pixels():
 
 def test_earlier_error_with_reason_stays():
     res = make(rounds_planned=2)
-    res.verdict, res.reason = ERROR, "round 1: the guest framebuffer memory differs"
+    res.error = "round 1: the guest framebuffer memory differs"
     res.decide()
     assert res.verdict == ERROR and res.reason == "round 1: the guest framebuffer memory differs"
 
 
 def test_earlier_error_stays_even_with_missed_rounds():
     res = make(rounds_planned=2, missed={1: 5})
-    res.verdict, res.reason = ERROR, "interrupted"
+    res.error = "interrupted"
     res.decide()
     assert res.verdict == ERROR and res.reason == "interrupted"
+
+
+def test_wrong_guest_memory_is_an_error_not_a_fail():
+    res = make(rounds_planned=2, missed={1: 5, 2: 9})
+    res.rounds[2].guest_memory_ok = False
+    res.rounds[2].guest_memory_missed = 40
+    res.decide()
+    assert res.verdict == ERROR and "round 2" in res.reason and "40 pixels" in res.reason
+    assert "not the backend" in res.reason
 
 
 def test_decide_is_idempotent():
@@ -171,7 +180,7 @@ def test_junit_failures(tmp_path):
 
 def test_junit_error(tmp_path):
     res = make(rounds_planned=3, count=2)
-    res.verdict, res.reason = ERROR, "CommandError: command failed with exit code 1: xl create\nline two"
+    res.error = "CommandError: command failed with exit code 1: xl create\nline two"
     _, suite = written(tmp_path, res)
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == ["round_000", "round_001", "stack"]
@@ -193,15 +202,14 @@ def test_junit_error_without_rounds(tmp_path):
 
 def test_junit_special_characters_are_escaped(tmp_path):
     res = make()
-    res.verdict, res.reason = ERROR, "ValueError: <bad> & \"quoted\" 'x'"
+    res.error = "ValueError: <bad> & \"quoted\" 'x'"
     _, suite = written(tmp_path, res)
     assert suite.find("testcase[@name='stack']/error").text == res.reason
 
 
 def test_junit_parses_with_control_characters_in_reason(tmp_path):
     res = make()
-    res.verdict = ERROR
-    res.reason = "CommandError: command failed with exit code 1: qemu\n\x1b[31merror\x1b[0m: no KVM\x07"
+    res.error = "CommandError: command failed with exit code 1: qemu\n\x1b[31merror\x1b[0m: no KVM\x07"
     _, suite = written(tmp_path, res)
     assert "no KVM" in suite.find("testcase[@name='stack']/error").text
 
@@ -244,6 +252,7 @@ def test_summary_shows_missed_rects_and_timings(tmp_path):
 
 def test_summary_multiline_reason_first_line_only(tmp_path):
     res = make(count=0)
-    res.verdict, res.reason = ERROR, "RuntimeError: boom\ntraceback line"
+    res.error = "RuntimeError: boom\ntraceback line"
+    res.decide()
     text = summary(res, tmp_path)
     assert "boom" in text and "traceback line" not in text

@@ -1,0 +1,175 @@
+"""The guest recipe: config -> the payload a host boots one guest with: an uncompressed guest kernel and an
+initramfs holding busybox, our init, the guest tools (xfb-writer, xfb-mapcheck), the frontend's module when the
+frontend is one of ours, and for the X writer an X server and the X client.
+
+It reads only the guest's side of the config (guest.kernel_package, frontend, writer.kind, apt.sources); nothing
+here shapes the host (host.py), and the host's keys hold no hash of this file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import frontends
+from ..config import Config
+from ..progress import run, step
+from .apt import Apt
+from .cache import Cache, hash_files
+from .common import BUSYBOX, FILES, HERE, _busybox, _gcc, _kernel, _start_initramfs, apt_for, recipe_hash
+from .cpio import CpioWriter
+from .elf import closure, copy_closure
+
+WRITER_SRC = HERE.parent / "writer" / "xfb-writer.c"
+MAPCHECK_SRC = HERE.parent / "writer" / "xfb-mapcheck.c"
+FRONTEND_SRC = HERE.parent.parent / "guest-kernels" / "xenfb-legacy"
+# The X stress writer's guest: an X server with the fbdev driver, its keymap compiler and data, and libX11.
+XORG_PACKAGES = ["xserver-xorg-core", "xserver-xorg-video-fbdev", "x11-xkb-utils", "xkb-data", "libx11-6"]
+# What runs in the guest: everything else in those packages (and their ~120 dependencies) is left out.
+XORG_PROGRAMS = ["/usr/lib/xorg/Xorg", "/usr/bin/xkbcomp", "/usr/lib/xorg/modules/drivers/fbdev_drv.so",
+                 "/usr/lib/xorg/modules/libfbdevhw.so", "/usr/lib/xorg/modules/libshadow.so",
+                 "/usr/lib/xorg/modules/libshadowfb.so", "/usr/lib/xorg/modules/libwfb.so"]
+XORG_DATA = ["usr/share/X11/xkb", "usr/lib/xorg/protocol.txt", "usr/share/X11/XErrorDB"]
+XWRITER = "/usr/bin/xfb-xwriter"
+BUSYBOX_APPLETS = ("sh", "mount", "grep", "stty", "poweroff", "cat", "echo", "sleep", "insmod", "rmmod", "ls",
+                   "mkdir")
+# This file and common.py are the recipe of every entry below but the kernel (common.py's own).
+RECIPE = recipe_hash(Path(__file__))
+
+
+@dataclass(frozen=True)
+class Payload:
+    kernel: Path  # the uncompressed guest vmlinux (xl create boots it much faster than a bzImage)
+    initrd: Path  # the initramfs (newc cpio)
+    key: str  # short content key of this payload (its cache entry's key): equal keys, equal files
+    sizes: dict  # file name -> bytes ("vmlinux", "initrd.cpio")
+    versions: dict  # guest kernel package -> version, guest_kernel -> release, for the report
+
+
+def _guest_tools(cache: Cache, log: Path) -> Path:
+    """The guest's static programs: the pattern writer and the mapping checks."""
+    def build(out: Path) -> None:
+        for src in (WRITER_SRC, MAPCHECK_SRC):
+            run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-pthread", "-o", str(out / src.stem), str(src)], log)
+    return cache.entry("guest-tools", {"source": hash_files(WRITER_SRC, MAPCHECK_SRC), "gcc": _gcc(), "build": RECIPE},
+                       build)
+
+
+def _xorg_root(cache: Cache, apt: Apt, log: Path) -> Path:
+    """The X writer's part of the guest: Xorg with the fbdev driver, xkbcomp, keymaps and the X client
+    (xfb-xwriter, linked against the guest's libX11), with only the shared libraries they load."""
+    packages = apt.install_set(XORG_PACKAGES)
+
+    def build(out: Path) -> None:
+        debs = apt.download_all(packages)
+        tree = out / "packages"
+        with step(f"extract {len(debs)} X packages"):
+            for deb in debs:
+                run(["dpkg-deb", "-x", str(deb), str(tree)], log)
+        # Built here, against this machine's libX11 headers; run there, against the guest's libX11 (same soname).
+        run(["gcc", "-O2", "-Wall", "-Wextra", "-DXFB_X11", "-o", str(tree / XWRITER.lstrip("/")), str(WRITER_SRC),
+             "-lX11"], log)
+        root = out / "root"
+        files = closure(tree, XORG_PROGRAMS + [XWRITER])
+        copy_closure(files, root)
+        for data in XORG_DATA:
+            src, dest = tree / data, root / data
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, dest, symlinks=True)  # links resolve in the guest, whose root this is
+            else:
+                shutil.copy2(src, dest)
+        (root / "etc/X11").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(FILES / "xorg.conf", root / "etc/X11/xfb-xorg.conf")
+        shutil.rmtree(tree)
+    inputs = {"packages": packages, "source": hash_files(WRITER_SRC, FILES / "xorg.conf", HERE / "elf.py"),
+              "gcc": _gcc(), "build": RECIPE}
+    return cache.entry("xorg-root", inputs, build) / "root"
+
+
+def _frontend_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, log: Path) -> Path:
+    """Our own frontends (every module of frontends.modules(), <module>.ko each), built against the exact guest
+    kernel's headers from Debian's packages."""
+    version = (kernel / "version").read_text()  # e.g. 6.1.0-56-amd64
+    abi = version.rsplit("-", 1)[0]
+    series = ".".join(version.split(".")[:2])  # 6.1
+    source_version = apt.version(image_package)  # headers and kbuild must match the image exactly
+    packages = [f"linux-headers-{version}", f"linux-headers-{abi}-common", f"linux-kbuild-{series}"]
+    if not FRONTEND_SRC.is_dir():
+        raise FileNotFoundError(f"frontend module sources not found at {FRONTEND_SRC}")
+    sources = [p for p in sorted(FRONTEND_SRC.iterdir()) if p.is_file()]
+    modules = frontends.modules()
+
+    def build(out: Path) -> None:
+        root = out / "headers"
+        for package in packages:
+            apt.extract(package, root, source_version)
+        kdir = root / "usr/src" / f"linux-headers-{version}"
+        # The arch headers include the common ones by absolute path; point it into our tree.
+        makefile = kdir / "Makefile"
+        makefile.write_text(makefile.read_text().replace("/usr/src/", f"{root}/usr/src/"))
+        src = out / "src"
+        shutil.copytree(FRONTEND_SRC, src)
+        run(["make", "-C", str(kdir), f"M={src}", "modules"], log)
+        for name in modules:
+            shutil.copyfile(src / f"{name.replace('_', '-')}.ko", out / f"{name}.ko")  # file vs module name
+        shutil.rmtree(root)
+        shutil.rmtree(src)
+    inputs = {"kernel": version, "version": source_version, "packages": packages, "modules": modules,
+              "source": hash_files(*sources), "gcc": _gcc(), "build": RECIPE}
+    return cache.entry("legacy-modules", inputs, build)
+
+
+def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, module: Path | None, xorg: Path | None,
+             log: Path) -> Path:
+    def build(out: Path) -> None:
+        busybox = _busybox(apt, out)
+        # The 63 MB vmlinux is the kernel entry's own file, hard-linked: no copy, no extra space, and the payload
+        # entry still holds both files a host uploads (and survives the kernel entry being deleted). Both are in
+        # the cache's directory, so one file system; a copy only if linking is refused anyway.
+        try:
+            os.link(kernel / "vmlinux", out / "vmlinux")
+        except OSError:
+            shutil.copyfile(kernel / "vmlinux", out / "vmlinux")
+        with open(out / "initrd.cpio", "wb") as f:
+            cpio = CpioWriter(f)
+            _start_initramfs(cpio, busybox, ("bin", "dev", "proc", "sys", "tmp"))
+            for applet in BUSYBOX_APPLETS:
+                cpio.symlink(f"bin/{applet}", "busybox")
+            for program in ("xfb-writer", "xfb-mapcheck"):
+                cpio.file(f"bin/{program}", (tools / program).read_bytes(), 0o755)
+            if module is not None:  # only the module this guest's init loads (guest-init: /modules/$xfb_module.ko)
+                cpio.directory("modules")
+                cpio.file(f"modules/{module.name}", module.read_bytes())
+            if xorg is not None:
+                cpio.tree(xorg)
+            cpio.file("init", (FILES / "guest-init").read_bytes(), 0o755)
+            cpio.close()
+        sizes = {name: (out / name).stat().st_size for name in ("vmlinux", "initrd.cpio")}
+        (out / "sizes.json").write_text(json.dumps(sizes) + "\n")  # for benchmarks/e2e_times.py
+        shutil.rmtree(out / "bb")
+    # Entry names are the keys of what they were built from (package versions, sources, compiler, recipes).
+    inputs = {"kernel": kernel.name, "tools": tools.name, "busybox": apt.version(BUSYBOX),
+              "module": f"{module.parent.name}/{module.name}" if module else None,
+              "xorg": xorg.parent.name if xorg else None,
+              "recipe": hash_files(FILES / "guest-init", HERE / "cpio.py"), "build": RECIPE}
+    return cache.entry("guest-payload", inputs, build)
+
+
+def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
+    """Build (or find in the cache) what a host boots one guest with."""
+    apt = apt_for(cache, cfg["apt.sources"], log)
+    package = cfg["guest.kernel_package"]
+    kernel = _kernel(cache, apt, package, [], log)  # the guest loads no module of the kernel's own
+    tools = _guest_tools(cache, log)
+    module = None
+    name = frontends.frontend(cfg["frontend"]).module
+    if name:
+        module = _frontend_modules(cache, apt, package, kernel, log) / f"{name}.ko"
+    xorg = _xorg_root(cache, apt, log) if cfg["writer.kind"] == "xorg" else None
+    entry = _payload(cache, apt, kernel, tools, module, xorg, log)
+    return Payload(kernel=entry / "vmlinux", initrd=entry / "initrd.cpio", key=entry.name.rsplit("-", 1)[1],
+                   sizes=json.loads((entry / "sizes.json").read_text()),
+                   versions={package: apt.version(package), "guest_kernel": (kernel / "version").read_text()})

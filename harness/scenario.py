@@ -1,0 +1,106 @@
+"""One scenario on a host it is given: upload the guest payload, `xl create`, the rounds, the capture, the
+compare, and the guest's teardown. The host outlives it and serves the next scenario."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import pattern
+from .artifacts.payload import Payload
+from .capture import Capture
+from .compare import compare
+from .config import Config
+from .frontends import frontend
+from .geometry import Rect
+from .guest import Guest, save_xorg_config, writer_params
+from .hosts.dom0 import Dom0
+from .images import diff_image, load_ppm, save_png
+from .progress import say, step
+from .result import Result, RoundResult
+
+
+def new_result(cfg: Config) -> Result:
+    return Result(config=cfg.source, frontend=cfg["frontend"], seed=cfg["seed"], rounds_planned=cfg["rounds"],
+                  effective_config=cfg.effective())
+
+
+def run_scenario(cfg: Config, host: Dom0, payload: Payload, run_dir: Path, result: Result) -> Result:
+    """Fill `result` with what one fresh guest on `host` showed; every exit path removes the guest."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result.host = host.description
+    result.versions.update(payload.versions)
+    result.guest["payload"] = payload.key
+    with step("upload guest payload"):
+        kernel, initrd = host.upload(payload.kernel), host.upload(payload.initrd)
+    guest = Guest(host, cfg, run_dir, kernel, initrd)
+    try:
+        with step("start guest"):
+            geometry = guest.start()
+        result.guest.update(name=guest.slot.name, domid=guest.domid)
+        result.geometry = geometry.as_dict()
+        say(f"guest {guest.slot.name}: framebuffer {geometry.width}x{geometry.height}x{geometry.bpp}, "
+            f"stride {geometry.stride}")
+        result.checks = [{"name": c.name, "detail": c.detail} for c in guest.checks]
+        with Capture(host, geometry, guest.vnc_port, guest.domid, guest.slot.dir) as capture:
+            with step("rounds"):
+                _rounds(cfg, guest, capture, geometry, result, run_dir)
+        if all(r.guest_memory_ok for r in result.rounds):
+            result.unloaded = guest.finish()
+    finally:
+        if cfg["writer.kind"] == "xorg":
+            result.xorg = save_xorg_config(run_dir)
+        if guest.slot is not None:
+            try:
+                host.save_guest_logs(guest.slot, run_dir)
+            except Exception as e:  # never let log collection hide the real outcome
+                say(f"warning: could not collect the guest's dom0 logs: {e}")
+        guest.stop()
+    return result
+
+
+def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Result, run_dir: Path) -> None:
+    seed = cfg["seed"]
+    exclude = [geometry.ticker_rect] + [Rect(**r) for r in cfg["compare.exclude"]]
+    window_s = cfg["capture.settle_window_ms"] / 1000
+    params = writer_params(cfg)
+    counted = frontend(cfg["frontend"]).counters
+    before = guest.stats() if counted else {}
+    for r in range(cfg["rounds"] + 1):  # round 0 is the baseline clear
+        t0 = time.monotonic()
+        expected = pattern.expected_rgb(geometry, seed, r + 1, params=params)
+        done = guest.go(r, seed)
+        settled = capture.settle(done.tick, lambda frame: compare(expected, frame, geometry, exclude).ok,
+                                 window_s, cfg["capture.settle_timeout"])
+        seen = compare(expected, settled.frame, geometry, exclude)
+        dump_path = run_dir / f"round-{r:03d}-screendump.ppm"
+        truth = compare(expected, capture.screendump(dump_path), geometry, exclude)
+        rr = RoundResult(round=r, compared_pixels=seen.compared_pixels, missed_pixels=seen.missed_pixels,
+                         rects=[x.as_dict() for x in seen.rects], pages=seen.pages, settle=settled.how,
+                         settle_s=settled.waited_s, guest_memory_ok=truth.ok,
+                         guest_memory_missed=truth.missed_pixels,
+                         guest_memory_rects=[x.as_dict() for x in truth.rects[:3]],
+                         duration_s=round(time.monotonic() - t0, 3))
+        if counted:
+            now = guest.stats()
+            rr.counters = {k: v - before.get(k, 0) for k, v in now.items() if k != "race_window_ms"}
+            result.counters = dict(now)
+            before = now
+        if seen.missed_pixels or not truth.ok:
+            base = run_dir / f"round-{r:03d}"
+            save_png(f"{base}-expected.png", expected)
+            save_png(f"{base}-seen-vnc.png", settled.frame)
+            save_png(f"{base}-diff.png", diff_image(expected, settled.frame, seen.mask))
+            rr.images = {k: f"round-{r:03d}-{k}.png" for k in ("expected", "seen-vnc", "diff")}
+        if truth.ok:
+            dump_path.unlink()  # kept only as evidence of a guest-side problem
+        result.rounds.append(rr)
+        if r == cfg["rounds"]:
+            # The last view is always kept: evidence of a PASS, and real captured data for the oracle's tests.
+            save_png(run_dir / "final-seen-vnc.png", settled.frame)
+        hits = f", {rr.counters.get('race_hits', 0)} race hits" if counted else ""
+        say(f"round {r}: {seen.missed_pixels} missed pixels{hits} (settled by {settled.how} in "
+            f"{settled.waited_s:.2f} s)")
+        if not truth.ok:  # the guest drew the wrong thing: Result.decide makes it an ERROR; nothing to add
+            save_png(run_dir / f"round-{r:03d}-diff-screendump.png",
+                     diff_image(expected, load_ppm(dump_path), truth.mask))
+            return
