@@ -93,7 +93,11 @@ class Dom0:
 
     # -- session ------------------------------------------------------------------------------------------
     def open(self, need_memory_mb: int) -> None:
-        """Preflight, then create our session directory and its guard. Nothing is created if preflight fails."""
+        """Preflight, then our session directory and its guard. Nothing is created if preflight fails."""
+        self.check(need_memory_mb)
+        self.create_session()
+
+    def check(self, need_memory_mb: int) -> Preflight:
         probe = self.ssh.exec(["sh", "-c", PROBE, "sh", self.workdir], timeout=60, check=False)
         self.preflight = judge(probe.stdout + probe.stderr, need_memory_mb, self.workdir, self.description)
         for line in self.preflight.report().splitlines():
@@ -103,6 +107,9 @@ class Dom0:
         self.versions.update(xen=self.preflight.facts["xen_version"], dom0_kernel=self.preflight.facts["dom0_kernel"])
         if "Xen" not in self.description:
             self.description += f", Xen {self.preflight.facts['xen_version']}"
+        return self.preflight
+
+    def create_session(self) -> None:
         self.ssh.exec(["mkdir", "-m", "0700", "--", self.root])  # fails if it exists: never someone else's
         self.guard = self.ssh.start(["sh", "-c", GUARD, GUARD_NAME, self.root])
         deadline = time.monotonic() + 20
