@@ -28,6 +28,13 @@ class Timings(dict):
 _collecting: ContextVar[Timings | None] = ContextVar("timings", default=None)
 
 
+def record(name: str, seconds: float) -> None:
+    """A figure measured across steps (e.g. from `xl create` to the verdict), into the Timings being collected."""
+    timings = _collecting.get()
+    if timings is not None:
+        timings[name] = round(seconds, 3)
+
+
 def say(message: str) -> None:
     print(f"[xenfb-harness] {message}", file=sys.stderr, flush=True)
 

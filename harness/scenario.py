@@ -15,7 +15,7 @@ from .geometry import Rect
 from .guest import Guest, save_xorg_config, writer_params
 from .hosts.dom0 import Dom0
 from .images import diff_image, load_ppm, save_png
-from .progress import say, step
+from .progress import record, say, step
 from .result import Result, RoundResult
 
 
@@ -33,6 +33,7 @@ def run_scenario(cfg: Config, host: Dom0, payload: Payload, run_dir: Path, resul
     with step("upload guest payload"):
         kernel, initrd = host.upload(payload.kernel), host.upload(payload.initrd)
     guest = Guest(host, cfg, run_dir, kernel, initrd)
+    created = time.monotonic()
     try:
         with step("start guest"):
             geometry = guest.start()
@@ -44,6 +45,7 @@ def run_scenario(cfg: Config, host: Dom0, payload: Payload, run_dir: Path, resul
         with Capture(host, geometry, guest.vnc_port, guest.domid, guest.slot.dir) as capture:
             with step("rounds"):
                 _rounds(cfg, guest, capture, geometry, result, run_dir)
+        record("xl create to verdict", time.monotonic() - created)  # the last round's comparison decides
         if all(r.guest_memory_ok for r in result.rounds):
             result.unloaded = guest.finish()
     finally:

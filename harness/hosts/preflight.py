@@ -73,7 +73,8 @@ def judge(probe_output: str, need_memory_mb: int, workdir: str, where: str) -> P
                            f"set host.user to root, or a user whose commands run as root")
     xl = s.get("xl", [])
     rc = next((line.split("=", 1)[1] for line in xl if line.startswith("xl-rc=")), "?")
-    info = dict(re.findall(r"^(\w+)\s*:\s*(.*?)\s*$", "\n".join(xl), re.M))
+    # [ \t], not \s: an empty field ("xen_extra              : ") must not take the next line as its value
+    info = dict(re.findall(r"^(\w+)[ \t]*:[ \t]*(.*?)[ \t]*$", "\n".join(xl), re.M))
     if rc != "0" or "xen_version" not in info:
         tail = " / ".join(line for line in xl if not line.startswith("xl-rc="))[-300:]
         pf.problems.append(f"{where}: `xl info` failed (exit {rc}): {tail or 'no output'}. Is this a Xen dom0 "

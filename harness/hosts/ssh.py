@@ -16,7 +16,6 @@ import select
 import shlex
 import shutil
 import socket
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import paramiko
 
 from ..progress import say
 from ..signals import deferring
+from ..tmpdirs import private_tmpdir, prune_stale
 from .base import ExecResult, HostError
 
 # paramiko logs every refused connection attempt while dom0 boots; the errors we act on are raised anyway.
@@ -42,6 +42,7 @@ SFTP_TIMEOUT = 120  # s without progress before a transfer is an error, not a ha
 # What a connection can fail with: the network, the SSH protocol, or a stream that ended.
 SSH_ERRORS = (OSError, EOFError, paramiko.SSHException)
 # socat reads ':' ',' '!' quotes and brackets in its addresses as syntax, so only plain paths are forwarded.
+FORWARD_PREFIX = "xenfb-ssh-"  # our private dirs of forwarded unix sockets in /tmp
 SOCAT_SAFE_PATH = re.compile(r"[A-Za-z0-9_./@+-]+")
 
 
@@ -245,7 +246,8 @@ class SSHSession:
             channel.exec_command(command)
             return channel
 
-        directory = tempfile.mkdtemp(prefix="xenfb-ssh-")  # mode 0700: only we can connect
+        prune_stale(FORWARD_PREFIX)  # left by a harness that was SIGKILLed
+        directory = str(private_tmpdir(FORWARD_PREFIX))  # mode 0700: only we can connect
         listener = socket.socket(socket.AF_UNIX)
         try:
             path = os.path.join(directory, "socket")

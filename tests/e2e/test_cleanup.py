@@ -1,7 +1,9 @@
-"""Whatever happens (Ctrl-C, SIGTERM, a boot timeout), no QEMU outlives its run, the verdict is ERROR and the
-artifact cache holds only complete entries."""
+"""Whatever happens (Ctrl-C, SIGTERM, a boot timeout) at any stage of a nested run (building the artifacts,
+booting Xen, starting the guest, the rounds), no process outlives its run, nothing stays mounted, no temp dir is
+left, the verdict is ERROR and the artifact cache holds only complete entries."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -10,18 +12,20 @@ import time
 import pytest
 
 from harness.artifacts.cache import default_cache_dir
+from harness.artifacts.mounts import mounts_under
 
-from .conftest import ROOT, harness_cmd, pid_alive, run_cli
+from .conftest import ROOT, harness_cmd, nested_tmpdirs, pid_alive, run_cli
 
 pytestmark = pytest.mark.e2e
 
 
-def interrupt_when(tmp_path, marker: str, sig: int, timeout: float = 900):
+def interrupt_when(tmp_path, marker: str, sig: int, timeout: float = 900, extra: tuple[str, ...] = (),
+                   wait_s: float = 1.5):
     """Start a default run, send sig once `marker` appears on its stderr, and return (rc, run dir, stderr)."""
     out = tmp_path / "run"
     # A background job of a non-interactive shell inherits SIGINT ignored (CI runners, our own tooling);
     # restore the default so the run gets Ctrl-C as a person at a terminal would send it.
-    proc = subprocess.Popen(harness_cmd("run", "configs/default.yaml", "--output", str(out)), cwd=ROOT,
+    proc = subprocess.Popen(harness_cmd("run", "configs/default.yaml", "--output", str(out), *extra), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
@@ -37,7 +41,7 @@ def interrupt_when(tmp_path, marker: str, sig: int, timeout: float = 900):
     reader.start()
     try:
         assert seen.wait(timeout), f"never saw {marker!r}:\n{''.join(lines[-30:])}"
-        time.sleep(1.5)  # well inside the step, not at its edge
+        time.sleep(wait_s)  # well inside the step, not at its edge
         proc.send_signal(sig)
         rc = proc.wait(timeout=120)
     finally:
@@ -47,38 +51,58 @@ def interrupt_when(tmp_path, marker: str, sig: int, timeout: float = 900):
     return rc, out, "".join(lines)
 
 
-def assert_cleaned_up(out, stderr):
-    pid = int((out / "qemu.pid").read_text())
+def assert_cleaned_up(out, stderr, tmpdirs_before: set[str]):
+    pid = int((out / "host" / "qemu.pid").read_text())
     deadline = time.monotonic() + 10
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not pid_alive(pid), f"QEMU {pid} outlived the run"
     cache = default_cache_dir()
     assert not list(cache.glob(".tmp-*")), "a half-built cache entry was left behind"
+    assert nested_tmpdirs() <= tmpdirs_before, "the nested host's temp dir was left behind"
 
 
-@pytest.mark.parametrize("marker", ["boot Xen and dom0 ...", "round 2:"], ids=["during-boot", "during-writer"])
+@pytest.mark.parametrize("marker", ["boot Xen and dom0 ...", "start guest ...", "round 2:"],
+                         ids=["during-boot", "during-guest-start", "during-writer"])
 def test_ctrl_c_stops_everything(tmp_path, marker):
+    before = nested_tmpdirs()
     rc, out, stderr = interrupt_when(tmp_path, marker, signal.SIGINT)
     assert rc == 2, stderr[-2000:]
-    import json
     res = json.loads((out / "result.json").read_text())
     assert res["verdict"] == "ERROR" and "interrupted" in res["reason"]
-    assert_cleaned_up(out, stderr)
+    assert_cleaned_up(out, stderr, before)
 
 
 def test_sigterm_during_writer_stops_everything(tmp_path):
+    before = nested_tmpdirs()
     rc, out, stderr = interrupt_when(tmp_path, "round 1:", signal.SIGTERM)
     assert rc == 2, stderr[-2000:]
-    assert_cleaned_up(out, stderr)
+    assert_cleaned_up(out, stderr, before)
+
+
+def test_ctrl_c_while_building_the_dom0_image_leaves_nothing_mounted(tmp_path):
+    """mmdebstrap mounts proc, sys, dev/pts and dev/shm in the image it builds: Ctrl-C in the middle must leave
+    no mount, no half-built entry and no mmdebstrap process."""
+    cache = tmp_path / "cache"
+    rc, out, stderr = interrupt_when(tmp_path, "mmdebstrap dom0 root filesystem ...", signal.SIGINT,
+                                     extra=("--cache-dir", str(cache)), wait_s=8)
+    assert rc == 2, stderr[-2000:]
+    res = json.loads((out / "result.json").read_text())
+    assert res["verdict"] == "ERROR" and "interrupted" in res["reason"]
+    assert mounts_under(cache) == [], "mounts left under the cache"
+    assert not list(cache.glob(".tmp-*")), "a half-built cache entry was left behind"
+    assert not list(cache.glob("dom0-image-*")), "an interrupted build is not an entry"
+    left = subprocess.run(["pgrep", "-f", str(cache)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"processes still working in the cache: {left}"
 
 
 def test_boot_timeout_is_an_error_with_console_lines(tmp_path):
     cfg = tmp_path / "short.yaml"
     cfg.write_text("host:\n  boot_timeout: 4\n")
     out = tmp_path / "run"
+    before = nested_tmpdirs()
     proc = run_cli("run", str(cfg), "--output", str(out))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "verdict: ERROR" in proc.stdout
     assert "did not boot within 4 s" in proc.stderr and "last console lines" in proc.stderr
-    assert_cleaned_up(out, proc.stderr)
+    assert_cleaned_up(out, proc.stderr, before)

@@ -11,7 +11,7 @@ from harness import pattern
 from harness.compare import compare
 from harness.geometry import Channel, Geometry, Rect
 from harness.images import load_png
-from harness.report import Result, RoundResult
+from harness.result import Result, RoundResult
 
 pytestmark = pytest.mark.e2e
 
@@ -39,13 +39,15 @@ def test_default_run_passes(default_run):
     assert "TCG" in res["host"] or "KVM" in res["host"]
     for key in ("xen-hypervisor-4.17-amd64", "guest_kernel", "qemu-system-xen", "qemu_outer"):
         assert res["versions"].get(key)
-    for stage in ("boot Xen and dom0", "start guest", "rounds", "total"):
+    for stage in ("boot Xen and dom0", "upload guest payload", "start guest", "rounds", "total"):
         assert stage in res["timings"]
+    cfg = res["effective_config"]
+    assert cfg["schema_version"] >= 2 and cfg["frontend"] == "upstream" and cfg["rounds"] == 10
 
 
 def test_default_run_keeps_logs_and_junit(default_run):
     d = default_run.dir
-    assert "XFB-DOM0-READY" in (d / "serial.log").read_text(errors="replace")
+    assert "XFB-DOM0-READY" in (d / "host" / "serial.log").read_text(errors="replace")
     assert "XFB READY" in (d / "guest-console.log").read_text(errors="replace")
     assert any((d / "dom0-logs").glob("*qemu-dm*")), "the device model's log from dom0"
     suite = ET.parse(d / "junit.xml").getroot()

@@ -15,18 +15,18 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def legacy(tmp_path_factory) -> Run:
-    return run_shipped(tmp_path_factory, "legacy-race")
+def legacy(host_pair) -> Run:
+    return host_pair[1]  # legacy-race, run after the default scenario on the same host
 
 
 @pytest.fixture(scope="module")
-def legacy_fixed(tmp_path_factory) -> Run:
-    return run_shipped(tmp_path_factory, "legacy-fixed-race")
+def legacy_fixed(tmp_path_factory, shared_host) -> Run:
+    return run_shipped(tmp_path_factory, "legacy-fixed-race", shared_host)
 
 
 @pytest.fixture(scope="module")
-def upstream_sparse(tmp_path_factory) -> Run:
-    return run_shipped(tmp_path_factory, "upstream-sparse")
+def upstream_sparse(tmp_path_factory, shared_host) -> Run:
+    return run_shipped(tmp_path_factory, "upstream-sparse", shared_host)
 
 
 def test_legacy_with_a_widened_window_fails(legacy):

@@ -15,14 +15,14 @@ SCENARIO = ROOT / "configs" / "legacy-survival.yaml"
 
 
 @pytest.fixture(scope="module", params=["legacy-fixed", "legacy"])
-def survival(request, tmp_path_factory) -> tuple[str, Run]:
+def survival(request, tmp_path_factory, shared_host) -> tuple[str, Run]:
     frontend = request.param
     tmp = tmp_path_factory.mktemp(f"survival-{frontend}")
     config = tmp / "survival.yaml"
     text, n = re.subn(r"^frontend: .*$", f"frontend: {frontend}", SCENARIO.read_text(), flags=re.M)
     assert n == 1
     config.write_text(text)
-    return frontend, run_scenario(config, tmp / "run")
+    return frontend, run_scenario(config, tmp / "run", shared_host)
 
 
 def test_mapping_checks_pass_rounds_run_and_the_module_unloads(survival):

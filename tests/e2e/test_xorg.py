@@ -11,13 +11,13 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def xorg_upstream(tmp_path_factory) -> Run:
-    return run_shipped(tmp_path_factory, "xorg-upstream")
+def xorg_upstream(tmp_path_factory, shared_host) -> Run:
+    return run_shipped(tmp_path_factory, "xorg-upstream", shared_host)
 
 
 @pytest.fixture(scope="module")
-def xorg_legacy(tmp_path_factory) -> Run:
-    return run_shipped(tmp_path_factory, "xorg-legacy-race")
+def xorg_legacy(tmp_path_factory, shared_host) -> Run:
+    return run_shipped(tmp_path_factory, "xorg-legacy-race", shared_host)
 
 
 def assert_x_drew(run: Run) -> None:
