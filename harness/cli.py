@@ -44,7 +44,7 @@ examples:
   xenfb-harness run configs/default.yaml --host my-xen.yaml   # a real dom0: see README "Hosts"
 
 Output: with one scenario, OUTPUT holds its result.json, junit.xml, images and logs; with several, or with
---repeat, each gets OUTPUT/<config name>[/run-NNN]. OUTPUT/host holds the host's own logs.
+--repeat, each gets OUTPUT/NN-<config name>[/run-NNN]. OUTPUT/host holds the host's own logs.
 The first run builds the artifacts (about a minute); later runs reuse them from the cache
 (XENFB_HARNESS_CACHE, else $XDG_CACHE_HOME/xenfb-harness, else ~/.cache/xenfb-harness).
 """

@@ -31,12 +31,14 @@ from .preflight import PROBE, Preflight, judge
 from .ssh import SSHSession
 
 PREFIX = "xfb-harness-"
+GUARD_WAIT_S = 60  # for the guard's `xl destroy` of our domains at the end
 GUARD_NAME = "xfb-harness-guard"  # the guard's $0: how `host clean` tells a live guard from a reused pid
 # $1 = session directory. The names in `domains` are ours (PREFIX + session + n); quoted, never evaluated.
 GUARD = r"""
 root=$1
 echo $$ > "$root/guard.pid"
 cat > /dev/null
+exec >/dev/null 2>&1  # the connection may be gone: a command writing there would die of SIGPIPE mid-destroy
 if [ -f "$root/domains" ]; then
     while read -r name; do
         xl domid "$name" >/dev/null 2>&1 && xl destroy "$name"
@@ -81,7 +83,7 @@ class Dom0:
         if not workdir.startswith("/") or any(c in workdir for c in "\"\\\n"):
             raise HostError(f"host.workdir {workdir!r}: expected an absolute path without quotes or backslashes "
                             f"(it goes into xl's configuration file)")
-        self.ssh, self.description, self.workdir = ssh, description, workdir.rstrip("/") or "/"
+        self.ssh, self.description, self.workdir = ssh, description, workdir.rstrip("/")  # "/" -> "": no "//"
         self._console_tail = console_tail
         self.session = session_id()
         self.root = f"{self.workdir}/{PREFIX}{self.session}"
@@ -98,8 +100,9 @@ class Dom0:
         self.create_session()
 
     def check(self, need_memory_mb: int) -> Preflight:
-        probe = self.ssh.exec(["sh", "-c", PROBE, "sh", self.workdir], timeout=60, check=False)
-        self.preflight = judge(probe.stdout + probe.stderr, need_memory_mb, self.workdir, self.description)
+        workdir = self.workdir or "/"
+        probe = self.ssh.exec(["sh", "-c", PROBE, "sh", workdir], timeout=60, check=False)
+        self.preflight = judge(probe.stdout + probe.stderr, need_memory_mb, workdir, self.description)
         for line in self.preflight.report().splitlines():
             say(f"preflight: {line}")
         if not self.preflight.ok:
@@ -123,8 +126,9 @@ class Dom0:
         if self.guard is not None:
             try:
                 self.guard.shutdown_write()
-                self.guard.settimeout(60)
-                if self.guard.recv_exit_status() != 0:
+                if not self.guard.status_event.wait(GUARD_WAIT_S):
+                    say(f"warning: the cleanup guard in {self.root} is still busy after {GUARD_WAIT_S} s")
+                elif self.guard.recv_exit_status() != 0:
                     say(f"warning: the cleanup guard in {self.root} reported a failure")
             except Exception as e:  # a dropped connection: the guard cleans up by itself on EOF
                 say(f"warning: could not wait for the cleanup guard ({e}); it cleans up on its own")
@@ -209,7 +213,7 @@ class Dom0:
 
 def leftovers(ssh: SSHSession, workdir: str) -> list[tuple[str, bool, list[str]]]:
     """Session directories of ours under workdir: (directory, guard alive, domains of it that still exist)."""
-    out = ssh.exec(["sh", "-c", LEFTOVERS, "sh", workdir.rstrip("/") or "/"], timeout=60, check=False).stdout
+    out = ssh.exec(["sh", "-c", LEFTOVERS, "sh", workdir.rstrip("/")], timeout=60, check=False).stdout
     found: list[tuple[str, bool, list[str]]] = []
     for line in out.splitlines():
         kind, _, rest = line.partition(" ")
