@@ -145,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             return down(args.state)
         if args.command == "host" and args.host_command == "clean":
             return _clean(_load(None, args.host), args.accept_new_host_key)
-        names = args.config if isinstance(args.config, list) else [args.config]
-        if args.command == "cache" and args.cache_command == "prune" and not args.config:
+        given = getattr(args, "config", None)  # `cache list` takes none
+        names = given if isinstance(given, list) else [given]
+        if args.command == "cache" and args.cache_command == "prune" and not given:
             names = _shipped_configs()
         cfgs = [_load(name, getattr(args, "host", None) if args.command == "run" else None)
                 for name in (names or [None])]

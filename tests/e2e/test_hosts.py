@@ -145,3 +145,23 @@ def test_host_clean_removes_what_a_dead_guard_left(shared_host):
     assert ours_in_dom0(shared_host) == ""
     assert dom0_sh(shared_host, "ls -d /tmp/not-ours").strip() == "/tmp/not-ours", "never touches what is not ours"
     dom0_sh(shared_host, "rmdir /tmp/not-ours")
+
+
+def test_an_unused_host_stops_itself(tmp_path):
+    """host.idle_timeout_min: a host nobody connects to shuts down by itself, leaving nothing running."""
+    from .conftest import nested_tmpdirs, pid_alive, run_cli
+    cfg = tmp_path / "idle.yaml"
+    cfg.write_text("host:\n  idle_timeout_min: 1\n")
+    state = tmp_path / "host"
+    before = nested_tmpdirs()
+    started = time.monotonic()
+    proc = run_cli("host", "up", str(cfg), "--state", str(state), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    qemu, serve = int((state / "qemu.pid").read_text()), int((state / "serve.pid").read_text())
+    deadline = time.monotonic() + 180
+    while pid_alive(serve) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert not pid_alive(serve) and not pid_alive(qemu), "the idle host kept running"
+    assert time.monotonic() - started >= 60, "it must not stop before the idle time"
+    assert "idle for 1 minutes" in (state / "host.log").read_text()
+    assert not (state / "host.yaml").exists() and nested_tmpdirs() <= before
