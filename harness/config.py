@@ -16,7 +16,7 @@ from .frontends import FRONTENDS
 from .pattern import DEFAULT_PARAMS
 
 # Bumped whenever a key changes meaning or goes away; result.json records it with the effective config.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 class ConfigError(ValueError):
     def __init__(self, source: str, key: str, message: str):
@@ -28,6 +28,7 @@ class ConfigError(ValueError):
 class Field:
     default: Any
     kind: str  # int | str | bool | enum | path (an existing file) | file (a file that may not exist yet) | rects
+    #            | dir (an existing directory; "" keeps the default meaning)
     doc: str
     choices: tuple = ()
     minimum: int | None = None
@@ -44,6 +45,10 @@ SCHEMA: dict[str, Any] = {
                                 minimum=0),
         "unload_at_end": Field(False, "bool", "legacy frontends: after the last round, unbind the device and "
                                "unload the module (nothing maps it then); the run is an ERROR if that fails"),
+        "source": Field("", "dir", "legacy frontends: the directory their modules are built from ('' is the "
+                        "harness's own guest-kernels/xenfb-legacy); e.g. a copy with a backported patch. It must "
+                        "build xenfb-legacy.ko and/or xenfb-legacy-fixed.ko (modules xenfb_legacy, "
+                        "xenfb_legacy_fixed), whichever the frontend loads"),
     },
     "rounds": Field(10, "int", "pattern rounds after the baseline (round 0 clears the screen)", minimum=1),
     "seed": Field(1, "int", "pattern seed; the same seed draws the same frames", minimum=0),
@@ -52,8 +57,13 @@ SCHEMA: dict[str, Any] = {
                       "'xorg' is an X server (fbdev driver, ShadowFB off) drawing into the framebuffer for an X "
                       "client, xfb-xwriter, that draws the same pattern with XFillRectangle",
                       choices=("mmap", "xorg")),
-        "tick_ms": Field(10, "int", "heartbeat period of the writer while it waits (keeps the display busy)",
-                         minimum=1),
+        "lifecycle": Field("persistent", "enum", "how the drawing program uses the framebuffer: 'persistent' "
+                           "opens and maps it once; 'per-round' is a new process each round that opens, maps, "
+                           "draws, unmaps, closes and exits (a splash screen, an image viewer, cat > /dev/fb0; with "
+                           "the X writer, a client that connects, draws and disconnects); 'second-opener' adds, each "
+                           "round, another process that opens the device, queries it as fbset does and closes it "
+                           "while the round is drawn. What is drawn is the same",
+                           choices=("persistent", "per-round", "second-opener")),
         "mode": Field(DEFAULT_PARAMS.mode, "enum", "what a round draws: 'mixed' rectangles and pages, or 'sparse' pages, "
                       "each touched a few times (a miss stays on screen until compared)",
                       choices=("mixed", "sparse")),
@@ -116,11 +126,10 @@ SCHEMA: dict[str, Any] = {
         "suite": Field("bookworm", "str", "Debian suite of the dom0 root filesystem"),
     },
     "capture": {
-        "settle_window_ms": Field(1000, "int", "a round that does not match yet is compared after this long, "
-                                  "once the view shows a heartbeat newer than the round (covers update batching)",
-                                  minimum=100),
-        "settle_timeout": Field(8, "int", "seconds to wait if the heartbeat stalls before comparing anyway "
-                                "(QEMU's idle refresh is about 3 s)", minimum=4),
+        "quiet_ms": Field(3500, "int", "after a round's DONE nothing in the guest draws; the round is judged as "
+                          "soon as the backend's view equals the expected frame, else after this long. Longer than "
+                          "the backend's slowest idle refresh (measured: benchmarks/idle_refresh.py); shorter risks "
+                          "calling a late update a miss", minimum=100),
     },
     "timeouts": {
         "round": Field(120, "int", "seconds for the writer to finish one round", minimum=1),
@@ -176,7 +185,7 @@ def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
         if not isinstance(value, bool):
             fail("true or false")
         return value
-    if f.kind in ("str", "enum", "path", "file"):
+    if f.kind in ("str", "enum", "path", "file", "dir"):
         if not isinstance(value, str):
             fail("a string")
         if "\n" in value or "\0" in value:
@@ -186,6 +195,14 @@ def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
         if f.kind == "file":
             path = Path(os.path.expanduser(value))
             return str(path if path.is_absolute() else base / path)
+        if f.kind == "dir":
+            if not value:
+                return ""
+            path = Path(os.path.expanduser(value))
+            path = path if path.is_absolute() else base / path
+            if not path.is_dir():
+                raise ConfigError(source, dotted, f"expected an existing directory, {str(path)!r} is not one")
+            return str(path)
         if f.kind == "path":
             path = Path(value) if os.path.isabs(value) else base / value
             if not path.is_file():

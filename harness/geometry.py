@@ -10,11 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 
 PAGE_SIZE = 4096
-# The writer keeps a heartbeat ("ticker") in the last TICKER_ROWS rows so QEMU's display refresh stays fast and
-# the harness can tell when the backend has caught up (see harness/capture.py). Patterns never draw there and
-# the comparison always excludes these rows.
-TICKER_ROWS = 2
-TICKER_BITS = 24
 
 
 @dataclass(frozen=True)
@@ -48,7 +43,7 @@ class Geometry:
     def __post_init__(self) -> None:
         if self.bpp not in (16, 24, 32):
             raise ValueError(f"unsupported bits per pixel {self.bpp} (expected 16, 24 or 32)")
-        if self.width <= 0 or self.height <= TICKER_ROWS:
+        if self.width <= 0 or self.height <= 0:
             raise ValueError(f"unusable framebuffer size {self.width}x{self.height}")
         if self.stride < self.width * self.bytes_per_pixel:
             raise ValueError(f"stride {self.stride} is smaller than one line of {self.width} pixels")
@@ -56,15 +51,6 @@ class Geometry:
     @property
     def bytes_per_pixel(self) -> int:
         return self.bpp // 8
-
-    @property
-    def drawable_height(self) -> int:
-        """Rows the pattern may draw in: everything above the ticker."""
-        return self.height - TICKER_ROWS
-
-    @property
-    def ticker_rect(self) -> Rect:
-        return Rect(0, self.drawable_height, self.width, TICKER_ROWS)
 
     def channels(self) -> tuple[Channel, Channel, Channel]:
         return (self.red, self.green, self.blue)

@@ -57,7 +57,7 @@ def xl_config(cfg: Config, name: str, kernel: str, initrd: str) -> str:
     if '"' in extra or "\\" in extra:
         raise ConfigError(cfg.source, "guest.extra_cmdline", "expected no double quotes or backslashes")
     params = writer_params(cfg)
-    settings = {"xfb_writer": cfg["writer.kind"], "xfb_tick_ms": cfg["writer.tick_ms"], "xfb_mode": params.mode,
+    settings = {"xfb_writer": cfg["writer.kind"], "xfb_lifecycle": cfg["writer.lifecycle"], "xfb_mode": params.mode,
                 "xfb_pages": params.pages, "xfb_touches": params.touches, "xfb_order": params.order,
                 "xfb_touch_gap_us": cfg["writer.touch_gap_us"], "xfb_mappings": cfg["writer.mappings"],
                 "xfb_workers": cfg["writer.workers"], "xfb_worker_kind": cfg["writer.worker_kind"],

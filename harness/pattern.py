@@ -15,19 +15,20 @@ PRNG (splitmix64)::
 
 Round r of seed s starts from ``state = s ^ (r * 0xD1B54A32D192ED03)``.
 
-Drawable area: rows [0, D) with D = height - TICKER_ROWS. Nothing ever writes rows >= D (the ticker lives
-there) nor the padding bytes between width*Bpp and stride of any row. A pixel is stored as
+Drawable area: the whole screen, rows [0, H) with H = height, pixels x < width. Nothing ever writes the padding
+bytes between width*Bpp and stride of any row, nor anything past row H-1. A pixel is stored as
 ``geometry.pack(r8, g8, b8)`` (each channel keeps its top `length` bits, shifted to `offset`), little-endian,
-in Bpp = bpp/8 bytes.
+in Bpp = bpp/8 bytes. Nothing else is ever drawn: after a round's DONE the writer draws nothing until the next
+GO (harness/protocol.py), so what the backend shows then is the round and nothing later.
 
-Round 0 (baseline): every drawable pixel becomes 0 (black). It draws no random numbers.
+Round 0 (baseline): every pixel becomes 0 (black). It draws no random numbers.
 
 Round r >= 1: ``n = 1 + next() % 12`` ops, each drawn in this order:
 
 * ``kind = next() % 2``; ``c = next()``; colour ``r8 = (c >> 16) & 255, g8 = (c >> 8) & 255, b8 = c & 255``.
-* kind 0 (rect): ``x = next() % width; y = next() % D; w = 1 + next() % (width - x);
-  h = 1 + next() % min(D - y, 128)``; fill the rectangle (x, y, w, h).
-* kind 1 (page): ``npages = ceil(D * stride / 4096); p = next() % npages``; fill every pixel (x < width, y < D)
+* kind 0 (rect): ``x = next() % width; y = next() % H; w = 1 + next() % (width - x);
+  h = 1 + next() % min(H - y, 128)``; fill the rectangle (x, y, w, h).
+* kind 1 (page): ``npages = ceil(H * stride / 4096); p = next() % npages``; fill every pixel (x < width, y < H)
   whose first byte, at offset ``y*stride + x*Bpp``, lies in [p*4096, (p+1)*4096). This is the page-granular
   write that the frontend's dirty tracking sees; with 24 bpp the last such pixel may spill into the next page.
 
@@ -47,11 +48,9 @@ Mode "sparse", round 0: the same baseline as above. Round r >= 1, from the same 
 * For each entry in turn, for each of its colours in turn: fill the page exactly as a page op does. Each such
   fill is one "touch": every pixel of the page is written once per touch.
 
-The writer may pause between two touches of one page (--touch-gap-us); that changes timing, never the bytes.
-
-Ticker (guest mode only, never part of a round): pixels x = 0 .. TICKER_BITS-1 of row height-1 (clipped to the
-width) show the low TICKER_BITS bits of the writer's tick counter, bit i at x = i, white (pack(255, 255, 255))
-for 1 and black for 0. A reader decides bit i is set iff any channel of that pixel is >= 128.
+The writer may pause between two touches of one page (--touch-gap-us); that changes timing, never the bytes. Its
+other guest options likewise change how the bytes are written, never which: how the framebuffer is opened and
+mapped (--lifecycle, --mappings) and who draws (--workers, --worker-kind).
 """
 from __future__ import annotations
 
@@ -59,7 +58,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.geometry import PAGE_SIZE, TICKER_BITS, Geometry, Rect
+from harness.geometry import PAGE_SIZE, Geometry, Rect
 
 # The spec's numbers, once. xfb-writer.c has its own copies; the byte-for-byte test keeps them in step.
 MASK64 = (1 << 64) - 1
@@ -154,11 +153,11 @@ def _fill(lines: np.ndarray, geometry: Geometry, rect: Rect, pixel: np.ndarray) 
 
 
 def page_rects(geometry: Geometry, page: int) -> list[Rect]:
-    """The one-row spans of drawable pixels whose first byte lies in framebuffer page `page`."""
-    bpp, stride, drawable = geometry.bytes_per_pixel, geometry.stride, geometry.drawable_height
+    """The one-row spans of pixels whose first byte lies in framebuffer page `page`."""
+    bpp, stride = geometry.bytes_per_pixel, geometry.stride
     start, end = page * PAGE_SIZE, (page + 1) * PAGE_SIZE
     rects = []
-    for y in range(start // stride, min(drawable, (end - 1) // stride + 1)):
+    for y in range(start // stride, min(geometry.height, (end - 1) // stride + 1)):
         row = y * stride
         x_lo = max(0, -((row - start) // bpp))  # ceil((start - row) / bpp)
         x_hi = min(geometry.width, -((row - end) // bpp))  # first x whose first byte is >= end
@@ -172,7 +171,7 @@ def _colour(c: int) -> list[int]:
 
 
 def _npages(geometry: Geometry) -> int:
-    return -(-geometry.drawable_height * geometry.stride // PAGE_SIZE)
+    return -(-geometry.height * geometry.stride // PAGE_SIZE)
 
 
 def draw_round(buf: bytearray | np.ndarray, geometry: Geometry, seed: int, round_no: int, *,
@@ -184,9 +183,9 @@ def draw_round(buf: bytearray | np.ndarray, geometry: Geometry, seed: int, round
     """
     arr = _as_array(buf, geometry)
     lines = arr[: geometry.height * geometry.stride].reshape(geometry.height, geometry.stride)
-    width, drawable = geometry.width, geometry.drawable_height
+    width, height = geometry.width, geometry.height
     if round_no == 0:
-        full = Rect(0, 0, width, drawable)
+        full = Rect(0, 0, width, height)
         _fill(lines, geometry, full, _pixel_bytes(geometry, 0))
         return [{"kind": "fill", "rect": full.as_dict(), "colour": [0, 0, 0], "pixel": 0}]
 
@@ -203,9 +202,9 @@ def draw_round(buf: bytearray | np.ndarray, geometry: Geometry, seed: int, round
         if kind == 0:
             # Separate statements: the draw order of the random numbers is part of the spec.
             x = rng.next() % width
-            y = rng.next() % drawable
+            y = rng.next() % height
             w = 1 + rng.next() % (width - x)
-            h = 1 + rng.next() % min(drawable - y, MAX_RECT_H)
+            h = 1 + rng.next() % min(height - y, MAX_RECT_H)
             rect = Rect(x, y, w, h)
             _fill(lines, geometry, rect, pixel)
             ops.append({"kind": "rect", "rect": rect.as_dict(), "colour": colour, "pixel": value})
@@ -269,23 +268,6 @@ def render(geometry: Geometry, seed: int, rounds: int, start: bytes | None = Non
 
 def expected_rgb(geometry: Geometry, seed: int, rounds_done: int, *,
                  params: WriterParams = DEFAULT_PARAMS) -> np.ndarray:
-    """What the display should show (HxWx3 uint8) after rounds 0..rounds_done-1; ticker rows are meaningless."""
+    """What the display should show (HxWx3 uint8) after rounds 0..rounds_done-1."""
     return geometry.raw_to_rgb(render(geometry, seed, rounds_done, params=params))
 
-
-def draw_ticker(buf: bytearray | np.ndarray, geometry: Geometry, tick: int) -> None:
-    """Draw the ticker as the guest writer does (used by tests and for reference)."""
-    arr = _as_array(buf, geometry)
-    lines = arr[: geometry.height * geometry.stride].reshape(geometry.height, geometry.stride)
-    white, black = _pixel_bytes(geometry, geometry.pack(255, 255, 255)), _pixel_bytes(geometry, 0)
-    y = geometry.height - 1
-    for i in range(min(TICKER_BITS, geometry.width)):
-        _fill(lines, geometry, Rect(i, y, 1, 1), white if (tick >> i) & 1 else black)
-
-
-def decode_ticker(rgb: np.ndarray, geometry: Geometry) -> int:
-    """The tick value shown in an HxWx3 RGB image (as VNC shows it): bit i set iff any channel >= 128."""
-    bits = min(TICKER_BITS, geometry.width)
-    row = np.asarray(rgb)[geometry.height - 1, :bits, :]
-    lit = (row >= 128).any(axis=1)
-    return int(sum(1 << i for i in range(bits) if lit[i]))

@@ -3,7 +3,7 @@
 Writer -> harness, one line each, always starting with "XFB "::
 
     XFB READY width=800 height=600 bpp=32 stride=3200 red=16/8 green=8/8 blue=0/8 smem=2097152
-    XFB DONE <round> tick=<tick>
+    XFB DONE <round>
     XFB STATS faults=12 race_hits=0
     XFB BYE
     XFB ERROR <message>
@@ -16,6 +16,10 @@ Before READY, the mapping checks (harness/writer/xfb-mapcheck.c) may report, one
 and after BYE, the guest's init reports that it unloaded the frontend module: "XFB UNLOADED <module>".
 
 Harness -> writer: "GO <round> <seed>", "STATS" and "QUIT".
+
+DONE means round <round> is drawn (with the X writer: the X server has carried it out). From then until the next
+GO nothing in the guest draws: the writer only waits for its next command. There is no heartbeat, because any
+further drawing would make the frontend send updates that carry along one it failed to send.
 
 STATS asks for the counters of the frontend module under test (the files of the writer's --stats-dir); the
 answer has zero or more name=value pairs, names [A-Za-z0-9_]+, values unsigned 64-bit decimal, no name twice.
@@ -52,7 +56,6 @@ class Ready:
 @dataclass(frozen=True)
 class Done:
     round: int
-    tick: int
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ Message = Ready | Done | Stats | Bye | WriterError | Check | Unloaded
 _READY_KEYS = ("width", "height", "bpp", "stride", "red", "green", "blue", "smem")
 _NUMBER = re.compile(r"[0-9]+")
 _CHANNEL = re.compile(r"([0-9]+)/([0-9]+)")
-_DONE = re.compile(r"([0-9]+)\s+tick=([0-9]+)")
+_DONE = re.compile(r"[0-9]+")
 _STAT = re.compile(r"([A-Za-z0-9_]+)=([0-9]+)")
 _CHECK = re.compile(r"([A-Za-z0-9_-]+)\s+(ok|FAIL)(?:\s+(.*))?")
 _MODULE = re.compile(r"[A-Za-z0-9_]+")
@@ -155,10 +158,9 @@ def parse_line(line: str) -> Message | None:
     if word == "READY":
         return _parse_ready(rest, line)
     if word == "DONE":
-        m = _DONE.fullmatch(rest)
-        if not m:
-            raise ProtocolError(f"malformed writer line {line!r}: expected 'XFB DONE <round> tick=<tick>'")
-        return Done(int(m[1]), int(m[2]))
+        if not _DONE.fullmatch(rest):
+            raise ProtocolError(f"malformed writer line {line!r}: expected 'XFB DONE <round>'")
+        return Done(int(rest))
     if word == "STATS":
         return _parse_stats(rest, line)
     if word == "BYE":

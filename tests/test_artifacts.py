@@ -31,10 +31,10 @@ frontend: legacy-fixed
 legacy: {race_window_ms: 5, unload_at_end: true}
 rounds: 3
 seed: 9
-writer: {kind: xorg, tick_ms: 20, mode: sparse, pages: 3, touches: 2, order: ascending, touch_gap_us: 7}
+writer: {kind: xorg, lifecycle: per-round, mode: sparse, pages: 3, touches: 2, order: ascending, touch_gap_us: 7}
 guest: {memory_mb: 512, mapping_checks: true, vcpus: 2, kernel_package: linux-image-6.1.0-99-amd64,
         extra_cmdline: "loglevel=8", boot_timeout: 99}
-capture: {settle_window_ms: 500}
+capture: {quiet_ms: 500}
 compare: {exclude: [{x: 0, y: 0, w: 8, h: 8}]}
 """
 

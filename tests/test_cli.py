@@ -21,7 +21,7 @@ def test_run_help_explains_verdicts_and_exit_codes():
 
 def test_keys_lists_every_key():
     out = cli("keys").stdout
-    assert "host.accel" in out and "capture.settle_window_ms" in out
+    assert "host.accel" in out and "capture.quiet_ms" in out and "writer.lifecycle" in out
 
 
 def test_bad_config_is_an_error_naming_file_and_key(tmp_path):

@@ -236,7 +236,7 @@ def test_frontend_enum(tmp_path):
     ("rounds: 0", "rounds", 1),
     ("seed: -1", "seed", 0),
     ("guest:\n  memory_mb: 63", "guest.memory_mb", 64),
-    ("capture:\n  settle_timeout: 3", "capture.settle_timeout", 4),
+    ("capture:\n  quiet_ms: 50", "capture.quiet_ms", 100),
 ])
 def test_integer_below_minimum(tmp_path, text, key, minimum):
     err = load_error(write_config(tmp_path, text + "\n"))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from harness import pattern, protocol
-from harness.geometry import TICKER_BITS, Channel, Geometry
+from harness.geometry import Channel, Geometry
 
 WRITER_SRC = Path(__file__).resolve().parent.parent / "harness" / "writer" / "xfb-writer.c"
 
@@ -28,8 +28,10 @@ GEOMETRIES = {
     "333x201x16-565-padded": geom(333, 201, 16, 700, (11, 5), (5, 6), (0, 5)),
     "640x480x32": geom(640, 480, 32, 2560, (16, 8), (8, 8), (0, 8)),
     "101x77x24-padded": geom(101, 77, 24, 304, (16, 8), (8, 8), (0, 8)),  # pixels straddle page boundaries
-    "7x3x32-one-drawable-row": geom(7, 3, 32, 32, (16, 8), (8, 8), (0, 8)),
+    "7x3x32-tiny": geom(7, 3, 32, 32, (16, 8), (8, 8), (0, 8)),
+    "9x1x32-one-row-padded": geom(9, 1, 32, 40, (16, 8), (8, 8), (0, 8)),
 }
+TINY = "7x3x32-tiny"
 SEEDS = [0, 1, 0xDEADBEEF, 2**64 - 1]
 
 
@@ -49,15 +51,16 @@ def writer(tmp_path_factory) -> Path:
     return exe
 
 
-def padding_and_ticker(buf: bytes | bytearray, g: Geometry) -> np.ndarray:
-    """All bytes a round must never write: the ticker rows, and the padding at the end of every row."""
+def padding(buf: bytes | bytearray, g: Geometry) -> np.ndarray:
+    """All bytes a round must never write: the padding at the end of every row."""
     lines = np.frombuffer(bytes(buf), dtype=np.uint8).reshape(g.height, g.stride)
-    return np.concatenate([lines[g.drawable_height:].ravel(), lines[:, g.width * g.bytes_per_pixel:].ravel()])
+    return lines[:, g.width * g.bytes_per_pixel:].ravel()
 
 
-def drawable_pixels(buf: bytes | bytearray, g: Geometry) -> np.ndarray:
+def pixel_bytes(buf: bytes | bytearray, g: Geometry) -> np.ndarray:
+    """The bytes of every pixel (the whole screen is drawable), rows without their padding."""
     lines = np.frombuffer(bytes(buf), dtype=np.uint8).reshape(g.height, g.stride)
-    return lines[: g.drawable_height, : g.width * g.bytes_per_pixel]
+    return lines[:, : g.width * g.bytes_per_pixel]
 
 
 # --- C and Python agree ---------------------------------------------------------------------------------------
@@ -81,29 +84,23 @@ def test_writer_guest_loop_on_a_plain_file(writer, tmp_path):
     """The guest-mode command loop, with a file standing in for /dev/fb0 (--geometry skips the ioctls)."""
     g = GEOMETRIES["333x201x16-565-padded"]
     fb = tmp_path / "fb"
-    fb.write_bytes(b"\x5a" * (g.height * g.stride))
-    proc = subprocess.Popen([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), "--tick-ms", "5"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    proc.stdin.write("GO 0 99\n\n")
-    proc.stdin.flush()
-    time.sleep(0.2)  # let the ticker advance between rounds
-    out, _ = proc.communicate("GO 1 99\nGO 2 99\nhello\nGO -1 99\nQUIT\n", timeout=10)
+    start = b"\x5a" * (g.height * g.stride)
+    fb.write_bytes(start)
+    proc = subprocess.run([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g)],
+                          input="GO 0 99\n\nGO 1 99\nGO 2 99\nhello\nGO -1 99\nQUIT\n", capture_output=True,
+                          text=True, timeout=10)
     assert proc.returncode == 0
-    msgs = [protocol.parse_line(line) for line in out.splitlines()]
-    assert msgs[0] == protocol.Ready(dataclasses.replace(g, smem=g.height * g.stride))
-    assert [m.round for m in msgs[1:4]] == [0, 1, 2]
-    assert 1 <= msgs[1].tick < msgs[2].tick <= msgs[3].tick
-    assert msgs[4:] == [protocol.WriterError("unknown command: hello"),
-                        protocol.WriterError("unknown command: GO -1 99"), protocol.Bye()]
-    raw = fb.read_bytes()
-    assert np.array_equal(drawable_pixels(raw, g), drawable_pixels(pattern.render(g, 99, 3), g))
-    assert pattern.decode_ticker(g.raw_to_rgb(raw), g) >= msgs[3].tick
-    lines = np.frombuffer(raw, np.uint8).reshape(g.height, g.stride)
-    assert (lines[:, g.width * 2:] == 0x5A).all() and (lines[g.drawable_height] == 0x5A).all()
+    msgs = [protocol.parse_line(line) for line in proc.stdout.splitlines()]
+    assert msgs == [protocol.Ready(dataclasses.replace(g, smem=g.height * g.stride)),
+                    protocol.Done(0), protocol.Done(1), protocol.Done(2),
+                    protocol.WriterError("unknown command: hello"),
+                    protocol.WriterError("unknown command: GO -1 99"), protocol.Bye()]
+    # Every row is the pattern's (no heartbeat rows), and the padding is as it was.
+    assert fb.read_bytes() == pattern.render(g, 99, 3, start=start)
 
 
 def test_writer_exits_quietly_on_eof(writer, tmp_path):
-    g = GEOMETRIES["7x3x32-one-drawable-row"]
+    g = GEOMETRIES[TINY]
     fb = tmp_path / "fb"
     fb.write_bytes(bytes(g.height * g.stride))
     proc = subprocess.run([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g)], input="",
@@ -125,16 +122,16 @@ def test_writer_reports_fatal_errors(writer, tmp_path):
 # --- the spec's rules ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", GEOMETRIES)
-def test_round0_blacks_out_exactly_the_drawable_area(name):
+def test_round0_blacks_out_every_pixel_and_no_padding(name):
     g = GEOMETRIES[name]
     buf = bytearray(b"\xaa" * (g.height * g.stride))
     pattern.draw_round(buf, g, 5, 0)
-    assert not drawable_pixels(buf, g).any()
-    assert (padding_and_ticker(buf, g) == 0xAA).all()
+    assert not pixel_bytes(buf, g).any()
+    assert (padding(buf, g) == 0xAA).all()
 
 
 @pytest.mark.parametrize("name", GEOMETRIES)
-def test_ops_never_touch_ticker_rows_or_padding(name):
+def test_ops_stay_on_screen_and_never_touch_padding(name):
     g = GEOMETRIES[name]
     buf = bytearray(b"\xaa" * (g.height * g.stride))
     kinds = set()
@@ -143,16 +140,16 @@ def test_ops_never_touch_ticker_rows_or_padding(name):
             kinds.add(op["kind"])
             for r in [op["rect"]] if op["kind"] == "rect" else op["rects"]:
                 assert 0 <= r["x"] and r["x"] + r["w"] <= g.width and 0 <= r["y"]
-                assert r["y"] + r["h"] <= g.drawable_height and 1 <= r["h"] <= pattern.MAX_RECT_H
+                assert r["y"] + r["h"] <= g.height and 1 <= r["h"] <= pattern.MAX_RECT_H
     assert kinds == {"rect", "page"}
-    assert (padding_and_ticker(buf, g) == 0xAA).all()
-    assert (drawable_pixels(buf, g) != 0xAA).any()
+    assert (padding(buf, g) == 0xAA).all()
+    assert (pixel_bytes(buf, g) != 0xAA).any()
 
 
 @pytest.mark.parametrize("name", GEOMETRIES)
 def test_page_op_fills_pixels_by_first_byte(name):
     g = GEOMETRIES[name]
-    ys, xs = np.mgrid[0: g.drawable_height, 0: g.width]
+    ys, xs = np.mgrid[0: g.height, 0: g.width]
     pages = g.page_of(xs, ys)
     for page in range(int(pages.max()) + 1):
         covered = np.zeros_like(pages, dtype=bool)
@@ -180,7 +177,7 @@ def test_render_draws_over_start_buffer_and_ndarray_in_place():
     g = GEOMETRIES["333x201x16-565-padded"]
     start = bytes([0x11]) * (g.height * g.stride)
     out = pattern.render(g, 3, 2, start=start)
-    assert (padding_and_ticker(out, g) == 0x11).all()
+    assert (padding(out, g) == 0x11).all()
     arr = np.frombuffer(bytearray(start), np.uint8).reshape(g.height, g.stride)
     pattern.draw_round(arr, g, 3, 0)
     pattern.draw_round(arr, g, 3, 1)
@@ -213,28 +210,6 @@ def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
-
-
-# --- ticker ----------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", ["800x600x32-rgb", "800x600x32-bgr", "333x201x16-565-padded", "101x77x24-padded"])
-@pytest.mark.parametrize("tick", [0, 1, 2, 0x123456, 0xFFFFFF, 0xABCDEF, 2**32 - 1])
-def test_decode_ticker_round_trip(name, tick):
-    g = GEOMETRIES[name]
-    buf = bytearray(pattern.render(g, 1, 3))
-    pattern.draw_ticker(buf, g, tick)
-    assert pattern.decode_ticker(g.raw_to_rgb(buf), g) == tick & (2**TICKER_BITS - 1)
-    # the ticker only ever touches its own row
-    assert bytes(buf[: (g.height - 1) * g.stride]) == bytes(pattern.render(g, 1, 3)[: (g.height - 1) * g.stride])
-
-
-def test_decode_ticker_threshold_and_narrow_screen():
-    g = GEOMETRIES["7x3x32-one-drawable-row"]
-    rgb = np.zeros((g.height, g.width, 3), np.uint8)
-    rgb[-1, 0] = (0, 0, 128)
-    rgb[-1, 1] = (127, 127, 127)
-    rgb[-1, 6] = (255, 0, 0)
-    assert pattern.decode_ticker(rgb, g) == 0b1000001
 
 
 # --- writer parameters and the sparse mode ---------------------------------------------------------------------
@@ -302,7 +277,7 @@ def test_c_and_python_agree_byte_for_byte_sparse(writer, tmp_path, name, params)
 def chosen_pages(g: Geometry, seed: int, round_no: int, params: pattern.WriterParams) -> dict[int, list[int]]:
     """Straight from the spec: page -> final colour, i.e. the last touch of the last entry generated for it."""
     rng = pattern.SplitMix64(pattern.round_state(seed, round_no))
-    npages = -(-g.drawable_height * g.stride // 4096)
+    npages = -(-g.height * g.stride // 4096)
     final = {}
     for _ in range(params.pages):
         page = rng.next() % npages
@@ -316,7 +291,7 @@ def chosen_pages(g: Geometry, seed: int, round_no: int, params: pattern.WriterPa
 @pytest.mark.parametrize("name", GEOMETRIES)
 def test_sparse_round_writes_only_the_chosen_pages(name, params):
     g = GEOMETRIES[name]
-    ys, xs = np.mgrid[0: g.drawable_height, 0: g.width]
+    ys, xs = np.mgrid[0: g.height, 0: g.width]
     page_of = g.page_of(xs, ys)
     noise = np.random.default_rng(0).integers(0, 256, g.height * g.stride, dtype=np.uint8)
     for round_no in range(1, 6):
@@ -330,8 +305,8 @@ def test_sparse_round_writes_only_the_chosen_pages(name, params):
         assert {op["page"] for op in ops} == set(final)
 
         bpp = g.bytes_per_pixel
-        px_before = drawable_pixels(before, g).reshape(g.drawable_height, g.width, bpp)
-        px_after = drawable_pixels(after, g).reshape(g.drawable_height, g.width, bpp)
+        px_before = pixel_bytes(before, g).reshape(g.height, g.width, bpp)
+        px_after = pixel_bytes(after, g).reshape(g.height, g.width, bpp)
         changed = (px_before != px_after).any(axis=2)
         in_chosen = np.isin(page_of, list(final))
         assert changed.any()
@@ -340,7 +315,7 @@ def test_sparse_round_writes_only_the_chosen_pages(name, params):
         for page, colour in final.items():
             want = np.frombuffer(g.pack(*colour).to_bytes(bpp, "little"), np.uint8)
             assert (px_after[page_of == page] == want).all(), f"page {page} does not show its last touch"
-        assert np.array_equal(padding_and_ticker(after, g), padding_and_ticker(before, g))
+        assert np.array_equal(padding(after, g), padding(before, g))
 
 
 def test_sparse_ops_list_every_touch_and_keep_rects_in_bounds():
@@ -354,8 +329,8 @@ def test_sparse_ops_list_every_touch_and_keep_rects_in_bounds():
             assert op["pixel"] == g.pack(*op["colour"])
             for r in op["rects"]:
                 assert 0 <= r["x"] and r["x"] + r["w"] <= g.width and 0 <= r["y"]
-                assert r["y"] + r["h"] <= g.drawable_height
-    assert (padding_and_ticker(buf, g) == 0xAA).all()
+                assert r["y"] + r["h"] <= g.height
+    assert (padding(buf, g) == 0xAA).all()
 
 
 @pytest.mark.parametrize("name", GEOMETRIES)
@@ -383,7 +358,7 @@ def test_ascending_and_random_write_the_same_pages(name):
 def test_sparse_rounds_are_sparse_and_seeded():
     g = RGB32
     params = pattern.WriterParams("sparse")
-    npages = -(-g.drawable_height * g.stride // 4096)
+    npages = -(-g.height * g.stride // 4096)
     seen = set()
     for round_no in range(1, 50):
         pages = {op["page"] for op in pattern.draw_round(bytearray(g.height * g.stride), g, 3, round_no,
@@ -399,8 +374,8 @@ def test_writer_guest_loop_sparse_with_touch_gap(writer, tmp_path):
     params = pattern.WriterParams("sparse", 2, 3, "ascending")
     fb = tmp_path / "fb"
     fb.write_bytes(b"\x5a" * (g.height * g.stride))
-    proc = subprocess.Popen([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), "--tick-ms", "5",
-                             *params.writer_args(), "--touch-gap-us", "20000"],
+    proc = subprocess.Popen([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), *params.writer_args(),
+                             "--touch-gap-us", "20000"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert isinstance(protocol.parse_line(proc.stdout.readline()), protocol.Ready)
@@ -418,10 +393,7 @@ def test_writer_guest_loop_sparse_with_touch_gap(writer, tmp_path):
     assert proc.returncode == 0 and protocol.parse_line(out.strip()) == protocol.Bye()
     # 2 pages x (3 - 1) gaps of 20 ms in every sparse round; none in the baseline
     assert all(d >= 0.08 for d in durations[1:]), durations
-    raw = fb.read_bytes()
-    assert np.array_equal(drawable_pixels(raw, g), drawable_pixels(pattern.render(g, 42, 4, params=params), g))
-    lines = np.frombuffer(raw, np.uint8).reshape(g.height, g.stride)
-    assert (lines[:, g.width * 2:] == 0x5A).all() and (lines[g.drawable_height] == 0x5A).all()
+    assert fb.read_bytes() == pattern.render(g, 42, 4, start=b"\x5a" * (g.height * g.stride), params=params)
 
 
 @pytest.mark.parametrize("mappings, workers, kind", [(1, 3, "thread"), (1, 4, "process"), (5, 1, "thread"),
@@ -433,25 +405,157 @@ def test_writer_guest_mappings_and_workers_draw_the_same_bytes(writer, tmp_path,
     fb = tmp_path / "fb"
     fb.write_bytes(b"\x5a" * (g.height * g.stride))
     commands = [protocol.format_go(r, 9) for r in range(6)] + [protocol.format_quit()]
-    proc = subprocess.run([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), "--tick-ms", "1000",
-                           *params.writer_args(), "--mappings", str(mappings), "--workers", str(workers),
-                           "--worker-kind", kind], input="".join(commands), capture_output=True, text=True,
-                          timeout=20)
+    proc = subprocess.run([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), *params.writer_args(),
+                           "--mappings", str(mappings), "--workers", str(workers), "--worker-kind", kind],
+                          input="".join(commands), capture_output=True, text=True, timeout=20)
     assert proc.returncode == 0, proc.stdout
     msgs = [protocol.parse_line(x) for x in proc.stdout.splitlines()]
     assert [m.round for m in msgs if isinstance(m, protocol.Done)] == list(range(6))
     raw = fb.read_bytes()
-    assert np.array_equal(drawable_pixels(raw, g), drawable_pixels(pattern.render(g, 9, 6, params=params), g))
+    assert np.array_equal(pixel_bytes(raw, g), pixel_bytes(pattern.render(g, 9, 6, params=params), g))
 
 
 def test_writer_guest_rejects_more_mappings_than_pages(writer, tmp_path):
-    g = GEOMETRIES["7x3x32-one-drawable-row"]  # 84 bytes: one page
+    g = GEOMETRIES[TINY]  # 84 bytes: one page
     fb = tmp_path / "fb"
     fb.write_bytes(bytes(g.height * g.stride))
     proc = subprocess.run([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), "--mappings", "2"],
                           input=protocol.format_quit(), capture_output=True, text=True, timeout=10)
     assert proc.returncode == 1
     assert "exceeds the framebuffer's 1 pages" in protocol.parse_line(proc.stdout.strip()).message
+
+
+# --- lifecycles and idleness -------------------------------------------------------------------------------------
+
+LIFECYCLES = ["persistent", "per-round", "second-opener"]
+LIFECYCLE_PATTERNS = {  # what is drawn, and the mmap writer's options of how
+    "mixed": (pattern.WriterParams(), []),
+    "sparse-workers": (pattern.WriterParams("sparse", 40, 3, "random"),
+                       ["--mappings", "3", "--workers", "3", "--worker-kind", "process"]),
+    "sparse-threads": (pattern.WriterParams("sparse", 12, 2, "ascending"),
+                       ["--mappings", "2", "--workers", "2", "--worker-kind", "thread"]),
+}
+
+
+class Session:
+    """A guest-mode writer on a plain file (file mode), driven one command at a time."""
+
+    def __init__(self, writer: Path, fb: Path, g: Geometry, args: list[str]):
+        self.proc = subprocess.Popen([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.ready = self.read()
+
+    def read(self):
+        return protocol.parse_line(self.proc.stdout.readline())
+
+    def send(self, command: str):
+        self.proc.stdin.write(command)
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> str:
+        """QUIT, and what the writer said after it ("" if it had exited already)."""
+        if self.proc.poll() is not None:
+            return ""
+        try:
+            return self.proc.communicate(protocol.format_quit(), timeout=10)[0]
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+@pytest.fixture
+def session(writer, tmp_path):
+    sessions = []
+
+    def start(g: Geometry, args: list[str], fill: bytes = b"\x5a") -> tuple[Session, Path]:
+        fb = tmp_path / f"fb{len(sessions)}"
+        fb.write_bytes(fill * (g.height * g.stride))
+        sessions.append(Session(writer, fb, g, args))
+        return sessions[-1], fb
+
+    yield start
+    for s in sessions:
+        s.close()
+
+
+@pytest.mark.parametrize("what", LIFECYCLE_PATTERNS)
+@pytest.mark.parametrize("lifecycle", LIFECYCLES)
+def test_writer_lifecycles_draw_the_same_bytes(session, lifecycle, what):
+    """A lifecycle changes how the framebuffer is used, never what is drawn; DONE means drawn in each of them."""
+    g = GEOMETRIES["333x201x16-565-padded"]
+    params, how = LIFECYCLE_PATTERNS[what]
+    start = b"\x5a" * (g.height * g.stride)
+    for seed in [5, 2**64 - 1]:
+        s, fb = session(g, ["--lifecycle", lifecycle, *params.writer_args(), *how])
+        assert isinstance(s.ready, protocol.Ready), s.ready
+        for r in range(5):
+            assert s.send(protocol.format_go(r, seed)) == protocol.Done(r)
+            assert fb.read_bytes() == pattern.render(g, seed, r + 1, start=start, params=params), f"round {r}"
+        assert protocol.parse_line(s.close().strip()) == protocol.Bye()
+
+
+def _holds(pid: int, fb: Path) -> tuple[bool, bool]:
+    """Whether process pid has fb mapped, and whether it has it open."""
+    mapped = str(fb) in Path(f"/proc/{pid}/maps").read_text()
+    fds = Path(f"/proc/{pid}/fd")
+    opened = any(os.readlink(fds / fd) == str(fb) for fd in os.listdir(fds))
+    return mapped, opened
+
+
+@pytest.mark.parametrize("lifecycle", LIFECYCLES)
+def test_writer_holds_the_framebuffer_only_as_its_lifecycle_says(session, lifecycle):
+    g = GEOMETRIES["333x201x16-565-padded"]
+    s, fb = session(g, ["--lifecycle", lifecycle, "--mappings", "2"])
+    holds = [_holds(s.proc.pid, fb)]
+    for r in range(3):
+        assert s.send(protocol.format_go(r, 1)) == protocol.Done(r)
+        holds.append(_holds(s.proc.pid, fb))
+    # Persistent writers keep their mapping (which keeps the file open, not a descriptor); per-round keeps nothing.
+    assert holds == [(lifecycle != "per-round", False)] * 4
+
+
+@pytest.mark.parametrize("lifecycle", LIFECYCLES)
+def test_writer_lifecycle_opens_the_device_again_each_round(session, lifecycle):
+    """per-round and second-opener open --fb on every GO; if that fails, it is an error, not a DONE."""
+    g = GEOMETRIES["333x201x16-565-padded"]
+    s, fb = session(g, ["--lifecycle", lifecycle])
+    assert s.send(protocol.format_go(0, 3)) == protocol.Done(0)
+    fb.unlink()  # a persistent mapping still works; opening the device again does not
+    msg = s.send(protocol.format_go(1, 3))
+    if lifecycle == "persistent":
+        assert msg == protocol.Done(1)
+        return
+    assert isinstance(msg, protocol.WriterError) and msg.message.startswith(f"cannot open {fb}"), msg
+    who = "the round's process" if lifecycle == "per-round" else "the second opener"
+    assert s.read() == protocol.WriterError(f"{who} exited with status 1")
+    assert s.proc.wait(10) == 1
+
+
+def _asleep_switches(pid: int) -> int:
+    """Once process pid sleeps: how often it has gone to sleep so far (a sleeper that wakes up adds one)."""
+    deadline = time.monotonic() + 5
+    while True:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        if fields["State"].split()[0] == "S" or time.monotonic() > deadline:
+            return int(fields["voluntary_ctxt_switches"])
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("lifecycle", LIFECYCLES)
+def test_writer_does_nothing_between_commands(session, lifecycle):
+    """No heartbeat: after READY, and after each DONE, the writer draws nothing and never wakes up until told."""
+    g = GEOMETRIES[TINY]
+    s, fb = session(g, ["--lifecycle", lifecycle])
+    assert isinstance(s.ready, protocol.Ready)
+    for r in [None, 0, 1]:
+        if r is not None:
+            assert s.send(protocol.format_go(r, 8)) == protocol.Done(r)
+        before, switches = fb.read_bytes(), _asleep_switches(s.proc.pid)
+        time.sleep(0.3)
+        assert fb.read_bytes() == before, f"drawn while idle after {r}"
+        assert _asleep_switches(s.proc.pid) == switches, f"woke up while idle after {r}"
+    assert fb.read_bytes() == pattern.render(g, 8, 2, start=b"\x5a" * (g.height * g.stride))
 
 
 @pytest.mark.parametrize("order", pattern.ORDERS)
@@ -470,8 +574,8 @@ def test_writer_guest_touches_pages_in_the_chosen_order(writer, tmp_path, order)
     entries = pattern.sparse_entries(g, seed, 1, params)
     fb = tmp_path / "fb"
     fb.write_bytes(bytes(g.height * g.stride))
-    proc = subprocess.Popen([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), "--tick-ms", "1000",
-                             *params.writer_args(), "--touch-gap-us", "60000"],
+    proc = subprocess.Popen([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), *params.writer_args(),
+                             "--touch-gap-us", "60000"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert isinstance(protocol.parse_line(proc.stdout.readline()), protocol.Ready)
@@ -504,6 +608,10 @@ def test_writer_guest_touches_pages_in_the_chosen_order(writer, tmp_path, order)
     (["--mappings", "2"], "guest mode only"),
     (["--mode", "sparse", "--workers", "2"], "guest mode only"),
     (["--mode", "sparse", "--worker-kind", "process"], "guest mode only"),
+    (["--lifecycle", "per-round"], "guest mode only"),
+    (["--lifecycle", "persistent"], "guest mode only"),
+    (["--lifecycle", "forever"], "--lifecycle"),
+    (["--tick-ms", "10"], "usage"),  # the heartbeat is gone
     (["--worker-kind", "fibre"], "--worker-kind"),
     (["--mappings", "0"], "--mappings"),
     (["--mappings", "65"], "--mappings"),
@@ -511,7 +619,7 @@ def test_writer_guest_touches_pages_in_the_chosen_order(writer, tmp_path, order)
     (["--workers", "2"], "needs --mode sparse"),
 ])
 def test_writer_rejects_bad_pattern_options(writer, tmp_path, args, needle):
-    g = GEOMETRIES["7x3x32-one-drawable-row"]
+    g = GEOMETRIES[TINY]
     proc = subprocess.run([str(writer), "--dump", str(tmp_path / "out"), "--geometry", geometry_arg(g),
                            "--seed", "1", "--rounds", "2", *args], capture_output=True, text=True, timeout=10)
     assert proc.returncode == 1
@@ -523,7 +631,7 @@ def test_writer_rejects_bad_pattern_options(writer, tmp_path, args, needle):
 # --- STATS -------------------------------------------------------------------------------------------------------
 
 def _guest_session(writer, tmp_path, extra, commands):
-    g = GEOMETRIES["7x3x32-one-drawable-row"]
+    g = GEOMETRIES[TINY]
     fb = tmp_path / "fb"
     fb.write_bytes(bytes(g.height * g.stride))
     proc = subprocess.run([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), *extra],
@@ -564,7 +672,7 @@ def test_writer_stats_are_read_afresh_and_capped(writer, tmp_path):
     stats.mkdir()
     for i in range(40):
         (stats / f"c{i:02d}").write_text(f"{i}\n")
-    g = GEOMETRIES["7x3x32-one-drawable-row"]
+    g = GEOMETRIES[TINY]
     fb = tmp_path / "fb"
     fb.write_bytes(bytes(g.height * g.stride))
     proc = subprocess.Popen([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), "--stats-dir", str(stats)],

@@ -15,7 +15,7 @@ import pytest
 from harness import pattern, protocol
 from harness.geometry import Geometry
 
-from .test_pattern import WRITER_SRC, drawable_pixels, geom, geometry_arg
+from .test_pattern import LIFECYCLES, WRITER_SRC, geom, geometry_arg, pixel_bytes
 
 XVFB = shutil.which("Xvfb")
 pytestmark = pytest.mark.skipif(XVFB is None, reason="Xvfb not installed (scripts/install installs it)")
@@ -41,8 +41,10 @@ class Xvfb:
     def __init__(self, tmp: Path, screen: str):
         self.dir = tmp
         self.display = self._free_display()
+        # -noreset as in the guest (harness/files/guest-init): a server that resets when its last client leaves
+        # repaints the screen, which per-round clients do after every round.
         self.proc = subprocess.Popen([XVFB, self.display, "-screen", "0", screen, "-fbdir", str(tmp),
-                                      "-nolisten", "tcp", "-nocursor"],
+                                      "-nolisten", "tcp", "-nocursor", "-noreset"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20
         while not Path(f"/tmp/.X11-unix/X{self.display[1:]}").exists():
@@ -81,29 +83,37 @@ def xvfb(request, tmp_path):
 
 def session(xwriter: Path, server: Xvfb, g: Geometry, args: list[str], fb: Path):
     return subprocess.Popen([str(xwriter), "--display", server.display, "--fb", str(fb), "--geometry",
-                             geometry_arg(g), "--tick-ms", "1000", *args],
+                             geometry_arg(g), *args],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def sockets(pid: int) -> int:
+    """How many sockets process pid has open (an X connection is one)."""
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(os.readlink(fds / fd).startswith("socket:") for fd in os.listdir(fds))
 
 
 @pytest.mark.parametrize("xvfb", list(SCREENS), indirect=True)
 @pytest.mark.parametrize("params", [pattern.WriterParams(), pattern.WriterParams("sparse", 12, 3, "ascending")],
                          ids=["mixed", "sparse"])
-def test_x_writer_draws_the_pattern_through_x(xwriter, xvfb, tmp_path, params):
+@pytest.mark.parametrize("lifecycle", LIFECYCLES)
+def test_x_writer_draws_the_pattern_through_x(xwriter, xvfb, tmp_path, params, lifecycle):
     server, g = xvfb
     fb = tmp_path / "geometry-only"
     fb.write_bytes(bytes(g.height * g.stride))
-    proc = session(xwriter, server, g, params.writer_args(), fb)
+    proc = session(xwriter, server, g, ["--lifecycle", lifecycle, *params.writer_args()], fb)
     try:
         ready = protocol.parse_line(proc.stdout.readline())
         assert isinstance(ready, protocol.Ready), ready
         for r in range(6):
             proc.stdin.write(protocol.format_go(r, 77))
             proc.stdin.flush()
-            done = protocol.parse_line(proc.stdout.readline())
-            assert done.round == r
+            assert protocol.parse_line(proc.stdout.readline()) == protocol.Done(r)
             # DONE means drawn: the X server's screen already shows every round so far, nothing later.
             want = pattern.render(g, 77, r + 1, params=params)
-            assert np.array_equal(drawable_pixels(server.screen(g), g), drawable_pixels(want, g)), f"round {r}"
+            assert np.array_equal(pixel_bytes(server.screen(g), g), pixel_bytes(want, g)), f"round {r}"
+            # per-round: each round's client has connected, drawn and gone; the writer itself holds no connection.
+            assert sockets(proc.pid) == (0 if lifecycle == "per-round" else 1)
         out, _ = proc.communicate(protocol.format_quit(), timeout=10)
     finally:
         if proc.poll() is None:
@@ -113,26 +123,50 @@ def test_x_writer_draws_the_pattern_through_x(xwriter, xvfb, tmp_path, params):
 
 
 @pytest.mark.parametrize("xvfb", ["800x600x24"], indirect=True)
-def test_x_writer_baseline_device_and_ticker(xwriter, xvfb, tmp_path):
+@pytest.mark.parametrize("lifecycle", LIFECYCLES)
+def test_x_writer_baseline_device(xwriter, xvfb, tmp_path, lifecycle):
+    """Round 0 goes to --baseline-device with pwrite(2), whole screen, in every lifecycle; nothing is drawn via X."""
     server, g = xvfb
     dev = tmp_path / "device"
     dev.write_bytes(b"\x5a" * (g.height * g.stride))
-    proc = session(xwriter, server, g, ["--baseline-device", str(dev)], dev)
+    proc = session(xwriter, server, g, ["--baseline-device", str(dev), "--lifecycle", lifecycle], dev)
     try:
         assert isinstance(protocol.parse_line(proc.stdout.readline()), protocol.Ready)
+        screen = server.screen(g)
         proc.stdin.write(protocol.format_go(0, 1))
         proc.stdin.flush()
-        assert protocol.parse_line(proc.stdout.readline()).round == 0
+        assert protocol.parse_line(proc.stdout.readline()) == protocol.Done(0)
+        time.sleep(0.2)
+        assert server.screen(g) == screen, "no heartbeat, no baseline: nothing may reach the X screen"
         out, _ = proc.communicate(protocol.format_quit(), timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    lines = np.frombuffer(dev.read_bytes(), np.uint8).reshape(g.height, g.stride)
-    assert (lines[: g.drawable_height] == 0).all() and (lines[g.drawable_height:] == 0x5A).all()
-    # The heartbeat is drawn through X: tick 1 is bit 0 white, bits 1.. black, in the last row.
-    screen = np.frombuffer(server.screen(g), np.uint8).reshape(g.height, g.stride)
-    last = screen[g.height - 1, : 24 * 4].reshape(24, 4)
-    assert (last[0, :3] == 255).all() and (last[1:, :3] == 0).all()
+    assert protocol.parse_line(out.strip()) == protocol.Bye()
+    assert dev.read_bytes() == bytes(g.height * g.stride)  # 800x600x32 has no padding: every byte is a pixel
+
+
+@pytest.mark.parametrize("xvfb", ["800x600x24"], indirect=True)
+def test_x_writer_second_opener_opens_fb_each_round(xwriter, xvfb, tmp_path):
+    server, g = xvfb
+    fb = tmp_path / "fb"
+    fb.write_bytes(bytes(g.height * g.stride))
+    proc = session(xwriter, server, g, ["--lifecycle", "second-opener"], fb)
+    try:
+        assert isinstance(protocol.parse_line(proc.stdout.readline()), protocol.Ready)
+        for r in range(2):
+            proc.stdin.write(protocol.format_go(r, 4))
+            proc.stdin.flush()
+            assert protocol.parse_line(proc.stdout.readline()) == protocol.Done(r)
+        fb.unlink()
+        out, _ = proc.communicate(protocol.format_go(2, 4), timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1
+    assert [protocol.parse_line(x) for x in out.splitlines()] == [
+        protocol.WriterError(f"cannot open {fb}: No such file or directory"),
+        protocol.WriterError("the second opener exited with status 1")]
 
 
 @pytest.mark.parametrize("xvfb", ["800x600x24"], indirect=True)

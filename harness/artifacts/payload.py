@@ -2,11 +2,12 @@
 initramfs holding busybox, our init, the guest tools (xfb-writer, xfb-mapcheck), the frontend's module when the
 frontend is one of ours, and for the X writer an X server and the X client.
 
-It reads only the guest's side of the config (guest.kernel_package, frontend, writer.kind, apt.sources); nothing
-here shapes the host (host.py), and the host's keys hold no hash of this file.
+It reads only the guest's side of the config (guest.kernel_package, frontend, legacy.source, writer.kind,
+apt.sources); nothing here shapes the host (host.py), and the host's keys hold no hash of this file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -35,6 +36,9 @@ XORG_DATA = ["usr/share/X11/xkb", "usr/lib/xorg/protocol.txt", "usr/share/X11/XE
 XWRITER = "/usr/bin/xfb-xwriter"
 BUSYBOX_APPLETS = ("sh", "mount", "grep", "stty", "poweroff", "cat", "echo", "sleep", "insmod", "rmmod", "ls",
                    "mkdir")
+# What `make M=...` leaves in a module tree; a legacy.source tree's own are not copied into the build.
+BUILD_PRODUCTS = ("*.ko", "*.o", "*.mod", "*.mod.c", ".*.cmd", ".*.d", "modules.order", "Module.symvers",
+                  ".tmp_versions")
 # This file and common.py are the recipe of every entry below but the kernel (common.py's own).
 RECIPE = recipe_hash(Path(__file__))
 
@@ -89,17 +93,38 @@ def _xorg_root(cache: Cache, apt: Apt, log: Path) -> Path:
     return cache.entry("xorg-root", inputs, build) / "root"
 
 
-def _frontend_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, log: Path) -> Path:
-    """Our own frontends (every module of frontends.modules(), <module>.ko each), built against the exact guest
-    kernel's headers from Debian's packages."""
+def hash_tree(root: Path) -> str:
+    """Every regular file under root, recursively, by its path relative to root and its content; a symbolic link
+    by its path and target (the tree is copied with its links as they are)."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            path = Path(dirpath, name)
+            rel = path.relative_to(root).as_posix().encode()
+            if path.is_symlink():
+                h.update(b"L" + rel + b"\0" + os.readlink(path).encode() + b"\0")
+            elif path.is_file():
+                h.update(b"F" + rel + b"\0" + str(path.stat().st_size).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def legacy_source(cfg: Config) -> Path:
+    """The directory the legacy frontends' modules are built from: legacy.source, or our own."""
+    return Path(cfg["legacy.source"]) if cfg["legacy.source"] else FRONTEND_SRC
+
+
+def _frontend_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, source: Path, log: Path) -> Path:
+    """The legacy frontends' modules (those of frontends.modules() that the tree at `source` builds, <module>.ko
+    each), built against the exact guest kernel's headers from Debian's packages. The entry is keyed by every file
+    of the tree, so a patched copy is a different entry."""
     version = (kernel / "version").read_text()  # e.g. 6.1.0-56-amd64
     abi = version.rsplit("-", 1)[0]
     series = ".".join(version.split(".")[:2])  # 6.1
     source_version = apt.version(image_package)  # headers and kbuild must match the image exactly
     packages = [f"linux-headers-{version}", f"linux-headers-{abi}-common", f"linux-kbuild-{series}"]
-    if not FRONTEND_SRC.is_dir():
-        raise FileNotFoundError(f"frontend module sources not found at {FRONTEND_SRC}")
-    sources = [p for p in sorted(FRONTEND_SRC.iterdir()) if p.is_file()]
+    if not source.is_dir():
+        raise FileNotFoundError(f"frontend module sources not found at {source}")
     modules = frontends.modules()
 
     def build(out: Path) -> None:
@@ -111,14 +136,18 @@ def _frontend_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, 
         makefile = kdir / "Makefile"
         makefile.write_text(makefile.read_text().replace("/usr/src/", f"{root}/usr/src/"))
         src = out / "src"
-        shutil.copytree(FRONTEND_SRC, src)
+        # Without what an earlier build in that tree left: only this build's .ko files may count as built.
+        shutil.copytree(source, src, symlinks=True, ignore=shutil.ignore_patterns(*BUILD_PRODUCTS))
         run(["make", "-C", str(kdir), f"M={src}", "modules"], log)
-        for name in modules:
-            shutil.copyfile(src / f"{name.replace('_', '-')}.ko", out / f"{name}.ko")  # file vs module name
+        for name in modules:  # kbuild names a module after its file, with '-' as '_'
+            for built in (src / f"{name.replace('_', '-')}.ko", src / f"{name}.ko"):
+                if built.is_file():
+                    shutil.copyfile(built, out / f"{name}.ko")
+                    break
         shutil.rmtree(root)
         shutil.rmtree(src)
     inputs = {"kernel": version, "version": source_version, "packages": packages, "modules": modules,
-              "source": hash_files(*sources), "gcc": _gcc(), "build": RECIPE}
+              "source": hash_tree(source), "gcc": _gcc(), "build": RECIPE}
     return cache.entry("legacy-modules", inputs, build)
 
 
@@ -167,7 +196,15 @@ def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
     module = None
     name = frontends.frontend(cfg["frontend"]).module
     if name:
-        module = _frontend_modules(cache, apt, package, kernel, log) / f"{name}.ko"
+        source = legacy_source(cfg)
+        built = _frontend_modules(cache, apt, package, kernel, source, log)
+        module = built / f"{name}.ko"
+        if not module.is_file():
+            found = sorted(p.name for p in built.glob("*.ko")) or ["none"]
+            raise FileNotFoundError(
+                f"{cfg.source}: legacy.source {str(source)!r} built no module {name} ({name.replace('_', '-')}.ko), "
+                f"which frontend {cfg['frontend']!r} loads (of the modules the harness knows, it built: "
+                f"{', '.join(found)}); the tree's Kbuild must build it under that name")
     xorg = _xorg_root(cache, apt, log) if cfg["writer.kind"] == "xorg" else None
     entry = _payload(cache, apt, kernel, tools, module, xorg, log)
     return Payload(kernel=entry / "vmlinux", initrd=entry / "initrd.cpio", key=entry.name.rsplit("-", 1)[1],

@@ -3,21 +3,32 @@
  *
  * The pattern specification is the module docstring of harness/pattern.py; this file is its C twin and
  * tests/test_pattern.py checks that both produce the same bytes. In brief: splitmix64 PRNG; round r of seed s
- * starts from s ^ (r * 0xD1B54A32D192ED03); round 0 blacks out the drawable rows [0, height-2); round r >= 1
- * draws 1 + next()%12 ops, each kind = next()%2, colour = next() (r=bits 16..23, g=8..15, b=0..7), then either a
- * rect (x, y, w, h from next(), h <= 128) or a whole 4096-byte page of pixels (by first-byte offset). The last
- * row shows a 24-bit tick counter (white = 1). Padding bytes and the two ticker rows are never touched by rounds.
- * That is mode "mixed", the default. Mode "sparse" (--mode sparse) instead writes, in rounds r >= 1, P seeded pages
- * (--pages P; page = next()%npages, then T colours = next() each, --touches T), each filled once per colour,
- * in generation order or, with --order ascending, stably sorted by page: a missed page stays wrong on screen.
+ * starts from s ^ (r * 0xD1B54A32D192ED03); round 0 blacks out the whole screen; round r >= 1 draws 1 + next()%12
+ * ops, each kind = next()%2, colour = next() (r=bits 16..23, g=8..15, b=0..7), then either a rect (x, y, w, h
+ * from next(), h <= 128) or a whole 4096-byte page of pixels (by first-byte offset). Padding bytes are never
+ * touched. That is mode "mixed", the default. Mode "sparse" (--mode sparse) instead writes, in rounds r >= 1, P
+ * seeded pages (--pages P; page = next()%npages, then T colours = next() each, --touches T), each filled once per
+ * colour, in generation order or, with --order ascending, stably sorted by page: a missed page stays wrong on
+ * screen.
  *
  * Pattern options (both modes): [--mode mixed|sparse] [--pages 1..65536 (8)] [--touches 1..65536 (1)]
  *     [--order random|ascending]; pages, touches and order only change what "sparse" draws.
- * Guest mode:  xfb-writer [--fb /dev/fb0] [--tick-ms 10] [pattern options] [--touch-gap-us N (0)]
+ * Guest mode:  xfb-writer [--fb /dev/fb0] [--lifecycle persistent|per-round|second-opener] [pattern options]
+ *              [--touch-gap-us N (0)] [--mappings K (1)] [--workers N (1)] [--worker-kind thread|process]
  *              [--stats-dir DIR]
  *     prints "XFB READY ...", then obeys "GO <round> <seed>", "STATS" and "QUIT" lines on stdin (see
- *     harness/protocol.py), ticking while idle. Drawing goes straight through the MAP_SHARED mapping: the
- *     frontend's page-fault dirty tracking is part of what is under test.
+ *     harness/protocol.py). Between a DONE and the next command it draws nothing and only waits on stdin:
+ *     any drawing would make the frontend send updates that carry along one it failed to send, hiding the miss.
+ *     Drawing goes straight through a MAP_SHARED mapping: the frontend's page-fault dirty tracking is part of what
+ *     is under test. Round 0 (the baseline) is written with pwrite(2) instead (see write_baseline).
+ *     --lifecycle says how the framebuffer is used, as real programs use it; it never changes what is drawn:
+ *       persistent (default): open and map once, draw every round through that mapping.
+ *       per-round: after reading the geometry (open, ioctls, close) the writer holds nothing of the device; each
+ *         GO forks a process that opens and maps it, draws the round, unmaps, closes and exits, as a splash
+ *         screen, an image viewer or cat > /dev/fb0 do. DONE follows its clean exit.
+ *       second-opener: persistent, plus each GO forks a process that opens the device, queries it as fbset does
+ *         (FBIOGET_VSCREENINFO, FBIOGET_FSCREENINFO) and closes it while the round is drawn; DONE waits for it.
+ *     A forked process that fails (non-zero exit or a signal) is an "XFB ERROR" and the writer exits.
  *     --touch-gap-us N sleeps N microseconds (at most 10000000) between two touches of one page in sparse mode:
  *     timing only, the bytes drawn are the same.
  *     --mappings K (1..64, default 1) maps the framebuffer as K mmap()s of consecutive page-aligned chunks, each at
@@ -30,7 +41,8 @@
  *     each time. Each regular file directly in DIR whose name is [A-Za-z0-9_]+ and whose content is an unsigned
  *     decimal integer (one trailing newline allowed) gives a pair; other files are skipped; pairs are sorted by
  *     name, at most 32. With no --stats-dir, or a DIR that cannot be read, the answer is "XFB STATS" alone.
- *     Tests only: adding --geometry (below) treats --fb as a plain file of that layout instead of a device.
+ *     Tests only: adding --geometry (below) treats --fb as a plain file of that layout instead of a device
+ *     ("file mode": no ioctls; every lifecycle opens and maps the file as it would the device).
  * Dump mode:   xfb-writer --dump OUT --geometry W,H,BPP,STRIDE,RO/RL,GO/GL,BO/BL --seed S --rounds N
  *              [pattern options]
  *     draws rounds 0..N-1 into a zeroed H*STRIDE buffer and writes it to OUT.
@@ -40,9 +52,12 @@
  * framebuffer itself, and XSync()s before saying DONE. The geometry still comes from --fb (ioctl only; nothing is
  * mapped), and must match the X screen's size and TrueColor masks, so that a pattern pixel value is the X pixel
  * value. Round 0 goes through X too, unless --baseline-device DEV (usually /dev/fb0) writes it there with
- * pwrite(2) as guest mode does. --probe SECONDS waits (at most that long) until the X server answers, checks that
- * its screen is the framebuffer, and exits 0 without a word: the X server has then drawn its start-up screen. --mappings and --workers are refused (Xlib calls stay on one thread); dump mode
- * is not built.
+ * pwrite(2) as guest mode does. --lifecycle per-round: each round a forked client connects, draws, XSync()s,
+ * disconnects and exits (the writer itself only checks the screen at start-up); second-opener: a forked process
+ * opens --fb, queries and closes it while the client draws. --probe SECONDS waits (at most that long) until the X
+ * server answers, checks that its screen is the framebuffer, and exits 0 without a word: the X server has then
+ * drawn its start-up screen. --mappings and --workers are refused (Xlib calls stay on one thread); dump mode is
+ * not built.
  *
  * Build: gcc -static -O2 -Wall -Wextra -pthread -o xfb-writer xfb-writer.c
  *        gcc -O2 -Wall -Wextra -DXFB_X11 -o xfb-xwriter xfb-writer.c -lX11
@@ -82,8 +97,6 @@
 #define OP_KINDS 2
 #define MAX_RECT_H 128
 #define FB_PAGE 4096ULL
-#define TICKER_ROWS 2
-#define TICKER_BITS 24
 #define MAX_SPARSE_PAGES 65536 /* pattern.MAX_SPARSE_PAGES */
 #define MAX_TOUCHES 65536 /* pattern.MAX_TOUCHES */
 #define MAX_TOUCH_GAP_US 10000000
@@ -103,8 +116,9 @@ struct geom {
 enum mode { MODE_MIXED, MODE_SPARSE };
 enum order { ORDER_RANDOM, ORDER_ASCENDING };
 enum worker_kind { WORKER_THREAD, WORKER_PROCESS };
+enum lifecycle { LIFE_PERSISTENT, LIFE_PER_ROUND, LIFE_SECOND_OPENER };
 
-/* pattern.WriterParams, plus guest-only options that change timing and mappings, never the bytes */
+/* pattern.WriterParams, plus guest-only options that change timing, mappings and processes, never the bytes */
 struct params {
     enum mode mode;
     uint64_t pages, touches;
@@ -112,6 +126,7 @@ struct params {
     uint64_t touch_gap_us;
     uint64_t mappings, workers;
     enum worker_kind worker_kind;
+    enum lifecycle lifecycle;
 };
 
 /* One sparse-mode entry: its page, its place in generation order (the stable sort's tie-break) and the PRNG
@@ -187,24 +202,19 @@ static void fill_rect(uint8_t *fb, const struct geom *g, uint64_t x, uint64_t y,
 }
 #endif
 
-static void fill_span(uint8_t *fb, const struct geom *g, uint64_t x, uint64_t y, uint64_t w, uint32_t pixel)
-{
-    fill_rect(fb, g, x, y, w, 1, pixel);
-}
-
-/* Every drawable pixel whose first byte lies in page `page` (same walk as pattern.page_rects). */
+/* Every pixel whose first byte lies in page `page` (same walk as pattern.page_rects). */
 static void fill_page(uint8_t *fb, const struct geom *g, uint64_t page, uint32_t pixel)
 {
-    uint64_t bytes = g->bpp / 8, drawable = g->height - TICKER_ROWS;
+    uint64_t bytes = g->bpp / 8;
     uint64_t start = page * FB_PAGE, end = start + FB_PAGE;
-    for (uint64_t y = start / g->stride; y < drawable && y <= (end - 1) / g->stride; y++) {
+    for (uint64_t y = start / g->stride; y < g->height && y <= (end - 1) / g->stride; y++) {
         uint64_t row = y * g->stride;
         uint64_t x_lo = row >= start ? 0 : (start - row + bytes - 1) / bytes;
         uint64_t x_hi = (end - row + bytes - 1) / bytes; /* end > row for every y in this loop */
         if (x_hi > g->width)
             x_hi = g->width;
         if (x_lo < x_hi)
-            fill_span(fb, g, x_lo, y, x_hi - x_lo, pixel);
+            fill_rect(fb, g, x_lo, y, x_hi - x_lo, 1, pixel);
     }
 }
 
@@ -218,6 +228,27 @@ static void sleep_us(uint64_t us)
     struct timespec ts = {.tv_sec = (time_t)(us / 1000000), .tv_nsec = (long)(us % 1000000) * 1000};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
+}
+
+static pid_t fork_or_die(void)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        fatal("fork: %s", strerror(errno));
+    return pid;
+}
+
+/* Wait for child `pid`; anything but a clean exit is fatal. */
+static void reap(pid_t pid, const char *what)
+{
+    int status;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            fatal("waitpid: %s", strerror(errno));
+    if (WIFSIGNALED(status))
+        fatal("%s was killed by signal %d", what, WTERMSIG(status));
+    if (WEXITSTATUS(status) != 0)
+        fatal("%s exited with status %d", what, WEXITSTATUS(status));
 }
 
 static int cmp_entry(const void *pa, const void *pb)
@@ -274,9 +305,7 @@ static void draw_shares(struct share *shares, const struct params *pp)
             if (err)
                 fatal("pthread_create: %s", strerror(err));
         } else {
-            pids[k] = fork();
-            if (pids[k] < 0)
-                fatal("fork: %s", strerror(errno));
+            pids[k] = fork_or_die();
             if (pids[k] == 0) {
                 draw_share(&shares[k]);
                 _exit(0);
@@ -284,16 +313,10 @@ static void draw_shares(struct share *shares, const struct params *pp)
         }
     }
     for (uint64_t k = 0; k < pp->workers; k++) {
-        if (pp->worker_kind == WORKER_THREAD) {
+        if (pp->worker_kind == WORKER_THREAD)
             pthread_join(threads[k], NULL);
-        } else {
-            int status;
-            while (waitpid(pids[k], &status, 0) < 0)
-                if (errno != EINTR)
-                    fatal("waitpid: %s", strerror(errno));
-            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-                fatal("worker process %" PRIu64 " died (status %d)", k, status);
-        }
+        else
+            reap(pids[k], "a worker process");
     }
 }
 
@@ -319,13 +342,12 @@ static void draw_sparse(uint8_t *fb, const struct geom *g, uint64_t state, uint6
 
 static void draw_round(uint8_t *fb, const struct geom *g, uint64_t seed, uint64_t round, const struct params *pp)
 {
-    uint64_t drawable = g->height - TICKER_ROWS;
     if (round == 0) {
-        fill_rect(fb, g, 0, 0, g->width, drawable, 0);
+        fill_rect(fb, g, 0, 0, g->width, g->height, 0);
         return;
     }
     uint64_t state = seed ^ (round * ROUND_MUL);
-    uint64_t npages = (drawable * g->stride + FB_PAGE - 1) / FB_PAGE;
+    uint64_t npages = (g->height * g->stride + FB_PAGE - 1) / FB_PAGE;
     if (pp->mode == MODE_SPARSE) {
         draw_sparse(fb, g, state, npages, pp);
         return;
@@ -337,9 +359,9 @@ static void draw_round(uint8_t *fb, const struct geom *g, uint64_t seed, uint64_
         uint32_t pixel = colour_pixel(g, next(&state));
         if (kind == 0) {
             uint64_t x = next(&state) % g->width;
-            uint64_t y = next(&state) % drawable;
+            uint64_t y = next(&state) % g->height;
             uint64_t w = 1 + next(&state) % (g->width - x);
-            uint64_t hmax = drawable - y < MAX_RECT_H ? drawable - y : MAX_RECT_H;
+            uint64_t hmax = g->height - y < MAX_RECT_H ? g->height - y : MAX_RECT_H;
             uint64_t h = 1 + next(&state) % hmax;
             fill_rect(fb, g, x, y, w, h, pixel);
         } else {
@@ -348,20 +370,13 @@ static void draw_round(uint8_t *fb, const struct geom *g, uint64_t seed, uint64_
     }
 }
 
-static void draw_ticker(uint8_t *fb, const struct geom *g, uint32_t tick)
-{
-    uint32_t white = pack(g, 255, 255, 255);
-    for (uint64_t i = 0; i < TICKER_BITS && i < g->width; i++)
-        fill_span(fb, g, i, g->height - 1, 1, (tick >> i) & 1 ? white : 0);
-}
-
 /* Same rules as harness/geometry.py, plus what keeps our own arithmetic in range. */
 static void check_geom(const struct geom *g)
 {
     const struct chan *chans[3] = {&g->red, &g->green, &g->blue};
     if (g->bpp != 16 && g->bpp != 24 && g->bpp != 32)
         fatal("unsupported bits per pixel %" PRIu64 " (expected 16, 24 or 32)", g->bpp);
-    if (g->width == 0 || g->height <= TICKER_ROWS || g->width > 65536 || g->height > 65536)
+    if (g->width == 0 || g->height == 0 || g->width > 65536 || g->height > 65536)
         fatal("unusable framebuffer size %" PRIu64 "x%" PRIu64, g->width, g->height);
     if (g->stride < g->width * (g->bpp / 8) || g->stride > (1u << 20))
         fatal("stride %" PRIu64 " does not fit lines of %" PRIu64 " pixels", g->stride, g->width);
@@ -442,8 +457,6 @@ static int dump_mode(const char *out, const struct geom *g, uint64_t seed, uint6
 static uint8_t *map_chunks(int fd, const char *path, uint64_t smem, uint64_t mappings)
 {
     uint64_t pages = (smem + FB_PAGE - 1) / FB_PAGE;
-    if (mappings > pages)
-        fatal("--mappings %" PRIu64 " exceeds the framebuffer's %" PRIu64 " pages", mappings, pages);
     if (mappings == 1) {
         void *fb = mmap(NULL, (size_t)smem, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (fb == MAP_FAILED)
@@ -465,13 +478,19 @@ static uint8_t *map_chunks(int fd, const char *path, uint64_t smem, uint64_t map
     }
     return base;
 }
+
+/* Undo map_chunks: one munmap covers every chunk (and the reservation around them). */
+static void unmap_chunks(uint8_t *fb, uint64_t smem)
+{
+    if (munmap(fb, (size_t)((smem + FB_PAGE - 1) / FB_PAGE * FB_PAGE)) != 0)
+        fatal("munmap: %s", strerror(errno));
+}
 #endif
 
-/* Map the framebuffer device, or (tests) a plain file laid out as *file_geom. Fills *g and *smem. */
-static uint8_t *map_fb(const char *path, const struct geom *file_geom, struct geom *g, uint64_t *smem,
-                       uint64_t mappings)
+/* Open the framebuffer device, or (tests) a plain file laid out as *file_geom; fills *g and *smem. */
+static int open_fb(const char *path, const struct geom *file_geom, int flags, struct geom *g, uint64_t *smem)
 {
-    int fd = open(path, O_RDWR);
+    int fd = open(path, flags);
     if (fd < 0)
         fatal("cannot open %s: %s", path, strerror(errno));
     if (file_geom) {
@@ -500,15 +519,7 @@ static uint8_t *map_fb(const char *path, const struct geom *file_geom, struct ge
     if (g->height * g->stride > *smem)
         fatal("%" PRIu64 "x%" PRIu64 " lines of %" PRIu64 " bytes exceed smem %" PRIu64,
               g->width, g->height, g->stride, *smem);
-#ifdef XFB_X11
-    (void)mappings;
-    close(fd);
-    return NULL; /* the X server maps the framebuffer, not us */
-#else
-    uint8_t *fb = map_chunks(fd, path, *smem, mappings);
-    close(fd); /* the mappings keep the device open */
-    return fb;
-#endif
+    return fd;
 }
 
 #ifdef XFB_X11
@@ -550,14 +561,19 @@ static void open_display(const char *name, const struct geom *g)
     XSync(dpy, False);
 }
 
-static uint64_t now_ms(void);
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 /* --probe: wait for the X server, check its screen, say nothing. */
 static int probe_mode(const char *path, const struct geom *file_geom, const char *display, uint64_t seconds)
 {
     struct geom g;
     uint64_t smem;
-    map_fb(path, file_geom, &g, &smem, 1);
+    close(open_fb(path, file_geom, O_RDONLY, &g, &smem));
     uint64_t deadline = now_ms() + seconds * 1000;
     Display *d;
     while (!(d = XOpenDisplay(display))) {
@@ -570,21 +586,6 @@ static int probe_mode(const char *path, const struct geom *file_geom, const char
     return 0;
 }
 #endif
-
-/* After drawing: in X mode, everything asked for has been drawn into the framebuffer when this returns. */
-static void drawn(void)
-{
-#ifdef XFB_X11
-    XSync(dpy, False);
-#endif
-}
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static int stat_name_ok(const char *name)
 {
@@ -683,9 +684,9 @@ static void print_stats(const char *dir)
 static const char *baseline_path;
 
 /*
- * Guest mode writes the baseline (round 0: black drawable rows) with write(2), not through the mapping. The bytes
- * are the spec's, and the frontend refreshes what write() touched; but no page faults: with an old-design
- * frontend and a widened race window, a fault per framebuffer page would cost a window each, for every run.
+ * Guest mode writes the baseline (round 0: a black screen) with write(2), not through the mapping. The bytes are
+ * the spec's, and the frontend refreshes what write() touched; but no page faults: with an old-design frontend
+ * and a widened race window, a fault per framebuffer page would cost a window each, for every run.
  */
 static void write_zeros(int fd, const uint8_t *zeros, size_t n, uint64_t offset)
 {
@@ -699,22 +700,94 @@ static void write_zeros(int fd, const uint8_t *zeros, size_t n, uint64_t offset)
 
 static void write_baseline(const struct geom *g)
 {
-    uint64_t rows = g->height - TICKER_ROWS, line = g->width * (g->bpp / 8);
-    uint8_t *zeros = calloc(1, (size_t)(rows * g->stride));
+    uint64_t line = g->width * (g->bpp / 8);
+    uint8_t *zeros = calloc(1, (size_t)(g->height * g->stride));
     int fd = open(baseline_path, O_WRONLY);
     if (!zeros || fd < 0)
         fatal("baseline: cannot open %s: %s", baseline_path, strerror(errno));
     if (line == g->stride) /* no padding: one write */
-        write_zeros(fd, zeros, (size_t)(rows * g->stride), 0);
+        write_zeros(fd, zeros, (size_t)(g->height * g->stride), 0);
     else /* padding bytes are never written */
-        for (uint64_t y = 0; y < rows; y++)
+        for (uint64_t y = 0; y < g->height; y++)
             write_zeros(fd, zeros, (size_t)line, y * g->stride);
     close(fd);
     free(zeros);
 }
 
-static void handle_line(char *line, uint8_t *fb, const struct geom *g, uint32_t tick, const struct params *pp,
-                        const char *stats_dir)
+/* Guest mode: the framebuffer, and what this writer holds of it. */
+struct session {
+    const char *path;             /* --fb */
+    const struct geom *file_geom; /* tests: --fb is a plain file of this layout */
+    const char *display;          /* X mode */
+    const char *stats_dir;
+    const struct params *pp;
+    struct geom g;                /* as READY reports it */
+    uint64_t smem;
+    uint8_t *fb;                  /* the mmap writer's mapping, unless per-round */
+};
+
+/* per-round: the round's own process, which holds the framebuffer only while it draws. */
+static void draw_alone(const struct session *s, uint64_t round, uint64_t seed)
+{
+    if (round == 0 && baseline_path) {
+        write_baseline(&s->g); /* opens, writes and closes the device itself */
+        return;
+    }
+#ifdef XFB_X11
+    open_display(s->display, &s->g);
+    draw_round(NULL, &s->g, seed, round, s->pp);
+    XSync(dpy, False);
+    XCloseDisplay(dpy);
+#else
+    struct geom g; /* queried afresh, as a program of its own does before it maps */
+    uint64_t smem;
+    int fd = open_fb(s->path, s->file_geom, O_RDWR, &g, &smem);
+    uint8_t *fb = map_chunks(fd, s->path, smem, s->pp->mappings);
+    draw_round(fb, &g, seed, round, s->pp);
+    unmap_chunks(fb, smem);
+    close(fd);
+#endif
+}
+
+/* second-opener: another process does what fbset does while we draw. */
+static pid_t start_opener(const struct session *s)
+{
+    pid_t pid = fork_or_die();
+    if (pid == 0) {
+        struct geom g;
+        uint64_t smem;
+        close(open_fb(s->path, s->file_geom, O_RDONLY, &g, &smem));
+        _exit(0);
+    }
+    return pid;
+}
+
+static void go(const struct session *s, uint64_t round, uint64_t seed)
+{
+    if (s->pp->lifecycle == LIFE_PER_ROUND) {
+        pid_t pid = fork_or_die();
+        if (pid == 0) {
+            draw_alone(s, round, seed);
+            _exit(0);
+        }
+        reap(pid, "the round's process");
+    } else {
+        pid_t opener = s->pp->lifecycle == LIFE_SECOND_OPENER ? start_opener(s) : 0;
+        if (round == 0 && baseline_path)
+            write_baseline(&s->g);
+        else
+            draw_round(s->fb, &s->g, seed, round, s->pp);
+#ifdef XFB_X11
+        XSync(dpy, False); /* DONE means drawn: the X server has carried out every request */
+#endif
+        if (opener)
+            reap(opener, "the second opener");
+    }
+    printf("XFB DONE %" PRIu64 "\n", round);
+    fflush(stdout);
+}
+
+static void handle_line(char *line, const struct session *sess)
 {
     size_t len = strlen(line);
     const char *s = line;
@@ -731,20 +804,14 @@ static void handle_line(char *line, uint8_t *fb, const struct geom *g, uint32_t 
         exit(0);
     }
     if (strcmp(s, "STATS") == 0) {
-        print_stats(stats_dir);
+        print_stats(sess->stats_dir);
         return;
     }
     if (strncmp(s, "GO", 2) == 0 && (s[2] == ' ' || s[2] == '\t')) {
         const char *p = s + 2;
         if (parse_u64(&p, &round) && round <= UINT32_MAX && (*p == ' ' || *p == '\t') && parse_u64(&p, &seed) &&
             *p == '\0') {
-            if (round == 0 && baseline_path)
-                write_baseline(g);
-            else
-                draw_round(fb, g, seed, round, pp);
-            drawn();
-            printf("XFB DONE %" PRIu64 " tick=%" PRIu32 "\n", round, tick);
-            fflush(stdout);
+            go(sess, round, seed);
             return;
         }
     }
@@ -752,47 +819,40 @@ static void handle_line(char *line, uint8_t *fb, const struct geom *g, uint32_t 
     fflush(stdout);
 }
 
-static int guest_mode(const char *path, const struct geom *file_geom, uint64_t tick_ms, const struct params *pp,
-                      const char *stats_dir, const char *display)
+static int guest_mode(struct session *s)
 {
-    struct geom g;
-    uint64_t smem;
-    uint8_t *fb = map_fb(path, file_geom, &g, &smem, pp->mappings);
     char line[256], chunk[256];
     size_t len = 0;
-#ifdef XFB_X11
-    open_display(display, &g);
-#else
-    (void)display;
-#endif
     int overlong = 0;
+    int fd = open_fb(s->path, s->file_geom, O_RDWR, &s->g, &s->smem);
+    uint64_t pages = (s->smem + FB_PAGE - 1) / FB_PAGE;
+    if (s->pp->mappings > pages) /* checked here so that per-round fails before READY too */
+        fatal("--mappings %" PRIu64 " exceeds the framebuffer's %" PRIu64 " pages", s->pp->mappings, pages);
+#ifdef XFB_X11
+    close(fd); /* the X server maps the framebuffer, not us */
+    open_display(s->display, &s->g);
+    if (s->pp->lifecycle == LIFE_PER_ROUND)
+        XCloseDisplay(dpy); /* the screen is checked; each round's process connects anew */
+#else
+    if (s->pp->lifecycle != LIFE_PER_ROUND)
+        s->fb = map_chunks(fd, s->path, s->smem, s->pp->mappings);
+    close(fd); /* a mapping keeps the device open; per-round keeps nothing */
+#endif
 
     printf("XFB READY width=%" PRIu64 " height=%" PRIu64 " bpp=%" PRIu64 " stride=%" PRIu64
            " red=%u/%u green=%u/%u blue=%u/%u smem=%" PRIu64 "\n",
-           g.width, g.height, g.bpp, g.stride, g.red.offset, g.red.length, g.green.offset, g.green.length,
-           g.blue.offset, g.blue.length, smem);
+           s->g.width, s->g.height, s->g.bpp, s->g.stride, s->g.red.offset, s->g.red.length, s->g.green.offset,
+           s->g.green.length, s->g.blue.offset, s->g.blue.length, s->smem);
     fflush(stdout);
 
-    uint32_t tick = 1;
-    draw_ticker(fb, &g, tick);
-    drawn();
-    uint64_t deadline = now_ms() + tick_ms;
     for (;;) {
-        uint64_t now = now_ms();
-        if (now >= deadline) {
-            draw_ticker(fb, &g, ++tick);
-            drawn();
-            deadline += tick_ms;
-            if (deadline <= now) /* fell behind (e.g. the guest was paused): resume, do not burst */
-                deadline = now + tick_ms;
-            continue;
-        }
+        /* Nothing draws between commands: we only wait for the next one. */
         struct pollfd pfd = {.fd = 0, .events = POLLIN};
-        int ready = poll(&pfd, 1, (int)(deadline - now));
-        if (ready < 0 && errno != EINTR)
+        if (poll(&pfd, 1, -1) < 0) {
+            if (errno == EINTR)
+                continue;
             fatal("poll stdin: %s", strerror(errno));
-        if (ready <= 0)
-            continue;
+        }
         ssize_t n = read(0, chunk, sizeof chunk);
         if (n < 0) {
             if (errno == EINTR || errno == EAGAIN)
@@ -809,7 +869,7 @@ static int guest_mode(const char *path, const struct geom *file_geom, uint64_t t
                     printf("XFB ERROR unknown command: %s...\n", line);
                     fflush(stdout);
                 } else {
-                    handle_line(line, fb, &g, tick, pp, stats_dir);
+                    handle_line(line, s);
                 }
                 len = 0, overlong = 0;
             } else if (len < sizeof line - 1) {
@@ -824,25 +884,27 @@ static int guest_mode(const char *path, const struct geom *file_geom, uint64_t t
 static void usage(void)
 {
 #ifdef XFB_X11
-    fatal("usage: xfb-xwriter [--display NAME] [--fb PATH] [--baseline-device PATH] [--tick-ms MS] [PATTERN] "
-          "[--touch-gap-us N] [--stats-dir DIR] | --probe SECONDS [--display NAME] [--fb PATH]; "
+    fatal("usage: xfb-xwriter [--display NAME] [--fb PATH] [--baseline-device PATH] [--lifecycle LIFECYCLE] "
+          "[PATTERN] [--touch-gap-us N] [--stats-dir DIR] | --probe SECONDS [--display NAME] [--fb PATH]; "
+          "LIFECYCLE: persistent|per-round|second-opener; "
           "PATTERN: [--mode mixed|sparse] [--pages N] [--touches N] [--order random|ascending]");
 #else
-    fatal("usage: xfb-writer [--fb PATH] [--tick-ms MS] [PATTERN] [--touch-gap-us N] [--stats-dir DIR] | "
+    fatal("usage: xfb-writer [--fb PATH] [--lifecycle LIFECYCLE] [PATTERN] [--touch-gap-us N] [--mappings K] "
+          "[--workers N] [--worker-kind thread|process] [--stats-dir DIR] | "
           "--dump OUT --geometry W,H,BPP,STRIDE,RO/RL,GO/GL,BO/BL --seed S --rounds N [PATTERN]; "
-          "PATTERN: [--mode mixed|sparse] [--pages N] [--touches N] [--order random|ascending]; guest mode also "
-          "[--mappings K] [--workers N] [--worker-kind thread|process]");
+          "LIFECYCLE: persistent|per-round|second-opener; "
+          "PATTERN: [--mode mixed|sparse] [--pages N] [--touches N] [--order random|ascending]");
 #endif
 }
 
 int main(int argc, char **argv)
 {
     const char *fb_path = "/dev/fb0", *dump = NULL, *geometry = NULL, *stats_dir = NULL, *display = NULL;
-    uint64_t tick_ms = 10, seed = 0, rounds = 0;
+    uint64_t seed = 0, rounds = 0;
     int have_seed = 0, have_rounds = 0, have_guest_only = 0, have_probe = 0;
     uint64_t probe_s = 0;
     struct params pp = {.mode = MODE_MIXED, .pages = 8, .touches = 1, .order = ORDER_RANDOM, .touch_gap_us = 0,
-                        .mappings = 1, .workers = 1, .worker_kind = WORKER_THREAD};
+                        .mappings = 1, .workers = 1, .worker_kind = WORKER_THREAD, .lifecycle = LIFE_PERSISTENT};
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     for (int i = 1; i < argc; i++) {
@@ -852,8 +914,6 @@ int main(int argc, char **argv)
         const char *val = argv[++i];
         if (strcmp(opt, "--fb") == 0)
             fb_path = val;
-        else if (strcmp(opt, "--tick-ms") == 0)
-            tick_ms = parse_arg_u64(opt, val, 60000);
         else if (strcmp(opt, "--dump") == 0)
             dump = val;
         else if (strcmp(opt, "--geometry") == 0)
@@ -890,6 +950,14 @@ int main(int argc, char **argv)
             pp.worker_kind = WORKER_PROCESS, have_guest_only = 1;
         else if (strcmp(opt, "--worker-kind") == 0)
             fatal("bad value for --worker-kind: '%s' (expected thread or process)", val);
+        else if (strcmp(opt, "--lifecycle") == 0 && strcmp(val, "persistent") == 0)
+            pp.lifecycle = LIFE_PERSISTENT, have_guest_only = 1;
+        else if (strcmp(opt, "--lifecycle") == 0 && strcmp(val, "per-round") == 0)
+            pp.lifecycle = LIFE_PER_ROUND, have_guest_only = 1;
+        else if (strcmp(opt, "--lifecycle") == 0 && strcmp(val, "second-opener") == 0)
+            pp.lifecycle = LIFE_SECOND_OPENER, have_guest_only = 1;
+        else if (strcmp(opt, "--lifecycle") == 0)
+            fatal("bad value for --lifecycle: '%s' (expected persistent, per-round or second-opener)", val);
         else if (strcmp(opt, "--stats-dir") == 0)
             stats_dir = val;
 #ifdef XFB_X11
@@ -903,44 +971,37 @@ int main(int argc, char **argv)
         else
             usage();
     }
-    if (tick_ms == 0)
-        fatal("--tick-ms must be at least 1");
     if (pp.pages == 0 || pp.touches == 0)
         fatal("--pages and --touches must be at least 1");
     if (pp.mappings == 0 || pp.workers == 0)
         fatal("--mappings and --workers must be at least 1");
     if (pp.workers > 1 && pp.mode != MODE_SPARSE)
         fatal("--workers above 1 needs --mode sparse (mixed rounds overlap, so their order matters)");
+    struct geom layout;
+    const struct geom *file_geom = NULL;
+    if (geometry)
+        layout = parse_geom(geometry), file_geom = &layout;
 #ifdef XFB_X11
     if (dump)
         fatal("xfb-xwriter has no dump mode (use xfb-writer)");
     if (pp.mappings != 1 || pp.workers != 1)
         fatal("--mappings and --workers are for xfb-writer only: the X server does the mapping, one client draws");
     (void)seed, (void)rounds, (void)have_seed, (void)have_rounds, (void)have_guest_only;
-    if (have_probe) {
-        if (geometry) {
-            struct geom g = parse_geom(geometry);
-            return probe_mode(fb_path, &g, display, probe_s);
-        }
-        return probe_mode(fb_path, NULL, display, probe_s);
-    }
+    if (have_probe)
+        return probe_mode(fb_path, file_geom, display, probe_s);
 #else
     (void)have_probe, (void)probe_s;
     if (dump) {
-        if (!geometry || !have_seed || !have_rounds)
+        if (!file_geom || !have_seed || !have_rounds)
             usage();
         if (have_guest_only || stats_dir)
-            fatal("--touch-gap-us, --mappings, --workers, --worker-kind and --stats-dir are for guest mode only");
-        struct geom g = parse_geom(geometry);
-        return dump_mode(dump, &g, seed, rounds, &pp);
+            fatal("--lifecycle, --touch-gap-us, --mappings, --workers, --worker-kind and --stats-dir are for guest "
+                  "mode only");
+        return dump_mode(dump, file_geom, seed, rounds, &pp);
     }
-#endif
-#ifndef XFB_X11
     baseline_path = fb_path; /* guest mode always writes the baseline with pwrite() */
 #endif
-    if (geometry) {
-        struct geom g = parse_geom(geometry);
-        return guest_mode(fb_path, &g, tick_ms, &pp, stats_dir, display);
-    }
-    return guest_mode(fb_path, NULL, tick_ms, &pp, stats_dir, display);
+    struct session s = {.path = fb_path, .file_geom = file_geom, .display = display, .stats_dir = stats_dir,
+                        .pp = &pp};
+    return guest_mode(&s);
 }
