@@ -20,6 +20,7 @@ re-reads guest memory or the frontend's ring, so it cannot repaint or deliver an
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +54,14 @@ class Capture:
         self.remote_dump = f"{remote_dir}/screendump.ppm"
         self.forwards = contextlib.ExitStack()
         self.qmp: QEMUMonitorProtocol | None = None
+        self._qmp_error: BaseException | None = None
         try:
             addr, port = self.forwards.enter_context(host.forward_tcp(vnc_port))
             # One connection for the whole run: a new client can make QEMU repaint everything and hide misses.
             self.vnc = deferring(RFBClient.connect)(addr, port, timeout=30)
+            # QMP takes about 2 s to set up through dom0 (socat starts there): meanwhile the first round runs.
+            self._qmp_thread = threading.Thread(target=self._connect_qmp, daemon=True, name="qmp-connect")
+            self._qmp_thread.start()
         except BaseException:
             self.forwards.close()
             raise
@@ -64,6 +69,7 @@ class Capture:
     def close(self) -> None:
         try:
             self.vnc.close()
+            self._qmp_thread.join(30)
             if self.qmp is not None:
                 self.qmp.close()
         finally:
@@ -86,28 +92,33 @@ class Capture:
             how = "match" if matches(frame) else "quiet"  # an update that completed on the deadline
         return Settled(frame, how, round(time.monotonic() - start, 3))
 
-    @deferring
-    def _connect_qmp(self) -> QEMUMonitorProtocol:
+    def _connect_qmp(self) -> None:
+        """In its own thread: leaves self.qmp connected, or self._qmp_error for screendump() to raise."""
         socket_path = f"/var/run/xen/qmp-libxl-{self.domid}"
-        local = self.forwards.enter_context(self.host.forward_unix(socket_path))
-        deadline = time.monotonic() + 20
-        while True:
-            qmp = QEMUMonitorProtocol(local)
-            try:
-                qmp.connect()
-                qmp.settimeout(30)
-                return qmp
-            except Exception as e:
-                qmp.close()
-                if time.monotonic() > deadline:
-                    raise HostError(f"cannot reach the device model's QMP socket {socket_path}: {e}") from None
-                time.sleep(0.5)
+        try:
+            local = self.forwards.enter_context(self.host.forward_unix(socket_path))
+            deadline = time.monotonic() + 20
+            while True:
+                qmp = QEMUMonitorProtocol(local)
+                try:
+                    qmp.connect()
+                    qmp.settimeout(30)
+                    self.qmp = qmp
+                    return
+                except Exception as e:
+                    qmp.close()
+                    if time.monotonic() > deadline:
+                        raise HostError(f"cannot reach the device model's QMP socket {socket_path}: {e}") from None
+                    time.sleep(0.5)
+        except BaseException as e:
+            self._qmp_error = e
 
     @deferring
     def screendump(self, local: Path) -> np.ndarray:
         """The device model's own view of the guest framebuffer (live guest memory at 16/32 bpp)."""
+        self._qmp_thread.join(60)
         if self.qmp is None:
-            self.qmp = self._connect_qmp()
+            raise self._qmp_error or HostError("the device model's QMP socket did not answer in 60 s")
         reply = self.qmp.cmd_raw("screendump", {"filename": self.remote_dump})
         if "error" in reply:
             raise HostError(f"screendump failed: {reply['error']}")

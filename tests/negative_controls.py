@@ -29,7 +29,6 @@ BREAKS = {
     "dropped-last": "XENFB_BREAK_DROPPED_LAST",          # kept back by the frontend, never put on the ring
 }
 NAMES = tuple(BREAKS)
-VARIANTS = NAMES  # the same names, as tests/e2e/test_quiet_point.py imports them
 
 # What an in-place build leaves in the module folder; never copied.
 _BUILD_PRODUCTS = ("*.ko", "*.o", "*.mod", "*.mod.c", ".*.cmd", ".*.d", "modules.order", "Module.symvers",

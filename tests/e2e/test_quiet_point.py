@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.negative_controls import VARIANTS, make_variant
+from tests.negative_controls import NAMES, make_variant
 
 from .conftest import ROOT, Run, run_scenario, run_shipped
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module", params=VARIANTS)
+@pytest.fixture(scope="module", params=NAMES)
 def broken(request, tmp_path_factory, shared_host) -> tuple[str, Run]:
     tmp = tmp_path_factory.mktemp(f"broken-{request.param}")
     source = make_variant(tmp, request.param)
@@ -34,6 +34,7 @@ def test_each_negative_control_fails(broken):
     missed = [r for r in res["rounds"] if r["missed_pixels"]]
     assert missed and all(r["settle"] == "quiet" for r in missed), "a miss is judged after the full quiet time"
     assert all(r["guest_memory_ok"] for r in res["rounds"]), "the guest drew the frame; the backend was not told"
+    assert res["counters"]["held"] > 0, "the module held updates back"
 
 
 @pytest.mark.parametrize("name", ["quiet-point", "upstream-quiet-point"])
