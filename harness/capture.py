@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,7 +33,6 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from .geometry import Geometry
 from .hosts.base import HostError
 from .hosts.dom0 import Dom0
-from .images import load_ppm
 from .rfb import RFBClient
 from .signals import deferring
 
@@ -51,7 +51,9 @@ class Capture:
 
     def __init__(self, host: Dom0, geometry: Geometry, vnc_port: int, domid: int, remote_dir: str):
         self.host, self.geometry, self.domid = host, geometry, domid
-        self.remote_dump = f"{remote_dir}/screendump.ppm"
+        self.remote_dir = remote_dir
+        self.fetcher = ThreadPoolExecutor(1, thread_name_prefix="screendump-fetch")
+        self._dumps = 0
         self.forwards = contextlib.ExitStack()
         self.qmp: QEMUMonitorProtocol | None = None
         self._qmp_error: BaseException | None = None
@@ -69,6 +71,7 @@ class Capture:
     def close(self) -> None:
         try:
             self.vnc.close()
+            self.fetcher.shutdown(wait=True, cancel_futures=True)
             self._qmp_thread.join(30)
             if self.qmp is not None:
                 self.qmp.close()
@@ -114,13 +117,21 @@ class Capture:
             self._qmp_error = e
 
     @deferring
-    def screendump(self, local: Path) -> np.ndarray:
-        """The device model's own view of the guest framebuffer (live guest memory at 16/32 bpp)."""
+    def screendump(self, local: Path) -> Future:
+        """The device model's own view of the guest framebuffer (live guest memory at 16/32 bpp), taken now;
+        the file is fetched to `local` in the background (a Future of `local`): the next round need not wait."""
         self._qmp_thread.join(60)
         if self.qmp is None:
             raise self._qmp_error or HostError("the device model's QMP socket did not answer in 60 s")
-        reply = self.qmp.cmd_raw("screendump", {"filename": self.remote_dump})
+        # Two names in turn: the caller has checked a round's dump (so it was fetched) before the round after
+        # next is dumped. The guest's directory, and these with it, goes when the guest does.
+        self._dumps += 1
+        remote = f"{self.remote_dir}/screendump-{self._dumps % 2}.ppm"
+        reply = self.qmp.cmd_raw("screendump", {"filename": remote})
         if "error" in reply:
             raise HostError(f"screendump failed: {reply['error']}")
-        self.host.get(self.remote_dump, local)
-        return load_ppm(local)
+        return self.fetcher.submit(self._fetch, remote, local)
+
+    def _fetch(self, remote: str, local: Path) -> Path:
+        self.host.get(remote, local)
+        return local

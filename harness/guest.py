@@ -121,10 +121,10 @@ class Guest:
         if not isinstance(msg, Ready):
             raise GuestError(f"expected READY from the writer, got {msg}")
         self.geometry = msg.geometry
-        self.domid = int(self.host.exec(["xl", "domid", self.slot.name]).stdout.strip())
-        # libxl records where the device model's VNC server listens (vncunused picked the display).
-        port = self.host.exec(["xenstore-read", f"/local/domain/{self.domid}/console/vnc-port"]).stdout
-        self.vnc_port = int(port.strip())
+        # The domain's id, and where libxl recorded its device model's VNC server (vncunused picked the display).
+        out = self.host.exec(["sh", "-c", 'id=$(xl domid "$1") && echo "$id" && '
+                              'xenstore-read "/local/domain/$id/console/vnc-port"', "sh", self.slot.name]).stdout
+        self.domid, self.vnc_port = (int(x) for x in out.split())
         return msg.geometry
 
     def _next_message(self, timeout: float, waiting_for: str):

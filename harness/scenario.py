@@ -3,6 +3,7 @@ compare, and the guest's teardown. The host outlives it and serves the next scen
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 from . import pattern
@@ -67,33 +68,29 @@ def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Resul
     params = writer_params(cfg)
     counted = frontend(cfg["frontend"]).counters
     before = guest.stats() if counted else {}
+    pending: GuestMemoryCheck | None = None
     for r in range(cfg["rounds"] + 1):  # round 0 is the baseline clear
         t0 = time.monotonic()
         expected = pattern.expected_rgb(geometry, seed, r + 1, params=params)
         guest.go(r, seed)  # DONE: from now until the round is judged, nothing in the guest draws
         settled = capture.settle(lambda frame: compare(expected, frame, geometry, exclude).ok, quiet_s)
         seen = compare(expected, settled.frame, geometry, exclude)
-        dump_path = run_dir / f"round-{r:03d}-screendump.ppm"
-        truth = compare(expected, capture.screendump(dump_path), geometry, exclude)
+        # Taken now, while the guest is quiet; fetched and checked while the next round runs.
+        dump = capture.screendump(run_dir / f"round-{r:03d}-screendump.ppm")
         rr = RoundResult(round=r, compared_pixels=seen.compared_pixels, missed_pixels=seen.missed_pixels,
                          rects=[x.as_dict() for x in seen.rects], pages=seen.pages, settle=settled.how,
-                         settle_s=settled.waited_s, guest_memory_ok=truth.ok,
-                         guest_memory_missed=truth.missed_pixels,
-                         guest_memory_rects=[x.as_dict() for x in truth.rects[:3]],
-                         duration_s=round(time.monotonic() - t0, 3))
+                         settle_s=settled.waited_s, duration_s=round(time.monotonic() - t0, 3))
         if counted:
             now = guest.stats()
             rr.counters = {k: v - before.get(k, 0) for k, v in now.items() if k != "race_window_ms"}
             result.counters = dict(now)
             before = now
-        if seen.missed_pixels or not truth.ok:
+        if seen.missed_pixels:
             base = run_dir / f"round-{r:03d}"
             save_png(f"{base}-expected.png", expected)
             save_png(f"{base}-seen-vnc.png", settled.frame)
             save_png(f"{base}-diff.png", diff_image(expected, settled.frame, seen.mask))
             rr.images = {k: f"round-{r:03d}-{k}.png" for k in ("expected", "seen-vnc", "diff")}
-        if truth.ok:
-            dump_path.unlink()  # kept only as evidence of a guest-side problem
         result.rounds.append(rr)
         if r == cfg["rounds"]:
             # The last view is always kept: evidence of a PASS, and real captured data for the oracle's tests.
@@ -101,7 +98,30 @@ def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Resul
         hits = f", {rr.counters.get('race_hits', 0)} race hits" if counted else ""
         say(f"round {r}: {seen.missed_pixels} missed pixels{hits} (settled by {settled.how} in "
             f"{settled.waited_s:.2f} s)")
-        if not truth.ok:  # the guest drew the wrong thing: Result.decide makes it an ERROR; nothing to add
-            save_png(run_dir / f"round-{r:03d}-diff-screendump.png",
-                     diff_image(expected, load_ppm(dump_path), truth.mask))
-            return
+        if pending is not None and not pending.check():
+            return  # the guest drew the wrong thing: Result.decide makes it an ERROR; nothing more to learn
+        pending = GuestMemoryCheck(rr, expected, dump, geometry, exclude)
+    if pending is not None:
+        pending.check()
+
+
+class GuestMemoryCheck:
+    """A round's guest memory (its screendump) against the expected frame, once the dump has arrived."""
+
+    def __init__(self, rr: RoundResult, expected, dump: Future, geometry, exclude: list[Rect]):
+        self.rr, self.expected, self.dump, self.geometry, self.exclude = rr, expected, dump, geometry, exclude
+
+    def check(self) -> bool:
+        path = self.dump.result()
+        frame = load_ppm(path)
+        truth = compare(self.expected, frame, self.geometry, self.exclude)
+        self.rr.guest_memory_ok = truth.ok
+        self.rr.guest_memory_missed = truth.missed_pixels
+        self.rr.guest_memory_rects = [x.as_dict() for x in truth.rects[:3]]
+        if truth.ok:
+            path.unlink()  # kept only as evidence of a guest-side problem
+        else:
+            base = path.parent / f"round-{self.rr.round:03d}"
+            save_png(f"{base}-expected.png", self.expected)
+            save_png(f"{base}-diff-screendump.png", diff_image(self.expected, frame, truth.mask))
+        return truth.ok
