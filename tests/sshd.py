@@ -91,3 +91,13 @@ class LocalSSHD:
                 self.process.wait()
             self.process = None
             self.log.close()
+
+
+def wait_for(condition, timeout: float = 10) -> bool:
+    """Poll condition() until it is true (True) or timeout seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -23,7 +23,7 @@ import pytest
 from harness.hosts.base import HostError
 from harness.hosts.dom0 import GUARD, GUARD_NAME, LEFTOVERS, PREFIX, Dom0, clean, leftovers
 from harness.hosts.ssh import SSHSession
-from tests.sshd import SSHD, LocalSSHD, free_port
+from tests.sshd import SSHD, LocalSSHD, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(not os.path.exists(SSHD), reason="openssh-server is missing (scripts/install)")
 
@@ -131,15 +131,6 @@ def opened():
         dom0.close()
     for s in sessions:
         s.close()
-
-
-def wait_for(condition, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def remote_exists(ssh: SSHSession, path: str) -> bool:

@@ -16,7 +16,7 @@ import pytest
 
 from harness.hosts.base import HostError
 from harness.hosts.ssh import HostKeyError, SSHSession
-from tests.sshd import SSHD, LocalSSHD, fingerprint, free_port, keygen
+from tests.sshd import SSHD, LocalSSHD, fingerprint, free_port, keygen, wait_for
 
 pytestmark = pytest.mark.skipif(not os.path.exists(SSHD), reason="openssh-server is missing (scripts/install)")
 
@@ -56,15 +56,6 @@ def ssh(sshd, known_hosts):
     s.connect(time.monotonic() + 20)
     yield s
     s.close()
-
-
-def wait_for(condition, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def forward_threads() -> list[str]:
