@@ -21,11 +21,13 @@ pytestmark = pytest.mark.e2e
 
 def interrupt_when(tmp_path, marker: str, sig: int, timeout: float = 900, extra: tuple[str, ...] = (),
                    wait_s: float = 1.5):
-    """Start a default run, send sig once `marker` appears on its stderr, and return (rc, run dir, stderr)."""
-    out = tmp_path / "run"
+    """Start a long default run, send sig once `marker` appears on its stderr; return (rc, run dir, stderr)."""
+    out, config = tmp_path / "run", tmp_path / "long.yaml"
+    # Enough rounds (about 0.5 s each) that a signal sent during them surely lands inside them.
+    config.write_text("frontend: upstream\nrounds: 200\n")  # the default scenario, longer
     # A background job of a non-interactive shell inherits SIGINT ignored (CI runners, our own tooling);
     # restore the default so the run gets Ctrl-C as a person at a terminal would send it.
-    proc = subprocess.Popen(harness_cmd("run", "configs/default.yaml", "--output", str(out), *extra), cwd=ROOT,
+    proc = subprocess.Popen(harness_cmd("run", str(config), "--output", str(out), *extra), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []

@@ -58,9 +58,11 @@ def test_exec_never_lets_a_value_into_the_shell(shared_host):
         dom0.ssh.close()
 
 
-def start_run(tmp_path, host_yaml, config="configs/default.yaml"):
-    out = tmp_path / "run"
-    proc = subprocess.Popen(harness_cmd("run", config, "--host", str(host_yaml), "--output", str(out)), cwd=ROOT,
+def start_run(tmp_path, host_yaml):
+    """A run with enough rounds (about 0.5 s each) that an interrupt surely lands inside them."""
+    out, config = tmp_path / "run", tmp_path / "long.yaml"
+    config.write_text("frontend: upstream\nrounds: 200\n")  # the default scenario, longer
+    proc = subprocess.Popen(harness_cmd("run", str(config), "--host", str(host_yaml), "--output", str(out)), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
