@@ -128,8 +128,10 @@ class Dom0:
                 self.guard.shutdown_write()
                 if not self.guard.status_event.wait(GUARD_WAIT_S):
                     say(f"warning: the cleanup guard in {self.root} is still busy after {GUARD_WAIT_S} s")
-                elif self.guard.recv_exit_status() != 0:
-                    say(f"warning: the cleanup guard in {self.root} reported a failure")
+                elif (status := self.guard.recv_exit_status()) == -1:  # the channel closed with no status
+                    say(f"the connection to the host is gone; its guard cleans up {self.root} by itself")
+                elif status != 0:
+                    say(f"warning: the cleanup guard in {self.root} reported a failure (exit {status})")
             except Exception as e:  # a dropped connection: the guard cleans up by itself on EOF
                 say(f"warning: could not wait for the cleanup guard ({e}); it cleans up on its own")
             self.guard.close()
