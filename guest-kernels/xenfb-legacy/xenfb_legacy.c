@@ -397,10 +397,9 @@ static bool xenfb_rect_empty(const struct xenfb_rect *r)
  * NEGATIVE CONTROLS: every update is held back when it is sent, and let go
  * only when something new is drawn (a fault, a kernel-side draw): the
  * update of the last tick of a burst is then held for as long as the guest
- * stays quiet.  Deciding "last of a burst" at the send instead (nothing
- * armed), with any re-arming as the release, held nothing back in
- * practice: all three builds passed at a quiet point.  Counted in
- * held/released.
+ * stays quiet.  Whether an update is the last of its burst is known only
+ * later, so every update is held: the last one stays held whatever the
+ * refresh timer does meanwhile.  Counted in held/released.
  */
 static unsigned long stat_held;
 module_param_named(held, stat_held, ulong, 0444);
