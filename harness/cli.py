@@ -186,11 +186,10 @@ def _build(cfg: config.Config, cache: Cache) -> int:
 def _run(args, cfgs: list[config.Config], cache: Cache) -> int:
     from .result import summary
     from .run import Job, repeat_summary, run_jobs
-    stem = Path(cfgs[0].source.split(" on ")[0]).stem
-    out = args.output or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
+    out = args.output or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(cfgs[0].source).stem}"
     jobs = []
     for i, cfg in enumerate(cfgs):
-        base = out if len(cfgs) == 1 else out / f"{i + 1:02d}-{Path(cfg.source.split(' on ')[0]).stem}"
+        base = out if len(cfgs) == 1 else out / f"{i + 1:02d}-{Path(cfg.source).stem}"
         for k in range(args.repeat):
             jobs.append(Job(cfg, base if args.repeat == 1 else base / f"run-{k + 1:03d}"))
 

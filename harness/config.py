@@ -137,6 +137,13 @@ SCHEMA: dict[str, Any] = {
 }
 
 
+def workdir_problem(path: str) -> str:
+    """What a dom0 work directory must be and is not ("" if fine): it goes into xl's configuration file."""
+    if not path.startswith("/") or any(c in path for c in "\"\\\n"):
+        return "an absolute path without quotes, backslashes or newlines"
+    return ""
+
+
 def _walk(schema: dict, prefix: str = ""):
     for key, value in schema.items():
         dotted = f"{prefix}{key}"
@@ -238,8 +245,9 @@ def _merge(source: str, schema: dict, data: Any, out: dict, prefix: str, base: P
 
 @dataclass(frozen=True)
 class Config:
-    source: str
+    source: str  # the scenario file, or "(defaults)"
     data: dict
+    host_source: str = ""  # the host file (`run --host`) whose host section replaced the scenario's
 
     def get(self, dotted: str) -> Any:
         node = self.data
@@ -283,13 +291,13 @@ def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = N
             raise ConfigError(host_source, "", "expected a mapping with only a 'host' section")
         data["host"] = defaults()["host"]
         _merge(host_source, {"host": SCHEMA["host"]}, host_data, data, "", host_base)
-        source = f"{source} on {host_source}"
-    host = data["host"]
+    else:
+        host_source = ""
+    host, where = data["host"], host_source or source
     if host["kind"] == "ssh" and not host["address"]:
-        raise ConfigError(source, "host.address", "expected the dom0's address when host.kind is 'ssh'")
-    if not host["workdir"].startswith("/") or any(c in host["workdir"] for c in "\"\\\n"):
-        raise ConfigError(source, "host.workdir", f"expected an absolute path without quotes or backslashes, "
-                          f"got {host['workdir']!r}")
+        raise ConfigError(where, "host.address", "expected the dom0's address when host.kind is 'ssh'")
+    if problem := workdir_problem(host["workdir"]):
+        raise ConfigError(where, "host.workdir", f"expected {problem}, got {host['workdir']!r}")
     if data["writer"]["kind"] == "xorg":
         for key in ("mappings", "workers"):
             if data["writer"][key] != 1:
@@ -300,4 +308,4 @@ def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = N
                           "overlap, so the order of their writes decides the frame)")
     if "sources" not in (loaded.get("apt") or {}):  # the default path must exist too, and say so if not
         _check(source, "apt.sources", SCHEMA["apt"]["sources"], data["apt"]["sources"], base)
-    return Config(source, data)
+    return Config(source, data, host_source)

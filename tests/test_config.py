@@ -46,9 +46,9 @@ def write_config(tmp_path: Path, text: str, name: str = "scenario.yaml", with_so
     return p
 
 
-def load_error(path: Path) -> ConfigError:
+def load_error(path: Path, host_file: Path | None = None) -> ConfigError:
     with pytest.raises(ConfigError) as info:
-        load(path)
+        load(path, host_file)
     return info.value
 
 
@@ -380,3 +380,20 @@ def test_module_has_no_hidden_state_between_loads(tmp_path):
     assert b["compare.exclude"] == [] and b["seed"] == 9
     assert config.defaults()["compare"]["exclude"] == []
     assert os.path.isabs(b["apt.sources"])
+
+
+def test_a_host_file_replaces_the_host_section_and_keeps_the_scenario_as_source(tmp_path):
+    scenario = write_config(tmp_path, "rounds: 3\nhost:\n  dom0_memory_mb: 512\n")
+    host = tmp_path / "host.yaml"
+    host.write_text("host:\n  kind: ssh\n  address: 127.0.0.1\n  port: 2222\n  key: client_key\n")
+    cfg = load(scenario, host)
+    assert cfg.source == str(scenario) and cfg.host_source == str(host)  # a report names the scenario
+    assert (cfg["host.kind"], cfg["host.port"], cfg["host.dom0_memory_mb"]) == ("ssh", 2222, 1024)
+    assert cfg["host.key"] == str(tmp_path / "client_key") and cfg["rounds"] == 3
+
+
+def test_a_bad_host_file_is_named_in_the_error(tmp_path):
+    host = tmp_path / "host.yaml"
+    host.write_text("host:\n  kind: ssh\n  address: h\n  workdir: relative/dir\n")
+    err = load_error(write_config(tmp_path, "rounds: 3\n"), host)
+    assert err.source == str(host) and err.key == "host.workdir" and "absolute path" in str(err)

@@ -16,6 +16,7 @@ from .ssh import SSHSession
 
 def connect_ssh(host: dict, accept_new_host_key: bool = False, timeout: float = 60) -> Dom0:
     """`host` is the config's host section with kind 'ssh'."""
+    # Given paths are resolved by the config; defaults ("~/.ssh/...") only here.
     ssh = SSHSession(host["address"], host["port"], host["user"], Path(os.path.expanduser(host["key"])),
                      Path(os.path.expanduser(host["known_hosts"])), accept_new_host_key=accept_new_host_key)
     ssh.connect(time.monotonic() + timeout)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..config import workdir_problem
 from ..progress import say
 from .base import ExecResult, HostError
 from .preflight import PROBE, Preflight, judge
@@ -80,9 +81,8 @@ def session_id() -> str:
 class Dom0:
     def __init__(self, ssh: SSHSession, description: str, workdir: str,
                  console_tail: Callable[[int], str] | None = None):
-        if not workdir.startswith("/") or any(c in workdir for c in "\"\\\n"):
-            raise HostError(f"host.workdir {workdir!r}: expected an absolute path without quotes or backslashes "
-                            f"(it goes into xl's configuration file)")
+        if problem := workdir_problem(workdir):
+            raise HostError(f"host.workdir {workdir!r}: expected {problem} (it goes into xl's configuration file)")
         self.ssh, self.description, self.workdir = ssh, description, workdir.rstrip("/")  # "/" -> "": no "//"
         self._console_tail = console_tail
         self.session = session_id()
