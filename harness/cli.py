@@ -226,9 +226,11 @@ def _clean(cfg: config.Config, accept_new: bool) -> int:
 
 
 def _cache(cache: Cache, args, cfgs: list[config.Config]) -> int:
-    from .artifacts.cache import format_entries
+    from .artifacts.cache import format_entries, human_size
     if args.cache_command == "list":
         print(format_entries(cache.entries()))
+        for name, size in cache.other_sizes().items():  # e.g. apt's lists and downloaded packages
+            print(f"besides the entries: {name}/ {human_size(size)}")
         return 0
     from .artifacts.host import build_host
     from .artifacts.payload import build_payload

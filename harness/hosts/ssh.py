@@ -205,11 +205,6 @@ class SSHSession:
             raise HostError(f"{what} on {self.where} failed: {_describe(e)}") from None
 
     @deferring
-    def put(self, local: Path, remote: str) -> None:
-        with self._sftp(f"copying {local} to {remote}") as sftp:
-            sftp.put(str(local), remote)
-
-    @deferring
     def get(self, remote: str, local: Path) -> None:
         with self._sftp(f"copying {remote} to {local}") as sftp:
             sftp.get(remote, str(local))
