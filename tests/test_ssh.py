@@ -256,12 +256,11 @@ def test_started_command_sees_eof_when_the_connection_drops(ssh, tmp_path):
 
 
 # -- files -----------------------------------------------------------------------------------------------------
-def test_put_get_put_bytes(ssh, tmp_path):
+def test_get_and_put_bytes(ssh, tmp_path):
     data = os.urandom(300_000)
-    (tmp_path / "local").write_bytes(data)
     remote = tmp_path / "remote"
     remote.mkdir()
-    ssh.put(tmp_path / "local", str(remote / "copy"))
+    ssh.put_bytes(data, str(remote / "copy"))
     ssh.get(str(remote / "copy"), tmp_path / "back")
     assert (tmp_path / "back").read_bytes() == data
     ssh.put_bytes(b"secret\n", str(remote / "secret"), mode=0o600)
