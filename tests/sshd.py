@@ -24,12 +24,6 @@ def fingerprint(public_key: Path) -> str:
                           text=True).stdout.split()[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LocalSSHD:
     """Host keys (ed25519 and rsa) and client keys are made once; start() may then run the server on any port."""
 

@@ -22,8 +22,9 @@ import pytest
 
 from harness.hosts.base import HostError
 from harness.hosts.dom0 import GUARD, GUARD_NAME, LEFTOVERS, PREFIX, Dom0, clean, leftovers
+from harness.hosts.nested import free_port
 from harness.hosts.ssh import SSHSession
-from tests.sshd import SSHD, LocalSSHD, free_port, wait_for
+from tests.sshd import SSHD, LocalSSHD, wait_for
 
 pytestmark = pytest.mark.skipif(not os.path.exists(SSHD), reason="openssh-server is missing (scripts/install)")
 
@@ -215,7 +216,7 @@ def test_upload_arrives_intact_and_only_once(sshd, opened, tmp_path, monkeypatch
     before = os.stat(remote)
 
     sent = []
-    for method in ("exec", "put", "put_bytes"):
+    for method in ("exec", "put_bytes"):  # every way SSHSession sends a file
         real = getattr(dom0.ssh, method)
         monkeypatch.setattr(dom0.ssh, method, lambda *a, real=real, **k: sent.append(a) or real(*a, **k))
     again = tmp_path / "copy"  # the same content under another name: still the first copy

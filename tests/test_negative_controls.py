@@ -18,7 +18,8 @@ import yaml
 from harness import config
 from harness.artifacts import payload as payload_recipe
 from harness.artifacts.cache import Cache, default_cache_dir
-from harness.artifacts.payload import FRONTEND_SRC, build_payload, hash_tree, legacy_source
+from harness.artifacts.cache import hash_tree
+from harness.artifacts.payload import FRONTEND_SRC, build_payload, legacy_source
 from harness.config import SCHEMA, ConfigError
 from tests.negative_controls import BREAKS, NAMES, SOURCE, config_fragment, make_variant
 from tests.test_cpio import read_newc

@@ -42,6 +42,22 @@ def hash_files(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def hash_tree(root: Path) -> str:
+    """Every regular file under root, recursively, by its path relative to root and its content; a symbolic link
+    by its path and target (the tree is copied with its links as they are)."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            path = Path(dirpath, name)
+            rel = path.relative_to(root).as_posix().encode()
+            if path.is_symlink():
+                h.update(b"L" + rel + b"\0" + os.readlink(path).encode() + b"\0")
+            elif path.is_file():
+                h.update(b"F" + rel + b"\0" + str(path.stat().st_size).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class EntryInfo:
     name: str

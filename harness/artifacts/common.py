@@ -1,5 +1,5 @@
 """What the host recipe (host.py) and the guest recipe (payload.py) share: the apt state, busybox, the start of
-an initramfs, ext4 images, the compiler's version line, and kernels out of Debian's linux-image packages.
+an initramfs, the compiler's version line, and kernels out of Debian's linux-image packages.
 
 Every cache entry's key holds the package versions it came from, the config values it used and hashes of our own
 files that shape it: its recipe file (host.py or payload.py) and this one, never the other recipe, so changing
@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-from ..progress import run
 from .apt import LISTS_MAX_AGE, Apt
 from .cache import Cache, hash_files
 from .cpio import CpioWriter
@@ -63,13 +62,6 @@ def xen_series(package: str) -> str:
     if not m:
         raise ValueError(f"host.xen_package {package!r}: expected a name like xen-hypervisor-4.17-amd64")
     return m.group(1)
-
-
-def _ext4_image(src: Path, image: Path, label: str, log: Path) -> None:
-    used = int(subprocess.run(["du", "-sm", str(src)], capture_output=True, text=True).stdout.split()[0])
-    size_mb = int(used * 1.25) + 64  # room for ext4 metadata and the few writes made to it
-    run(["mkfs.ext4", "-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d", str(src), str(image), f"{size_mb}M"],
-        log)
 
 
 def _busybox(apt: Apt, dest: Path) -> Path:

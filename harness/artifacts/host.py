@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from ..config import Config
 from ..progress import run, step
 from .apt import Apt
 from .cache import Cache, hash_files
-from .common import (BUSYBOX, FILES, HERE, _busybox, _ext4_image, _kernel, _start_initramfs, apt_for, recipe_hash,
+from .common import (BUSYBOX, FILES, HERE, _busybox, _kernel, _start_initramfs, apt_for, recipe_hash,
                      xen_series)
 from .cpio import CpioWriter
 
@@ -72,6 +73,13 @@ def _dom0_initrd(cache: Cache, apt: Apt, kernel: Path, log: Path) -> Path:
     inputs = {"kernel": kernel.name, "busybox": apt.version(BUSYBOX),
               "recipe": hash_files(FILES / "dom0-initramfs-init", HERE / "cpio.py"), "build": RECIPE}
     return cache.entry("dom0-initrd", inputs, build) / "initrd.cpio"
+
+
+def _ext4_image(src: Path, image: Path, label: str, log: Path) -> None:
+    used = int(subprocess.run(["du", "-sm", str(src)], capture_output=True, text=True).stdout.split()[0])
+    size_mb = int(used * 1.25) + 64  # room for ext4 metadata and the few writes made to it
+    run(["mkfs.ext4", "-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d", str(src), str(image), f"{size_mb}M"],
+        log)
 
 
 def _dom0_image(cache: Cache, apt: Apt, inp: dict, series: str, log: Path) -> Path:

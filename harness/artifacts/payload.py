@@ -7,7 +7,6 @@ apt.sources); nothing here shapes the host (host.py), and the host's keys hold n
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ from .. import frontends
 from ..config import Config
 from ..progress import run, step
 from .apt import Apt
-from .cache import Cache, hash_files
+from .cache import Cache, hash_files, hash_tree
 from .common import BUSYBOX, FILES, HERE, _busybox, _gcc, _kernel, _start_initramfs, apt_for, recipe_hash
 from .cpio import CpioWriter
 from .elf import closure, copy_closure
@@ -91,22 +90,6 @@ def _xorg_root(cache: Cache, apt: Apt, log: Path) -> Path:
     inputs = {"packages": packages, "source": hash_files(WRITER_SRC, FILES / "xorg.conf", HERE / "elf.py"),
               "gcc": _gcc(), "build": RECIPE}
     return cache.entry("xorg-root", inputs, build) / "root"
-
-
-def hash_tree(root: Path) -> str:
-    """Every regular file under root, recursively, by its path relative to root and its content; a symbolic link
-    by its path and target (the tree is copied with its links as they are)."""
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
-            path = Path(dirpath, name)
-            rel = path.relative_to(root).as_posix().encode()
-            if path.is_symlink():
-                h.update(b"L" + rel + b"\0" + os.readlink(path).encode() + b"\0")
-            elif path.is_file():
-                h.update(b"F" + rel + b"\0" + str(path.stat().st_size).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def legacy_source(cfg: Config) -> Path:
