@@ -38,8 +38,8 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def shared_host(cfgs: list[Config]) -> dict:
-    """The host settings all scenarios agree on: one host serves them all, so they must."""
+def check_one_host(cfgs: list[Config]) -> None:
+    """All scenarios must agree on their host settings: one host serves them all."""
     first = cfgs[0]
     for cfg in cfgs[1:]:
         for section in ("host", "apt"):
@@ -47,7 +47,6 @@ def shared_host(cfgs: list[Config]) -> dict:
                 if cfg.data[section][key] != value:
                     raise ConfigError(cfg.source, f"{section}.{key}", f"expected {value!r} as in {first.source}: "
                                       f"scenarios of one run share one host (or pass --host)")
-    return first.data["host"]
 
 
 @contextlib.contextmanager
@@ -73,7 +72,7 @@ def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key:
              until_fail: bool = False, on_result=None) -> list[Result]:
     """Each job is a fresh guest on one shared host. Returns a result per job started (and an ERROR for each
     job a broken host kept from running); `on_result(result, job)` is called as each one ends."""
-    shared_host([j.cfg for j in jobs])
+    check_one_host([j.cfg for j in jobs])
     results: list[Result] = []
     timings = Timings()  # the host's own steps, counted in the first scenario's timings
     started = time.monotonic()
