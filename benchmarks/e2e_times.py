@@ -37,9 +37,9 @@ def guest_sizes(cache: Path) -> None:
     for sizes in sorted(cache.glob("guest-payload-*/sizes.json")):
         for name, size in json.loads(sizes.read_text()).items():
             print(f"  guest {name}: {size / 2**20:.1f} MiB")
-    for root in sorted(cache.glob("xorg-root-*/root")):
+    for root in sorted(cache.glob("guest-root-*/root")):
         files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
-        print(f"  of which the X server, xkbcomp, keymaps, the X client and their libraries: "
+        print(f"  of which the X server and/or command.packages, with their libraries: "
               f"{sum(p.stat().st_size for p in files) / 2**20:.1f} MiB in {len(files)} files")
 
 

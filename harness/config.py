@@ -6,6 +6,7 @@ that name the file, the dotted key and what was expected; nothing is guessed.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,10 @@ from .frontends import FRONTENDS
 from .pattern import DEFAULT_PARAMS
 
 # Bumped whenever a key changes meaning or goes away; result.json records it with the effective config.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+MAX_COMMAND = 2000  # bytes of command.run: it reaches the guest hex-encoded in one line of its console tty, whose
+#                     canonical mode takes at most 4095 characters a line
+DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 
 class ConfigError(ValueError):
     def __init__(self, source: str, key: str, message: str):
@@ -28,7 +32,7 @@ class ConfigError(ValueError):
 class Field:
     default: Any
     kind: str  # int | str | bool | enum | path (an existing file) | file (a file that may not exist yet) | rects
-    #            | dir (an existing directory; "" keeps the default meaning)
+    #            | dir (an existing directory; "" keeps the default meaning) | packages (Debian package names)
     doc: str
     choices: tuple = ()
     minimum: int | None = None
@@ -55,8 +59,10 @@ SCHEMA: dict[str, Any] = {
     "writer": {
         "kind": Field("mmap", "enum", "who draws: 'mmap' is xfb-writer writing through its own mmap of /dev/fb0; "
                       "'xorg' is an X server (fbdev driver, ShadowFB off) drawing into the framebuffer for an X "
-                      "client, xfb-xwriter, that draws the same pattern with XFillRectangle",
-                      choices=("mmap", "xorg")),
+                      "client, xfb-xwriter, that draws the same pattern with XFillRectangle; 'command' is any "
+                      "workload you give (command.run), judged against guest memory at the points where the "
+                      "harness freezes it (no expected frame: the other writer.* keys do not apply)",
+                      choices=("mmap", "xorg", "command")),
         "lifecycle": Field("persistent", "enum", "how the drawing program uses the framebuffer: 'persistent' "
                            "opens and maps it once; 'per-round' is a new process each round that opens, maps, "
                            "draws, unmaps, closes and exits (a splash screen, an image viewer, cat > /dev/fb0; with "
@@ -79,6 +85,22 @@ SCHEMA: dict[str, Any] = {
                              "the round (its mapping is fork's copy)", choices=("thread", "process")),
         "touch_gap_us": Field(0, "int", "sparse mode: pause between two touches of a page (timing only)",
                               minimum=0),
+    },
+    "command": {
+        "run": Field("", "str", "writer.kind 'command': the shell command line (/bin/sh -c, busybox) the guest runs "
+                     "as the workload, e.g. a loop of X clients. It must keep running: its exit is an ERROR. It runs "
+                     "with PATH=/usr/bin:/bin, HOME=/tmp and, with command.xorg, DISPLAY=:0; its output is kept as "
+                     "workload.log", maximum=MAX_COMMAND),
+        "xorg": Field(True, "bool", "writer.kind 'command': start the X server (fbdev driver, ShadowFB off) "
+                      "before the workload; it is frozen with it"),
+        "packages": Field([], "packages", "writer.kind 'command': Debian packages whose files the guest gets "
+                          "(from the guest's apt sources), e.g. [x11-apps] for x11perf; their programs bring the "
+                          "shared libraries they load (documentation is left out)"),
+        "interval_ms": Field(2000, "int", "writer.kind 'command': how long the workload runs between two freezes",
+                             minimum=10),
+        "timing": Field("random", "enum", "writer.kind 'command': 'periodic' freezes every interval_ms; "
+                        "'random' draws each interval from 0.5..1.5 x interval_ms with the seed",
+                        choices=("periodic", "random")),
     },
     "compare": {
         "exclude": Field([], "rects", "extra areas left out of the comparison, as {x, y, w, h}"),
@@ -168,7 +190,9 @@ def describe() -> str:
     lines = []
     for dotted, f in _walk(SCHEMA):
         extra = f" (one of: {', '.join(f.choices)})" if f.choices else ""
-        if f.maximum is not None:
+        if f.kind == "str" and f.maximum is not None:
+            extra = f" (at most {f.maximum} bytes)"
+        elif f.maximum is not None:
             extra = f" ({f.minimum}..{f.maximum})"
         elif f.minimum is not None:
             extra = f" (>= {f.minimum})"
@@ -197,6 +221,8 @@ def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
             fail("a string")
         if "\n" in value or "\0" in value:
             fail("a single line")
+        if f.kind == "str" and f.maximum is not None and len(value.encode()) > f.maximum:
+            fail(f"at most {f.maximum} bytes")
         if f.kind == "enum" and value not in f.choices:
             fail("one of " + ", ".join(repr(c) for c in f.choices))
         if f.kind == "file":
@@ -216,6 +242,10 @@ def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
                 raise ConfigError(source, dotted, f"expected an existing file, {str(path)!r} does not exist")
             return str(path)
         return value
+    if f.kind == "packages":
+        if not isinstance(value, list) or not all(isinstance(v, str) and DEBIAN_PACKAGE.fullmatch(v) for v in value):
+            fail("a list of Debian package names (lower case letters, digits, '+', '-', '.')")
+        return list(value)
     if f.kind == "rects":
         if not isinstance(value, list):
             fail("a list of {x, y, w, h} mappings")
@@ -303,6 +333,9 @@ def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = N
             if data["writer"][key] != 1:
                 raise ConfigError(source, f"writer.{key}", "expected 1 with writer.kind 'xorg' (the X server "
                                   "maps the framebuffer, and one X client draws)")
+    if data["writer"]["kind"] == "command" and not data["command"]["run"].strip():
+        raise ConfigError(source, "command.run", "expected the workload's shell command when writer.kind is "
+                          "'command'")
     if data["writer"]["workers"] > 1 and data["writer"]["mode"] != "sparse":
         raise ConfigError(source, "writer.workers", "expected 1 unless writer.mode is 'sparse' (mixed rounds "
                           "overlap, so the order of their writes decides the frame)")

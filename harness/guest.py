@@ -15,13 +15,22 @@ from .geometry import Geometry
 from .pattern import WriterParams
 from .hosts.base import Console, HostError
 from .hosts.dom0 import Dom0, GuestSlot
-from .protocol import (Bye, Check, Done, ProtocolError, Ready, Stats, Unloaded, WriterError, format_go, format_quit,
-                       format_stats, parse_line)
+from .protocol import (Bye, Check, Done, ProtocolError, Ready, Stats, Unloaded, WriterError, format_freeze,
+                       format_go, format_quit, format_start, format_stats, format_thaw, parse_line, section_marker)
 
 KERNEL_FATAL = re.compile(r"Kernel panic.*|BUG: .*|Oops: .*")
 GUEST_FATAL = re.compile(KERNEL_FATAL.pattern + r"|XFB-GUEST-WRITER-EXIT.*|XFB-GUEST-FAIL.*")
 XORG_CONF = Path(__file__).resolve().parent / "files" / "xorg.conf"
-XORG_LOG_BEGIN, XORG_LOG_END = "XFB-XORG-LOG-BEGIN", "XFB-XORG-LOG-END"
+
+
+def console_section(run_dir: Path, name: str) -> str | None:
+    """The last log the guest printed on its console between XFB-<NAME>-LOG-BEGIN and -END, or None."""
+    console = run_dir / "guest-console.log"
+    text = console.read_text(errors="replace") if console.exists() else ""
+    begin, end = f"XFB-{name}-LOG-BEGIN", f"XFB-{name}-LOG-END"
+    if begin not in text or end not in text.rsplit(begin, 1)[1]:
+        return None
+    return text.rsplit(begin, 1)[1].split(end, 1)[0].replace("\r\n", "\n").lstrip("\n")
 
 
 def save_xorg_config(run_dir: Path) -> dict:
@@ -29,15 +38,22 @@ def save_xorg_config(run_dir: Path) -> dict:
     directory, and say whether the fbdev driver really runs with ShadowFB off."""
     (run_dir / "xorg.conf").write_text(XORG_CONF.read_text())
     info = {"config": "xorg.conf"}
-    console = run_dir / "guest-console.log"
-    text = console.read_text(errors="replace") if console.exists() else ""
-    if XORG_LOG_BEGIN in text and XORG_LOG_END in text:
-        body = text.split(XORG_LOG_BEGIN, 1)[1].split(XORG_LOG_END, 1)[0].replace("\r\n", "\n").lstrip("\n")
+    body = console_section(run_dir, "XORG")
+    if body is not None:
         (run_dir / "Xorg.0.log").write_text(body)
         info["log"] = "Xorg.0.log"
         m = re.search(r'FBDEV\(0\): Option "ShadowFB" "(\w+)"', body)
         info["shadowfb"] = m.group(1) if m else "unknown"
     return info
+
+
+def save_workload_log(run_dir: Path) -> str:
+    """writer.kind command: keep the workload's output as workload.log; its name, or "" if none came."""
+    body = console_section(run_dir, "WORKLOAD")
+    if body is None:
+        return ""
+    (run_dir / "workload.log").write_text(body)
+    return "workload.log"
 
 
 class GuestError(RuntimeError):
@@ -62,6 +78,8 @@ def xl_config(cfg: Config, name: str, kernel: str, initrd: str) -> str:
                 "xfb_touch_gap_us": cfg["writer.touch_gap_us"], "xfb_mappings": cfg["writer.mappings"],
                 "xfb_workers": cfg["writer.workers"], "xfb_worker_kind": cfg["writer.worker_kind"],
                 "xfb_mapcheck": int(cfg["guest.mapping_checks"])}
+    if cfg["writer.kind"] == "command":
+        settings["xfb_command_xorg"] = int(cfg["command.xorg"])
     fe = frontend(cfg["frontend"])
     if fe.module:
         settings.update(xfb_module=fe.module, xfb_race_window_ms=cfg["legacy.race_window_ms"],
@@ -97,6 +115,7 @@ class Guest:
         self.checks: list[Check] = []  # mapping checks passed before READY
         self.unload = bool(frontend(cfg["frontend"]).module) and cfg["legacy.unload_at_end"]
         self.finished = False  # the writer has said BYE
+        self._section: str | None = None  # inside a quoted log (e.g. the workload's): not our lines
 
     def __enter__(self) -> "Guest":
         return self
@@ -139,6 +158,8 @@ class Guest:
             if line is None:
                 raise GuestError(f"timed out after {timeout} s waiting for {waiting_for}\n"
                                  f"--- last guest console lines ---\n{self.console.tail()}")
+            if not self._ours(line):
+                continue
             fatal = GUEST_FATAL.search(line)
             if fatal:
                 time.sleep(1)  # let the rest of a panic arrive for the message
@@ -153,12 +174,37 @@ class Guest:
             if msg is not None:
                 return msg
 
+    def _ours(self, line: str) -> bool:
+        """False for the lines of someone else's log the guest quotes (an X or workload log, between markers),
+        which are neither protocol nor kernel messages, and for the markers themselves."""
+        marker = section_marker(line)
+        if marker is not None:
+            name, begins = marker
+            self._section = name if begins else None
+            return False
+        return self._section is None
+
     def go(self, round_no: int, seed: int) -> Done:
         self.console.send_line(format_go(round_no, seed))
         msg = self._next_message(self.cfg["timeouts.round"], f"round {round_no} (timeouts.round)")
         if not isinstance(msg, Done) or msg.round != round_no:
             raise GuestError(f"expected DONE {round_no} from the writer, got {msg}")
         return msg
+
+    def start_workload(self, command: str) -> None:
+        """writer.kind command: start the workload; it runs until freeze()."""
+        self.console.send_line(format_start(command))
+
+    def freeze(self, round_no: int) -> Done:
+        """writer.kind command: freeze the workload (and the X server); returns once every process is frozen."""
+        self.console.send_line(format_freeze(round_no))
+        msg = self._next_message(self.cfg["timeouts.round"], f"the workload to freeze for round {round_no}")
+        if not isinstance(msg, Done) or msg.round != round_no:
+            raise GuestError(f"expected DONE {round_no} from the workload's controller, got {msg}")
+        return msg
+
+    def thaw(self) -> None:
+        self.console.send_line(format_thaw())
 
     def stats(self) -> dict[str, int]:
         """The frontend module's counters (empty for the built-in frontend, which has none)."""
@@ -190,11 +236,17 @@ class Guest:
             pass
         return msg.module
 
+    def quit(self) -> None:
+        """After an error: ask the writer to finish, if finish() did not, so that what it prints on the way out
+        (a workload's log) reaches the console log. Best effort: it may be gone already."""
+        if self.console is not None and not self.finished:
+            self.finished = True
+            self._ask_to_quit()
+
     def stop(self) -> None:
         """Ask the writer to finish (unless finish() did), then make sure the domain and its files are gone."""
         if self.console is not None:
-            if not self.finished:
-                self._ask_to_quit()
+            self.quit()
             self.console.close()
             self.console = None
         if self.slot is not None:
@@ -210,7 +262,7 @@ class Guest:
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 line = self.console.read_line(0.5)
-                if line is not None and isinstance(parse_line(line), Bye):
+                if line is not None and self._ours(line) and isinstance(parse_line(line), Bye):
                     break
         except (EOFError, OSError, ProtocolError):
             pass

@@ -17,6 +17,12 @@ and after BYE, the guest's init reports that it unloaded the frontend module: "X
 
 Harness -> writer: "GO <round> <seed>", "STATS" and "QUIT".
 
+With writer.kind "command" the guest runs xfb-writer --workload, a controller of someone else's workload, instead:
+it says READY as above, and obeys "START <hex of the command>" (no answer), "FREEZE <round>" (answered "XFB DONE
+<round>" once the workload and the X server are frozen), "THAW" (no answer), STATS and QUIT. It prints the
+workload's log between "XFB-WORKLOAD-LOG-BEGIN" and "XFB-WORKLOAD-LOG-END" lines; the X log comes between
+"XFB-XORG-LOG-BEGIN" and "XFB-XORG-LOG-END". Lines between such markers are someone else's text, never ours.
+
 DONE means round <round> is drawn (with the X writer: the X server has carried it out). From then until the next
 GO nothing in the guest draws: the writer only waits for its next command. There is no heartbeat, because any
 further drawing would make the frontend send updates that carry along one it failed to send.
@@ -198,3 +204,32 @@ def format_stats() -> str:
 
 def format_quit() -> str:
     return "QUIT\n"
+
+
+def format_start(command: str) -> str:
+    """Start the workload (writer.kind command): the command travels hex-encoded, so no byte of it is special."""
+    data = command.encode()
+    if not data or b"\0" in data:
+        raise ValueError("the workload command must be non-empty and hold no NUL byte")
+    return f"START {data.hex()}\n"
+
+
+def format_freeze(round: int) -> str:
+    """Freeze the workload; "XFB DONE <round>" says it is frozen."""
+    if not 0 <= round <= MAX_ROUND:
+        raise ValueError(f"round {round} outside 0..{MAX_ROUND}")
+    return f"FREEZE {round}\n"
+
+
+def format_thaw() -> str:
+    return "THAW\n"
+
+
+SECTION = re.compile(r"XFB-([A-Z]+)-LOG-(BEGIN|END)")
+
+
+def section_marker(line: str) -> tuple[str, bool] | None:
+    """("WORKLOAD", True) for a line that opens a quoted log section, ("WORKLOAD", False) for one that closes it,
+    else None."""
+    m = SECTION.search(line)
+    return (m[1], m[2] == "BEGIN") if m else None

@@ -27,11 +27,18 @@ class RoundResult:
     settle: str = ""
     settle_s: float = 0.0
     duration_s: float = 0.0
+    at_s: float = 0.0  # when the round was judged: seconds since the first round began
     guest_memory_ok: bool = True  # the screendump (guest memory) matched the expected frame
     guest_memory_missed: int = 0  # pixels of guest memory that differ from the expected frame
     guest_memory_rects: list = field(default_factory=list)
     images: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)  # the frontend module's counters during this round
+    # writer.kind command, whose expected frame is guest memory when frozen: did that memory stay the same until
+    # the round was judged? If not, something outside the frozen workload draws, and the comparison means nothing.
+    guest_quiet: bool = True
+    guest_changed_pixels: int = 0
+    guest_changed_rects: list = field(default_factory=list)
+    drawn_pixels: int | None = None  # writer.kind command: pixels the workload changed since the previous freeze
 
     @property
     def missed(self) -> bool:
@@ -56,6 +63,7 @@ class Result:
     checks: list = field(default_factory=list)  # mapping checks passed before the rounds: {name, detail}
     unloaded: str = ""  # the frontend module unloaded after the last round (legacy.unload_at_end)
     xorg: dict = field(default_factory=dict)  # writer.kind xorg: the X configuration files kept, ShadowFB state
+    workload_log: str = ""  # writer.kind command: the workload's output, kept in the run directory
     effective_config: dict = field(default_factory=dict)  # every key's value, with the schema version
     guest: dict = field(default_factory=dict)  # the guest's name and domain on its host, the payload's key
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -65,8 +73,16 @@ class Result:
         compared = [r for r in self.rounds if r.compared_pixels > 0]
         missed = [r for r in self.rounds if r.missed]
         wrong_guest = [r for r in self.rounds if not r.guest_memory_ok]
+        restless = [r for r in self.rounds if not r.guest_quiet]
         if self.error:
             self.verdict, self.reason = ERROR, self.error
+        elif restless:
+            r = restless[0]
+            self.verdict = ERROR
+            self.reason = (f"round {r.round}: the guest never became quiet: its framebuffer memory changed in "
+                           f"{r.guest_changed_pixels} pixels (e.g. {r.guest_changed_rects[:1]}) while the workload "
+                           f"was frozen, so something outside it draws (a process that left the workload's cgroup? "
+                           f"the console?); no verdict can be drawn from such a screen")
         elif wrong_guest:
             # Guest memory itself is not what the writer should have drawn: the writer or the guest is wrong,
             # which says nothing about the backend.
@@ -81,17 +97,32 @@ class Result:
             self.reason = (f"{len(missed)} of {len(self.rounds)} rounds show missed updates; first in round "
                            f"{first.round}: {first.missed_pixels} pixels in pages {first.pages[:8]}, e.g. "
                            f"{first.rects[:1]}")
-            # Our module's own ground truth: race hits, or (negative controls) updates it held back on purpose.
-            unexplained = [r.round for r in missed if r.counters and not (r.counters.get("race_hits")
-                                                                            or r.counters.get("held"))]
+            # Our module's own ground truth: race hits, or (negative controls) updates it held back on purpose. A
+            # page a race left untracked stays so, and a later round's writes to it are missed too: count them all
+            # up to the missed round.
+            unexplained, explained = [], 0
+            for r in self.rounds:
+                explained += r.counters.get("race_hits", 0) + r.counters.get("held", 0)
+                if r.missed and r.counters and not explained:
+                    unexplained.append(r.round)
             if unexplained:  # the module disagrees with the oracle: say so loudly
-                self.reason += f"; WARNING: rounds {unexplained} missed with no race hit counted by the module"
+                self.reason += (f"; WARNING: rounds {unexplained} missed with no race hit counted by the module "
+                                f"up to then")
+        elif self._drew_nothing():
+            measured = [r for r in self.rounds if r.drawn_pixels is not None]
+            self.verdict = ERROR
+            self.reason = (f"the workload drew nothing in any of its {len(measured)} rounds (guest memory was the "
+                           f"same at every freeze), so nothing was tested; is it drawing on the framebuffer?")
         elif len(compared) != self.rounds_planned + 1 or not compared:
             self.verdict = ERROR
             self.reason = f"only {len(compared)} of {self.rounds_planned + 1} rounds were compared"
         else:
             self.verdict = PASS
             self.reason = f"all {len(compared)} rounds matched ({sum(r.compared_pixels for r in compared)} pixels)"
+
+    def _drew_nothing(self) -> bool:
+        measured = [r.drawn_pixels for r in self.rounds if r.drawn_pixels is not None]
+        return bool(measured) and not any(measured)
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -2,6 +2,7 @@
 compare, and the guest's teardown. The host outlives it and serves the next scenario."""
 from __future__ import annotations
 
+import random
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -13,7 +14,7 @@ from .compare import compare
 from .config import Config
 from .frontends import frontend
 from .geometry import Rect
-from .guest import Guest, save_xorg_config, writer_params
+from .guest import Guest, save_workload_log, save_xorg_config, writer_params
 from .hosts.dom0 import Dom0
 from .images import diff_image, load_ppm, save_png
 from .progress import record, say, step
@@ -45,13 +46,17 @@ def run_scenario(cfg: Config, host: Dom0, payload: Payload, run_dir: Path, resul
         result.checks = [{"name": c.name, "detail": c.detail} for c in guest.checks]
         with Capture(host, geometry, guest.vnc_port, guest.domid, guest.slot.dir) as capture:
             with step("rounds"):
-                _rounds(cfg, guest, capture, geometry, result, run_dir)
+                rounds = _command_rounds if cfg["writer.kind"] == "command" else _rounds
+                rounds(cfg, guest, capture, geometry, result, run_dir)
         record("xl create to verdict", time.monotonic() - created)  # the last round's comparison decides
         if all(r.guest_memory_ok for r in result.rounds):
             result.unloaded = guest.finish()
     finally:
-        if cfg["writer.kind"] == "xorg":
+        guest.quit()  # a command workload's controller prints the workload's log on its way out
+        if cfg["writer.kind"] == "xorg" or (cfg["writer.kind"] == "command" and cfg["command.xorg"]):
             result.xorg = save_xorg_config(run_dir)
+        if cfg["writer.kind"] == "command":
+            result.workload_log = save_workload_log(run_dir)
         if guest.slot is not None:
             try:
                 host.save_guest_logs(guest.slot, run_dir)
@@ -61,13 +66,46 @@ def run_scenario(cfg: Config, host: Dom0, payload: Payload, run_dir: Path, resul
     return result
 
 
+class RoundLog:
+    """What every kind of round records the same way: the module's counters, the evidence of a miss, the line
+    on the console."""
+
+    def __init__(self, cfg: Config, guest: Guest, result: Result, run_dir: Path):
+        self.guest, self.result, self.run_dir, self.last = guest, result, run_dir, cfg["rounds"]
+        self.counted = frontend(cfg["frontend"]).counters
+        self.before = guest.stats() if self.counted else {}
+        self.start = time.monotonic()
+
+    def add(self, rr: RoundResult, expected, settled, seen) -> None:
+        rr.at_s = round(time.monotonic() - self.start, 3)
+        if self.counted:
+            now = self.guest.stats()
+            rr.counters = {k: v - self.before.get(k, 0) for k, v in now.items() if k != "race_window_ms"}
+            self.result.counters = dict(now)
+            self.before = now
+        r = rr.round
+        if seen.missed_pixels:
+            base = self.run_dir / f"round-{r:03d}"
+            save_png(f"{base}-expected.png", expected)
+            save_png(f"{base}-seen-vnc.png", settled.frame)
+            save_png(f"{base}-diff.png", diff_image(expected, settled.frame, seen.mask))
+            rr.images = {k: f"round-{r:03d}-{k}.png" for k in ("expected", "seen-vnc", "diff")}
+        self.result.rounds.append(rr)
+        if r == self.last:
+            # The last view is always kept: evidence of a PASS, and real captured data for the oracle's tests.
+            save_png(self.run_dir / "final-seen-vnc.png", settled.frame)
+        hits = f", {rr.counters.get('race_hits', 0)} race hits" if self.counted else ""
+        say(f"round {r}: {seen.missed_pixels} missed pixels{hits} (settled by {settled.how} in "
+            f"{settled.waited_s:.2f} s)")
+
+
 def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Result, run_dir: Path) -> None:
+    """Our writer's rounds: each draws a seeded frame we know; the backend's view and guest memory must both be it."""
     seed = cfg["seed"]
     exclude = [Rect(**r) for r in cfg["compare.exclude"]]
     quiet_s = cfg["capture.quiet_ms"] / 1000
     params = writer_params(cfg)
-    counted = frontend(cfg["frontend"]).counters
-    before = guest.stats() if counted else {}
+    log = RoundLog(cfg, guest, result, run_dir)
     pending: GuestMemoryCheck | None = None
     for r in range(cfg["rounds"] + 1):  # round 0 is the baseline clear
         t0 = time.monotonic()
@@ -80,29 +118,60 @@ def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Resul
         rr = RoundResult(round=r, compared_pixels=seen.compared_pixels, missed_pixels=seen.missed_pixels,
                          rects=[x.as_dict() for x in seen.rects], pages=seen.pages, settle=settled.how,
                          settle_s=settled.waited_s, duration_s=round(time.monotonic() - t0, 3))
-        if counted:
-            now = guest.stats()
-            rr.counters = {k: v - before.get(k, 0) for k, v in now.items() if k != "race_window_ms"}
-            result.counters = dict(now)
-            before = now
-        if seen.missed_pixels:
-            base = run_dir / f"round-{r:03d}"
-            save_png(f"{base}-expected.png", expected)
-            save_png(f"{base}-seen-vnc.png", settled.frame)
-            save_png(f"{base}-diff.png", diff_image(expected, settled.frame, seen.mask))
-            rr.images = {k: f"round-{r:03d}-{k}.png" for k in ("expected", "seen-vnc", "diff")}
-        result.rounds.append(rr)
-        if r == cfg["rounds"]:
-            # The last view is always kept: evidence of a PASS, and real captured data for the oracle's tests.
-            save_png(run_dir / "final-seen-vnc.png", settled.frame)
-        hits = f", {rr.counters.get('race_hits', 0)} race hits" if counted else ""
-        say(f"round {r}: {seen.missed_pixels} missed pixels{hits} (settled by {settled.how} in "
-            f"{settled.waited_s:.2f} s)")
+        log.add(rr, expected, settled, seen)
         if pending is not None and not pending.check():
             return  # the guest drew the wrong thing: Result.decide makes it an ERROR; nothing more to learn
         pending = GuestMemoryCheck(rr, expected, dump, geometry, exclude)
     if pending is not None:
         pending.check()
+
+
+def freeze_intervals(cfg: Config):
+    """writer.kind command: how long (s) the workload runs before each freeze after the first, from the seed."""
+    rng = random.Random(cfg["seed"])
+    base = cfg["command.interval_ms"] / 1000
+    while True:
+        yield base if cfg["command.timing"] == "periodic" else base * rng.uniform(0.5, 1.5)
+
+
+def _command_rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Result, run_dir: Path) -> None:
+    """Someone else's workload, which draws nothing we can predict. Round 0 judges the screen before it starts
+    (the X server's, or the cleared console's); each later round lets it run, freezes it (with the X server), and
+    takes guest memory at that moment as the expected frame. The backend's view must come to equal it while
+    everything is frozen; a second look at guest memory afterwards proves nothing else drew in the meantime."""
+    exclude = [Rect(**r) for r in cfg["compare.exclude"]]
+    quiet_s = cfg["capture.quiet_ms"] / 1000
+    log = RoundLog(cfg, guest, result, run_dir)
+    intervals = freeze_intervals(cfg)
+    previous = None  # guest memory at the previous freeze
+    for r in range(cfg["rounds"] + 1):
+        t0 = time.monotonic()
+        if r >= 1:
+            if r == 1:
+                guest.start_workload(cfg["command.run"])  # into the cgroup round 0 froze: it waits for the thaw
+            guest.thaw()
+            time.sleep(next(intervals))
+        guest.freeze(r)  # DONE: nothing in guest userspace runs until the round is judged
+        base = run_dir / f"round-{r:03d}"
+        expected = load_ppm(capture.screendump(Path(f"{base}-guest-memory.ppm")).result())
+        settled = capture.settle(lambda frame: compare(expected, frame, geometry, exclude).ok, quiet_s)
+        seen = compare(expected, settled.frame, geometry, exclude)
+        after = load_ppm(capture.screendump(Path(f"{base}-guest-memory-after.ppm")).result())
+        changed = compare(expected, after, geometry, exclude)
+        rr = RoundResult(round=r, compared_pixels=seen.compared_pixels, missed_pixels=seen.missed_pixels,
+                         rects=[x.as_dict() for x in seen.rects], pages=seen.pages, settle=settled.how,
+                         settle_s=settled.waited_s, duration_s=round(time.monotonic() - t0, 3),
+                         guest_quiet=changed.ok, guest_changed_pixels=changed.missed_pixels,
+                         guest_changed_rects=[x.as_dict() for x in changed.rects[:3]])
+        if previous is not None:
+            rr.drawn_pixels = compare(previous, expected, geometry, exclude).missed_pixels
+        previous = expected
+        log.add(rr, expected, settled, seen)
+        for dump in ("guest-memory", "guest-memory-after"):
+            Path(f"{base}-{dump}.ppm").unlink()
+        if not changed.ok:
+            save_png(f"{base}-guest-memory-changed.png", diff_image(expected, after, changed.mask))
+            return  # Result.decide makes it an ERROR: a screen that is still being drawn cannot be judged
 
 
 class GuestMemoryCheck:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -73,6 +75,88 @@ def test_each_recipe_keys_its_entries_with_its_own_file_and_common():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom | ast.Import) for a in n.names}
         assert not {m for m in imported if m and m.split(".")[-1] == other}, recipe
+
+
+# -- command.packages: which files of a package the guest gets ------------------------------------------------------
+
+def build_deb(tmp_path: Path, files: dict[str, bytes | str | Path], hardlinks: dict[str, str] = {}) -> Path:
+    """A real .deb (dpkg-deb --build) holding `files`: bytes are a file's content, a str a symlink's target, a
+    Path a file to copy; `hardlinks` maps a name to the file it is another name of."""
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb not found")
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text("Package: xfb-test\nVersion: 1.0\nArchitecture: all\n"
+                                             "Maintainer: test <test@example.org>\nDescription: a test package\n")
+    for name, what in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(what, bytes):
+            path.write_bytes(what)
+        elif isinstance(what, Path):
+            shutil.copy2(what, path)
+        else:
+            path.symlink_to(what)
+    for name, target in hardlinks.items():
+        os.link(root / target, root / name)
+    deb = tmp_path / "xfb-test_1.0_all.deb"
+    subprocess.run(["dpkg-deb", "--build", str(root), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+TRUE = Path("/bin/true").resolve()
+
+
+def test_user_files_split_programs_from_the_rest_and_leave_out_docs(tmp_path):
+    deb = build_deb(tmp_path, {
+        "usr/bin/xfb-true": TRUE,
+        "usr/share/xfb-test/data.txt": b"some data\n",
+        "usr/bin/xfb-true-link": "xfb-true",                      # a symlink to the program
+        "usr/share/doc/xfb-test/copyright": b"(c) nobody\n",
+        "usr/share/doc/xfb-test/changelog.Debian.gz": b"\x1f\x8b",
+        "usr/share/man/man1/xfb-true.1.gz": b"\x1f\x8b",
+    })
+    programs, rest = payload_recipe._user_files(deb)
+    assert programs == ["usr/bin/xfb-true"]
+    assert sorted(rest) == ["usr/bin/xfb-true-link", "usr/share/xfb-test/data.txt"]
+
+
+def test_user_files_elf_means_the_content_not_the_mode_or_place(tmp_path):
+    script = b"#!/bin/sh\necho hi\n"
+    deb = build_deb(tmp_path, {
+        "usr/bin/xfb-script": script,                 # in a bin directory, but not ELF
+        "usr/lib/xfb-test/plugin.so": TRUE,           # an ELF outside bin
+        "usr/share/xfb-test/ELF": b"\x7fEL",          # almost
+        "usr/share/xfb-test/empty": b"",
+        "usr/share/xfb-test/dangling": "/nowhere",    # a symlink is a symlink, wherever it points
+        "usr/share/info/xfb.info": b"info",
+        "usr/share/locale/de/LC_MESSAGES/xfb.mo": b"mo",
+        "usr/share/lintian/overrides/xfb-test": b"x",
+        "usr/share/docs-are-not-doc/keep": b"kept",  # only the documentation directories themselves go
+    })
+    programs, rest = payload_recipe._user_files(deb)
+    assert programs == ["usr/lib/xfb-test/plugin.so"]
+    assert sorted(rest) == ["usr/bin/xfb-script", "usr/share/docs-are-not-doc/keep", "usr/share/xfb-test/ELF",
+                            "usr/share/xfb-test/dangling", "usr/share/xfb-test/empty"]
+
+
+def test_user_files_of_a_package_of_directories_and_docs_only(tmp_path):
+    deb = build_deb(tmp_path, {"usr/share/doc/xfb-test/README": b"read me\n"})
+    assert payload_recipe._user_files(deb) == ([], [])
+
+
+def test_user_files_keep_every_name_of_a_hard_linked_program(tmp_path):
+    deb = build_deb(tmp_path, {"usr/bin/xfb-true": TRUE}, hardlinks={"usr/bin/xfb-true-too": "usr/bin/xfb-true"})
+    programs, rest = payload_recipe._user_files(deb)
+    assert "usr/bin/xfb-true" in programs
+    assert "usr/bin/xfb-true-too" in programs + rest
+
+
+def test_user_files_rejects_what_is_not_a_deb(tmp_path):
+    bad = tmp_path / "not.deb"
+    bad.write_bytes(b"hello")
+    with pytest.raises(subprocess.CalledProcessError):
+        payload_recipe._user_files(bad)
 
 
 # -- against the real cache, building nothing ---------------------------------------------------------------------

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness import config
 from harness.config import SCHEMA, ConfigError, Field, defaults, describe, load
@@ -397,3 +398,133 @@ def test_a_bad_host_file_is_named_in_the_error(tmp_path):
     host.write_text("host:\n  kind: ssh\n  address: h\n  workdir: relative/dir\n")
     err = load_error(write_config(tmp_path, "rounds: 3\n"), host)
     assert err.source == str(host) and err.key == "host.workdir" and "absolute path" in str(err)
+
+
+# --- writer.kind command ------------------------------------------------------------------------------------------
+
+
+def command_file(tmp_path: Path, command: dict) -> Path:
+    """A writer.kind command scenario with the given command section, written by YAML itself (any string)."""
+    (tmp_path / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    p = tmp_path / "scenario.yaml"
+    p.write_text(yaml.safe_dump({"writer": {"kind": "command"}, "command": command,
+                                 "apt": {"sources": "test.sources"}}))
+    return p
+
+
+def test_command_kind_needs_command_run(tmp_path):
+    for text in ("writer:\n  kind: command\n", "writer:\n  kind: command\ncommand:\n  run: '   '\n"):
+        err = load_error(write_config(tmp_path, text))
+        assert err.key == "command.run", text
+        assert str(err).startswith(f"{tmp_path / 'scenario.yaml'}: command.run: ") and "'command'" in str(err)
+
+
+def test_command_run_alone_is_fine_with_other_writers(tmp_path):
+    cfg = load(write_config(tmp_path, "command:\n  run: 'echo unused'\n"))
+    assert cfg["writer.kind"] == "mmap" and cfg["command.run"] == "echo unused"
+
+
+def test_command_run_is_kept_verbatim(tmp_path):
+    run = "while :; do x11perf -rect10 \"$A\" 'b' | cat; done"
+    p = command_file(tmp_path, {"run": run})
+    assert load(p)["command.run"] == run
+
+
+@pytest.mark.parametrize("run, ok", [
+    ("x" * config.MAX_COMMAND, True),
+    ("x" * (config.MAX_COMMAND + 1), False),
+    ("\u00e9" * (config.MAX_COMMAND // 2), True),        # 2 bytes each: bytes count, not characters
+    ("\u00e9" * (config.MAX_COMMAND // 2) + "x", False),
+    ("\u20ac" * (config.MAX_COMMAND // 3 + 1), False),   # 3 bytes each, fewer than 2000 characters
+])
+def test_command_run_is_at_most_max_command_bytes(tmp_path, run, ok):
+    assert config.MAX_COMMAND == 2000
+    p = command_file(tmp_path, {"run": run})
+    if ok:
+        assert load(p)["command.run"] == run
+    else:
+        err = load_error(p)
+        assert err.key == "command.run" and "expected at most 2000 bytes" in str(err)
+
+
+@pytest.mark.parametrize("text", ["command:\n  run: \"a\\nb\"\n", "command:\n  run: 5\n"])
+def test_command_run_is_one_line_of_text(tmp_path, text):
+    err = load_error(write_config(tmp_path, "writer:\n  kind: command\n" + text))
+    assert err.key == "command.run"
+
+
+@pytest.mark.parametrize("packages", [["x11-apps"], [], ["x11-apps", "mesa-utils", "libc6", "g++", "lib32z1",
+                                                        "libstdc++6", "python3.11", "0ad"]])
+def test_command_packages_are_debian_names(tmp_path, packages):
+    p = command_file(tmp_path, {"run": "x", "packages": packages})
+    assert load(p)["command.packages"] == packages
+
+
+@pytest.mark.parametrize("value", [
+    ["Foo"],                  # upper case
+    ["a b"],                  # a blank
+    ["x11-apps", "a b"],      # one bad name among good ones
+    "x11-apps",               # a string, not a list
+    {"x11-apps": 1},          # a mapping
+    [5],                      # not a string
+    [["x11-apps"]],           # nested
+    ["a"],                    # Debian names have at least two characters
+    ["-foo"],                 # must start with a letter or digit
+    ["foo_bar"],              # no underscores
+    ["x11-apps=7.7"],         # a version is not a name
+    ["foo;rm"],
+    [""],
+    None,
+])
+def test_command_packages_refuse_what_is_not_a_list_of_debian_names(tmp_path, value):
+    p = command_file(tmp_path, {"run": "x", "packages": value})
+    err = load_error(p)
+    assert err.key == "command.packages"
+    assert "expected a list of Debian package names" in str(err) and repr(value) in str(err)
+
+
+def test_command_packages_are_a_fresh_list(tmp_path):
+    p = write_config(tmp_path, "writer:\n  kind: command\ncommand:\n  run: x\n  packages: [x11-apps]\n")
+    a, b = load(p), load(p)
+    a["command.packages"].append("more")
+    assert b["command.packages"] == ["x11-apps"] and SCHEMA["command"]["packages"].default == []
+
+
+def test_command_defaults_are_the_schemas(tmp_path):
+    expected = {"run": "", "xorg": True, "packages": [], "interval_ms": 2000, "timing": "random"}
+    assert {k: f.default for k, f in SCHEMA["command"].items()} == expected
+    assert defaults()["command"] == expected
+    cfg = load(write_config(tmp_path, "writer:\n  kind: command\ncommand:\n  run: x\n"))
+    assert cfg.data["command"] == {**expected, "run": "x"}
+    kinds = {k: f.kind for k, f in SCHEMA["command"].items()}
+    assert kinds == {"run": "str", "xorg": "bool", "packages": "packages", "interval_ms": "int", "timing": "enum"}
+    assert SCHEMA["command"]["run"].maximum == config.MAX_COMMAND
+    assert SCHEMA["command"]["timing"].choices == ("periodic", "random")
+    assert "command" in SCHEMA["writer"]["kind"].choices
+
+
+@pytest.mark.parametrize("text, key, needle", [
+    ("command:\n  run: x\n  interval_ms: 9\n", "command.interval_ms", ">= 10"),
+    ("command:\n  run: x\n  timing: sometimes\n", "command.timing", "'periodic', 'random'"),
+    ("command:\n  run: x\n  xorg: 1\n", "command.xorg", "true or false"),
+    ("command:\n  runs: x\n", "command.runs", "unknown key"),
+])
+def test_command_keys_are_checked(tmp_path, text, key, needle):
+    err = load_error(write_config(tmp_path, "writer:\n  kind: command\n" + text))
+    assert err.key == key and needle in str(err)
+
+
+def test_command_keys_that_are_fine(tmp_path):
+    cfg = load(write_config(tmp_path, "writer:\n  kind: command\ncommand:\n  run: x\n  interval_ms: 10\n"
+                                      "  timing: periodic\n  xorg: false\n"))
+    assert (cfg["command.interval_ms"], cfg["command.timing"], cfg["command.xorg"]) == (10, "periodic", False)
+
+
+def test_describe_shows_command_runs_limit():
+    text = describe()
+    assert "  command.run = '' (at most 2000 bytes)\n" in text
+    assert "  command.interval_ms = 2000 (>= 10)\n" in text
+    assert "  command.timing = 'random' (one of: periodic, random)\n" in text
+    assert "  command.packages = []\n" in text
+    assert "  writer.mappings = 1 (1..64)\n" in text  # an int's maximum still reads as a range
+    assert "one of: mmap, xorg, command" in text

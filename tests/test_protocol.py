@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 
 from harness.geometry import Channel, Geometry
-from harness.protocol import (Bye, Check, Done, ProtocolError, Ready, Stats, Unloaded, WriterError, format_go,
-                              format_quit, format_stats, parse_line)
+from harness.protocol import (MAX_ROUND, Bye, Check, Done, ProtocolError, Ready, Stats, Unloaded, WriterError,
+                              format_freeze, format_go, format_quit, format_start, format_stats, format_thaw,
+                              parse_line, section_marker)
 
 READY = "XFB READY width=800 height=600 bpp=32 stride=3200 red=16/8 green=8/8 blue=0/8 smem=2097152"
 GEOMETRY = Geometry(800, 600, 32, 3200, Channel(16, 8), Channel(8, 8), Channel(0, 8), smem=2097152)
@@ -150,3 +151,78 @@ def test_malformed_stats_lines_name_the_line(line, needle):
 def test_format_stats():
     assert format_stats() == "STATS\n"
     assert parse_line(format_stats().strip()) is None  # the tty echo of the command is not a writer line
+
+
+# --- writer.kind command: START, FREEZE, THAW and the quoted log sections ------------------------------------------
+
+
+@pytest.mark.parametrize("command", [
+    "x",
+    "while :; do x11perf -rect10; done",
+    "echo 'single' \"double\" $HOME `id` \\ | cat; exit 3",
+    "printf 'a\\nb' # tabs\tand\rreturns",
+    "caf\u00e9 \u20ac \U0001f600",
+    "a\nb",  # a newline travels too: hex has no special bytes
+    "x" * 2000,
+])
+def test_format_start_round_trips_through_hex(command):
+    line = format_start(command)
+    assert line.startswith("START ") and line.endswith("\n") and line.count("\n") == 1
+    digits = line[len("START "):-1]
+    assert set(digits) <= set("0123456789abcdef") and len(digits) % 2 == 0
+    assert bytes.fromhex(digits).decode() == command
+    assert len(digits) == 2 * len(command.encode())
+
+
+def test_format_start_is_plain_hex():
+    assert format_start("echo hi") == "START 6563686f206869\n"
+    assert format_start("\x01") == "START 01\n"
+
+
+def test_format_start_longest_command_fits_the_writers_line():
+    # xfb-writer reads lines of up to 4095 characters (MAX_LINE, as the console tty's canonical mode).
+    from harness.config import MAX_COMMAND
+    assert len(format_start("\u00ff" * (MAX_COMMAND // 2))) - 1 <= 4095
+    assert len(format_start("x" * MAX_COMMAND)) - 1 <= 4095
+
+
+@pytest.mark.parametrize("command", ["", "a\0b", "\0", "x" * 10 + "\0"])
+def test_format_start_refuses_empty_and_nul(command):
+    with pytest.raises(ValueError, match="non-empty and hold no NUL byte"):
+        format_start(command)
+
+
+def test_format_freeze_and_thaw():
+    assert format_freeze(0) == "FREEZE 0\n"
+    assert format_freeze(17) == "FREEZE 17\n"
+    assert format_freeze(MAX_ROUND) == f"FREEZE {2**32 - 1}\n"
+    assert format_thaw() == "THAW\n"
+    for bad in (-1, MAX_ROUND + 1, 2**64):
+        with pytest.raises(ValueError, match="outside 0.."):
+            format_freeze(bad)
+
+
+def test_the_echo_of_workload_commands_is_not_a_writer_line():
+    for line in (format_start("echo XFB DONE 1"), format_freeze(3), format_thaw()):
+        assert parse_line(line.strip()) is None
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("XFB-WORKLOAD-LOG-BEGIN", ("WORKLOAD", True)),
+    ("XFB-WORKLOAD-LOG-END", ("WORKLOAD", False)),
+    ("XFB-XORG-LOG-BEGIN\r", ("XORG", True)),
+    ("XFB-XORG-LOG-END\r\n", ("XORG", False)),
+    ("\r[   3.141] XFB-WORKLOAD-LOG-END", ("WORKLOAD", False)),  # junk before it, as on a shared console
+    ("FREEZE 1XFB-WORKLOAD-LOG-BEGIN", ("WORKLOAD", True)),
+])
+def test_section_markers(line, expected):
+    assert section_marker(line) == expected
+    assert parse_line(line) is None  # a marker is not a protocol line
+
+
+@pytest.mark.parametrize("line", [
+    "", "XFB DONE 1", "XFB-WORKLOAD-LOG", "XFB-WORKLOAD-LOG-", "XFB--LOG-BEGIN", "xfb-workload-log-begin",
+    "XFB-Workload-LOG-BEGIN", "XFB-WORK LOAD-LOG-END", "WORKLOAD-LOG-BEGIN", "XFB WORKLOAD LOG BEGIN",
+])
+def test_non_markers(line):
+    assert section_marker(line) is None

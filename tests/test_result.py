@@ -256,3 +256,131 @@ def test_summary_multiline_reason_first_line_only(tmp_path):
     res.decide()
     text = summary(res, tmp_path)
     assert "boom" in text and "traceback line" not in text
+
+
+# --- writer.kind command: a quiet guest, a workload that draws, race hits up to a miss ------------------------------
+
+
+def command_result(rounds_planned: int = 3, drawn: dict[int, int] | None = None, **kw) -> Result:
+    """As make(), with drawn_pixels as writer.kind command measures them: none in round 0 (nothing before it)."""
+    res = make(rounds_planned=rounds_planned, **kw)
+    drawn = {r: 100 for r in range(1, len(res.rounds))} if drawn is None else drawn
+    for r in res.rounds[1:]:
+        r.drawn_pixels = drawn.get(r.round, 0)
+    return res
+
+
+def test_a_restless_guest_is_an_error_naming_the_round():
+    res = command_result(rounds_planned=4)
+    r = res.rounds[3]
+    r.guest_quiet, r.guest_changed_pixels = False, 12
+    r.guest_changed_rects = [{"x": 1, "y": 2, "w": 3, "h": 4}, {"x": 9, "y": 9, "w": 1, "h": 1}]
+    res.decide()
+    assert res.verdict == ERROR
+    assert "round 3" in res.reason and "12 pixels" in res.reason and "never became quiet" in res.reason
+    assert "{'x': 1, 'y': 2, 'w': 3, 'h': 4}" in res.reason and "'x': 9" not in res.reason
+
+
+def test_a_restless_guest_is_an_error_even_with_misses_and_names_the_first():
+    res = command_result(rounds_planned=4, missed={1: 5})
+    for r in (2, 4):
+        res.rounds[r].guest_quiet = False
+    res.decide()
+    assert res.verdict == ERROR and "round 2" in res.reason and "round 4" not in res.reason
+
+
+def test_an_earlier_error_outranks_a_restless_guest():
+    res = command_result()
+    res.rounds[1].guest_quiet = False
+    res.error = "interrupted"
+    res.decide()
+    assert (res.verdict, res.reason) == (ERROR, "interrupted")
+
+
+def test_a_workload_that_drew_nothing_is_an_error():
+    res = command_result(rounds_planned=3, drawn={})
+    res.decide()
+    assert res.verdict == ERROR and "drew nothing" in res.reason
+    assert "3 rounds" in res.reason  # the measured ones: round 0 measures nothing
+
+
+def test_a_miss_is_a_fail_even_if_the_workload_drew_nothing():
+    res = command_result(rounds_planned=3, drawn={}, missed={2: 7})
+    res.decide()
+    assert res.verdict == FAIL and "round 2" in res.reason
+
+
+def test_a_workload_that_drew_in_one_round_passes():
+    res = command_result(rounds_planned=3, drawn={2: 1})
+    res.decide()
+    assert res.verdict == PASS, res.reason
+
+
+def test_drawn_pixels_unmeasured_is_no_error():
+    # Our own writers (mmap, xorg) measure nothing: None everywhere, decided as before.
+    res = make(rounds_planned=2)
+    assert all(r.drawn_pixels is None for r in res.rounds)
+    res.decide()
+    assert res.verdict == PASS
+
+
+def test_too_few_rounds_is_still_an_error_when_the_workload_drew():
+    res = command_result(rounds_planned=4, count=3)
+    res.decide()
+    assert res.verdict == ERROR and "only 3 of 5" in res.reason
+
+
+def test_command_round_fields_reach_result_json(tmp_path):
+    res = command_result(rounds_planned=2)
+    res.rounds[2].at_s = 4.25
+    res.workload_log = "workload.log"
+    data, _ = written(tmp_path, res)
+    assert data["workload_log"] == "workload.log"
+    assert [r["drawn_pixels"] for r in data["rounds"]] == [None, 100, 100]
+    assert data["rounds"][2]["at_s"] == 4.25
+    assert all(r["guest_quiet"] and r["guest_changed_pixels"] == 0 for r in data["rounds"])
+
+
+def with_counters(res: Result, hits: dict[int, dict]) -> Result:
+    """Every round has the module's counters (a counting frontend): zeros unless `hits` says otherwise."""
+    for r in res.rounds:
+        r.counters = {"race_hits": 0, "faults": 3, **hits.get(r.round, {})}
+    return res
+
+
+def test_a_miss_explained_by_an_earlier_rounds_race_hit_is_no_warning():
+    res = with_counters(make(rounds_planned=4, missed={3: 20}), {1: {"race_hits": 2}})
+    res.decide()
+    assert res.verdict == FAIL and "round 3" in res.reason
+    assert "WARNING" not in res.reason
+
+
+def test_a_miss_with_no_race_hit_up_to_it_is_a_warning():
+    res = with_counters(make(rounds_planned=4, missed={2: 20, 3: 5}), {})
+    res.decide()
+    assert res.verdict == FAIL
+    assert "WARNING: rounds [2, 3] missed with no race hit counted by the module up to then" in res.reason
+
+
+def test_race_hits_after_a_miss_do_not_explain_it():
+    res = with_counters(make(rounds_planned=4, missed={1: 20, 3: 5}), {2: {"race_hits": 1}})
+    res.decide()
+    assert "WARNING: rounds [1] missed" in res.reason  # round 3's miss is explained by round 2's hit
+
+
+def test_a_miss_in_the_round_with_the_hit_is_explained():
+    res = with_counters(make(rounds_planned=2, missed={2: 20}), {2: {"race_hits": 1}})
+    res.decide()
+    assert res.verdict == FAIL and "WARNING" not in res.reason
+
+
+def test_held_updates_explain_misses_like_race_hits():
+    res = with_counters(make(rounds_planned=3, missed={3: 20}), {0: {"held": 4}})
+    res.decide()
+    assert "WARNING" not in res.reason
+
+
+def test_misses_without_the_modules_counters_are_no_warning():
+    res = make(rounds_planned=3, missed={1: 20})  # the built-in frontend: no counters at all
+    res.decide()
+    assert res.verdict == FAIL and "WARNING" not in res.reason

@@ -1,15 +1,20 @@
 """The guest recipe: config -> the payload a host boots one guest with: an uncompressed guest kernel and an
 initramfs holding busybox, our init, the guest tools (xfb-writer, xfb-mapcheck), the frontend's module when the
-frontend is one of ours, and for the X writer an X server and the X client.
+frontend is one of ours, for the X writer an X server and the X client, and for a command workload the packages
+it names.
 
 It reads only the guest's side of the config (guest.kernel_package, frontend, legacy.source, writer.kind,
-apt.sources); nothing here shapes the host (host.py), and the host's keys hold no hash of this file.
+command.xorg, command.packages, apt.sources); nothing here shapes the host (host.py), and the host's keys hold
+no hash of this file.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import subprocess
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +38,7 @@ XORG_PROGRAMS = ["/usr/lib/xorg/Xorg", "/usr/bin/xkbcomp", "/usr/lib/xorg/module
                  "/usr/lib/xorg/modules/libshadowfb.so", "/usr/lib/xorg/modules/libwfb.so"]
 XORG_DATA = ["usr/share/X11/xkb", "usr/lib/xorg/protocol.txt", "usr/share/X11/XErrorDB"]
 XWRITER = "/usr/bin/xfb-xwriter"
-BUSYBOX_APPLETS = ("sh", "mount", "grep", "stty", "poweroff", "cat", "echo", "sleep", "insmod", "rmmod", "ls",
-                   "mkdir")
+DOC_DIRS = ("usr/share/doc/", "usr/share/man/", "usr/share/info/", "usr/share/lintian/", "usr/share/locale/")
 # What `make M=...` leaves in a module tree; a legacy.source tree's own are not copied into the build.
 BUILD_PRODUCTS = ("*.ko", "*.o", "*.mod", "*.mod.c", ".*.cmd", ".*.d", "modules.order", "Module.symvers",
                   ".tmp_versions")
@@ -60,36 +64,71 @@ def _guest_tools(cache: Cache, log: Path) -> Path:
                        build)
 
 
-def _xorg_root(cache: Cache, apt: Apt, log: Path) -> Path:
-    """The X writer's part of the guest: Xorg with the fbdev driver, xkbcomp, keymaps and the X client
-    (xfb-xwriter, linked against the guest's libX11), with only the shared libraries they load."""
-    packages = apt.install_set(XORG_PACKAGES)
+def _user_files(deb: Path) -> tuple[list[str], list[str]]:
+    """A package's own paths (relative, no leading '/'), split into programs (its regular ELF files) and the rest
+    (files and symlinks), without documentation."""
+    programs, rest = [], []
+    elf: set[str] = set()
+    listing = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(listing)) as tar:
+        for member in tar:  # a hard link comes after the file it names, as tar writes them
+            path = member.name.removeprefix("./")
+            if member.isfile() and tar.extractfile(member).read(4) == b"\x7fELF":
+                elf.add(path)
+            if member.isdir() or path.startswith(DOC_DIRS):
+                continue
+            if path in elf or (member.islnk() and member.linkname.removeprefix("./") in elf):
+                programs.append(path)
+            elif member.isfile() or member.issym() or member.islnk():
+                rest.append(path)
+    return programs, rest
+
+
+def _guest_root(cache: Cache, apt: Apt, xorg: bool, packages: list[str], log: Path) -> Path:
+    """What the guest runs besides busybox and our static tools, as a tree for its initramfs: with `xorg`, Xorg with
+    the fbdev driver, xkbcomp, keymaps and our X client (xfb-xwriter, linked against the guest's libX11); and every
+    file of the given Debian `packages` (command.packages). Of their ~100 dependencies, only the shared libraries
+    the programs load come along (harness/artifacts/elf.py)."""
+    wanted = (XORG_PACKAGES if xorg else []) + list(packages)
+    resolved = apt.install_set(wanted)
 
     def build(out: Path) -> None:
-        debs = apt.download_all(packages)
+        debs = dict(zip(sorted(resolved), apt.download_all(resolved)))  # download_all returns them sorted by name
         tree = out / "packages"
-        with step(f"extract {len(debs)} X packages"):
-            for deb in debs:
+        with step(f"extract {len(debs)} packages for the guest"):
+            for deb in debs.values():
                 run(["dpkg-deb", "-x", str(deb), str(tree)], log)
-        # Built here, against this machine's libX11 headers; run there, against the guest's libX11 (same soname).
-        run(["gcc", "-O2", "-Wall", "-Wextra", "-DXFB_X11", "-o", str(tree / XWRITER.lstrip("/")), str(WRITER_SRC),
-             "-lX11"], log)
+        roots, data = [], []
+        if xorg:
+            # Built here, against this machine's libX11 headers; run there, against the guest's libX11 (same soname).
+            run(["gcc", "-O2", "-Wall", "-Wextra", "-DXFB_X11", "-o", str(tree / XWRITER.lstrip("/")),
+                 str(WRITER_SRC), "-lX11"], log)
+            roots, data = XORG_PROGRAMS + [XWRITER], list(XORG_DATA)
+        for name in packages:
+            if name not in debs:
+                raise LookupError(f"command.packages: {name!r} is not a package apt can install as such (a virtual "
+                                  f"package? apt chose: {', '.join(sorted(debs))})")
+            programs, rest = _user_files(debs[name])
+            roots += ["/" + p for p in programs]
+            data += rest
         root = out / "root"
-        files = closure(tree, XORG_PROGRAMS + [XWRITER])
-        copy_closure(files, root)
-        for data in XORG_DATA:
-            src, dest = tree / data, root / data
+        copy_closure(closure(tree, roots), root)
+        for path in data:
+            src, dest = tree / path, root / path
+            if dest.exists() or dest.is_symlink():
+                continue  # the closure brought it already
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_dir():
+            if src.is_dir() and not src.is_symlink():
                 shutil.copytree(src, dest, symlinks=True)  # links resolve in the guest, whose root this is
             else:
-                shutil.copy2(src, dest)
-        (root / "etc/X11").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(FILES / "xorg.conf", root / "etc/X11/xfb-xorg.conf")
+                shutil.copy2(src, dest, follow_symlinks=False)
+        if xorg:
+            (root / "etc/X11").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(FILES / "xorg.conf", root / "etc/X11/xfb-xorg.conf")
         shutil.rmtree(tree)
-    inputs = {"packages": packages, "source": hash_files(WRITER_SRC, FILES / "xorg.conf", HERE / "elf.py"),
-              "gcc": _gcc(), "build": RECIPE}
-    return cache.entry("xorg-root", inputs, build) / "root"
+    inputs = {"packages": resolved, "xorg": xorg, "own": sorted(packages),
+              "source": hash_files(WRITER_SRC, FILES / "xorg.conf", HERE / "elf.py"), "gcc": _gcc(), "build": RECIPE}
+    return cache.entry("guest-root", inputs, build) / "root"
 
 
 def legacy_source(cfg: Config) -> Path:
@@ -134,7 +173,7 @@ def _frontend_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, 
     return cache.entry("legacy-modules", inputs, build)
 
 
-def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, module: Path | None, xorg: Path | None,
+def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, module: Path | None, root: Path | None,
              log: Path) -> Path:
     def build(out: Path) -> None:
         busybox = _busybox(apt, out)
@@ -148,15 +187,18 @@ def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, module: Path | N
         with open(out / "initrd.cpio", "wb") as f:
             cpio = CpioWriter(f)
             _start_initramfs(cpio, busybox, ("bin", "dev", "proc", "sys", "tmp"))
-            for applet in BUSYBOX_APPLETS:
-                cpio.symlink(f"bin/{applet}", "busybox")
+            # Every applet: guest-init needs a dozen, a command workload may want any (a shell loop with dd, seq...).
+            applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True).stdout
+            for applet in applets.split():
+                if applet not in ("busybox", "init"):  # /init is ours
+                    cpio.symlink(f"bin/{applet}", "busybox")
             for program in ("xfb-writer", "xfb-mapcheck"):
                 cpio.file(f"bin/{program}", (tools / program).read_bytes(), 0o755)
             if module is not None:  # only the module this guest's init loads (guest-init: /modules/$xfb_module.ko)
                 cpio.directory("modules")
                 cpio.file(f"modules/{module.name}", module.read_bytes())
-            if xorg is not None:
-                cpio.tree(xorg)
+            if root is not None:
+                cpio.tree(root)
             cpio.file("init", (FILES / "guest-init").read_bytes(), 0o755)
             cpio.close()
         sizes = {name: (out / name).stat().st_size for name in ("vmlinux", "initrd.cpio")}
@@ -165,7 +207,7 @@ def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, module: Path | N
     # Entry names are the keys of what they were built from (package versions, sources, compiler, recipes).
     inputs = {"kernel": kernel.name, "tools": tools.name, "busybox": apt.version(BUSYBOX),
               "module": f"{module.parent.name}/{module.name}" if module else None,
-              "xorg": xorg.parent.name if xorg else None,
+              "root": root.parent.name if root else None,
               "recipe": hash_files(FILES / "guest-init", HERE / "cpio.py"), "build": RECIPE}
     return cache.entry("guest-payload", inputs, build)
 
@@ -188,8 +230,11 @@ def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
                 f"{cfg.source}: legacy.source {str(source)!r} built no module {name} ({name.replace('_', '-')}.ko), "
                 f"which frontend {cfg['frontend']!r} loads (of the modules the harness knows, it built: "
                 f"{', '.join(found)}); the tree's Kbuild must build it under that name")
-    xorg = _xorg_root(cache, apt, log) if cfg["writer.kind"] == "xorg" else None
-    entry = _payload(cache, apt, kernel, tools, module, xorg, log)
+    kind = cfg["writer.kind"]
+    xorg = kind == "xorg" or (kind == "command" and cfg["command.xorg"])
+    packages = cfg["command.packages"] if kind == "command" else []
+    root = _guest_root(cache, apt, xorg, packages, log) if xorg or packages else None
+    entry = _payload(cache, apt, kernel, tools, module, root, log)
     return Payload(kernel=entry / "vmlinux", initrd=entry / "initrd.cpio", key=entry.name.rsplit("-", 1)[1],
                    sizes=json.loads((entry / "sizes.json").read_text()),
                    versions={package: apt.version(package), "guest_kernel": (kernel / "version").read_text()})

@@ -43,6 +43,21 @@
  *     name, at most 32. With no --stats-dir, or a DIR that cannot be read, the answer is "XFB STATS" alone.
  *     Tests only: adding --geometry (below) treats --fb as a plain file of that layout instead of a device
  *     ("file mode": no ioctls; every lifecycle opens and maps the file as it would the device).
+ * Workload mode (writer.kind "command"): xfb-writer --workload CGROUP [--workload-log FILE] [--fb /dev/fb0]
+ *              [--stats-dir DIR]
+ *     draws nothing itself: it runs someone else's workload and stops it at the points the harness picks. CGROUP is
+ *     a cgroup v2 directory the guest's init made; the X server, if any, already runs in CGROUP/xorg. It prints
+ *     READY with the framebuffer's geometry (opened, queried, closed: it holds nothing of the device) and obeys:
+ *       START <hex>: run /bin/sh -c <the hex-decoded command> in CGROUP/workload (stdin /dev/null, output to the
+ *         --workload-log FILE, default /tmp/workload.log); no answer.
+ *       FREEZE <round>: freeze CGROUP (cgroup.freeze). Once cgroup.events says every process in it is frozen, and
+ *         the workload and the X server are still there, "XFB DONE <round>": no userspace program draws until THAW.
+ *         The kernel, and the frontend in it, keep running.
+ *       THAW: let CGROUP run again; no answer.
+ *       STATS as in guest mode; QUIT kills every process in CGROUP, waits until it is empty, then says BYE.
+ *     The workload's exit (it should run until QUIT), the X server's, or a freeze that does not complete within
+ *     10 s is an "XFB ERROR". The log's last 16 KiB are printed between XFB-WORKLOAD-LOG-BEGIN and
+ *     XFB-WORKLOAD-LOG-END lines before such an error and before BYE.
  * Dump mode:   xfb-writer --dump OUT --geometry W,H,BPP,STRIDE,RO/RL,GO/GL,BO/BL --seed S --rounds N
  *              [pattern options]
  *     draws rounds 0..N-1 into a zeroed H*STRIDE buffer and writes it to OUT.
@@ -72,6 +87,7 @@
 #include <linux/fb.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -103,6 +119,7 @@
 #define MAX_STATS 32
 #define MAX_MAPPINGS 64
 #define MAX_WORKERS 16
+#define MAX_LINE 4096 /* the console tty's longest line; START carries a command of up to 2000 bytes as hex */
 
 struct chan {
     unsigned offset, length;
@@ -228,6 +245,13 @@ static void sleep_us(uint64_t us)
     struct timespec ts = {.tv_sec = (time_t)(us / 1000000), .tv_nsec = (long)(us % 1000000) * 1000};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static pid_t fork_or_die(void)
@@ -561,13 +585,6 @@ static void open_display(const char *name, const struct geom *g)
     XSync(dpy, False);
 }
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* --probe: wait for the X server, check its screen, say nothing. */
 static int probe_mode(const char *path, const struct geom *file_geom, const char *display, uint64_t seconds)
 {
@@ -787,16 +804,23 @@ static void go(const struct session *s, uint64_t round, uint64_t seed)
     fflush(stdout);
 }
 
-static void handle_line(char *line, const struct session *sess)
+/* A command line with its surrounding blanks removed; NULL if it is empty. */
+static const char *trim(char *line)
 {
     size_t len = strlen(line);
     const char *s = line;
-    uint64_t round, seed;
     while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t'))
         line[--len] = '\0';
     while (*s == ' ' || *s == '\t')
         s++;
-    if (*s == '\0')
+    return *s ? s : NULL;
+}
+
+static void handle_line(char *line, const struct session *sess)
+{
+    const char *s = trim(line);
+    uint64_t round, seed;
+    if (!s)
         return;
     if (strcmp(s, "QUIT") == 0) {
         printf("XFB BYE\n");
@@ -819,11 +843,61 @@ static void handle_line(char *line, const struct session *sess)
     fflush(stdout);
 }
 
-static int guest_mode(struct session *s)
+/* Reads commands from stdin and hands each line to `handle`; returns only at EOF (the harness is gone). Nothing
+ * draws between commands: we only wait for the next one. */
+static void command_loop(void (*handle)(char *line, const struct session *s), const struct session *s)
 {
-    char line[256], chunk[256];
+    static char line[MAX_LINE];
+    char chunk[256];
     size_t len = 0;
     int overlong = 0;
+    for (;;) {
+        struct pollfd pfd = {.fd = 0, .events = POLLIN};
+        if (poll(&pfd, 1, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            fatal("poll stdin: %s", strerror(errno));
+        }
+        ssize_t n = read(0, chunk, sizeof chunk);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            fatal("read stdin: %s", strerror(errno));
+        }
+        if (n == 0)
+            return;
+        for (ssize_t i = 0; i < n; i++) {
+            char ch = chunk[i];
+            if (ch == '\n' || ch == '\r') {
+                line[len] = '\0';
+                if (overlong) { /* report a shortened copy rather than acting on half a command */
+                    line[64] = '\0';
+                    printf("XFB ERROR unknown command: %s...\n", line);
+                    fflush(stdout);
+                } else {
+                    handle(line, s);
+                }
+                len = 0, overlong = 0;
+            } else if (len < sizeof line - 1) {
+                line[len++] = ch;
+            } else {
+                overlong = 1;
+            }
+        }
+    }
+}
+
+static void print_ready(const struct session *s)
+{
+    printf("XFB READY width=%" PRIu64 " height=%" PRIu64 " bpp=%" PRIu64 " stride=%" PRIu64
+           " red=%u/%u green=%u/%u blue=%u/%u smem=%" PRIu64 "\n",
+           s->g.width, s->g.height, s->g.bpp, s->g.stride, s->g.red.offset, s->g.red.length, s->g.green.offset,
+           s->g.green.length, s->g.blue.offset, s->g.blue.length, s->smem);
+    fflush(stdout);
+}
+
+static int guest_mode(struct session *s)
+{
     int fd = open_fb(s->path, s->file_geom, O_RDWR, &s->g, &s->smem);
     uint64_t pages = (s->smem + FB_PAGE - 1) / FB_PAGE;
     if (s->pp->mappings > pages) /* checked here so that per-round fails before READY too */
@@ -839,47 +913,240 @@ static int guest_mode(struct session *s)
     close(fd); /* a mapping keeps the device open; per-round keeps nothing */
 #endif
 
-    printf("XFB READY width=%" PRIu64 " height=%" PRIu64 " bpp=%" PRIu64 " stride=%" PRIu64
-           " red=%u/%u green=%u/%u blue=%u/%u smem=%" PRIu64 "\n",
-           s->g.width, s->g.height, s->g.bpp, s->g.stride, s->g.red.offset, s->g.red.length, s->g.green.offset,
-           s->g.green.length, s->g.blue.offset, s->g.blue.length, s->smem);
-    fflush(stdout);
+    print_ready(s);
+    command_loop(handle_line, s);
+    exit(0); /* EOF: the harness is gone or done */
+}
 
-    for (;;) {
-        /* Nothing draws between commands: we only wait for the next one. */
-        struct pollfd pfd = {.fd = 0, .events = POLLIN};
-        if (poll(&pfd, 1, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            fatal("poll stdin: %s", strerror(errno));
-        }
-        ssize_t n = read(0, chunk, sizeof chunk);
-        if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN)
-                continue;
-            fatal("read stdin: %s", strerror(errno));
-        }
-        if (n == 0)
-            exit(0); /* EOF: the harness is gone or done */
-        for (ssize_t i = 0; i < n; i++) {
-            char ch = chunk[i];
-            if (ch == '\n' || ch == '\r') {
-                line[len] = '\0';
-                if (overlong) { /* report a shortened copy rather than acting on half a command */
-                    printf("XFB ERROR unknown command: %s...\n", line);
-                    fflush(stdout);
-                } else {
-                    handle_line(line, s);
-                }
-                len = 0, overlong = 0;
-            } else if (len < sizeof line - 1) {
-                line[len++] = ch;
-            } else {
-                overlong = 1;
-            }
+#ifndef XFB_X11
+/* Workload mode (see the top of this file): a workload of someone else's programs, frozen at the harness's word. */
+#define FREEZE_TIMEOUT_MS 10000
+#define LOG_TAIL 16384
+
+static struct {
+    const char *cgroup;   /* --workload: the cgroup v2 directory that holds the workload and the X server */
+    const char *log;      /* --workload-log */
+    pid_t pid;            /* the workload's shell, once started */
+} wl = {.log = "/tmp/workload.log"};
+
+/* Write `text` to file `name` of the workload's cgroup (or of its `sub` directory); 0 if that failed. */
+static int cg_write(const char *sub, const char *name, const char *text)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s%s%s/%s", wl.cgroup, sub ? "/" : "", sub ? sub : "", name);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t w = write(fd, text, strlen(text));
+    close(fd);
+    return w == (ssize_t)strlen(text);
+}
+
+/* The value of `key` in cgroup.events of the cgroup (or its `sub`), e.g. "frozen" or "populated"; -1 if unknown. */
+static int cg_event(const char *sub, const char *key)
+{
+    char path[4096], buf[512];
+    snprintf(path, sizeof path, "%s%s%s/cgroup.events", wl.cgroup, sub ? "/" : "", sub ? sub : "");
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    size_t klen = strlen(key);
+    for (char *line = buf; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+        if (strncmp(line, key, klen) == 0 && line[klen] == ' ')
+            return atoi(line + klen + 1);
+    return -1;
+}
+
+static int has_sub(const char *sub)
+{
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", wl.cgroup, sub);
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* The log's last LOG_TAIL bytes between marker lines: the harness keeps them as workload.log, and reads no
+ * protocol line between the markers. */
+static void print_log_tail(void)
+{
+    char buf[LOG_TAIL];
+    int fd = open(wl.log, O_RDONLY | O_CLOEXEC);
+    printf("XFB-WORKLOAD-LOG-BEGIN\n");
+    if (fd >= 0) {
+        off_t size = lseek(fd, 0, SEEK_END);
+        off_t from = size > LOG_TAIL ? size - LOG_TAIL : 0;
+        ssize_t n = pread(fd, buf, sizeof buf, from);
+        close(fd);
+        if (n > 0) {
+            fwrite(buf, 1, (size_t)n, stdout);
+            if (buf[n - 1] != '\n')
+                fputs("\n", stdout);
         }
     }
+    printf("XFB-WORKLOAD-LOG-END\n");
+    fflush(stdout);
 }
+
+static void workload_fatal(const char *why)
+{
+    print_log_tail();
+    fatal("%s", why);
+}
+
+static int hex_value(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+static void start_workload(const char *hex)
+{
+    size_t n = strlen(hex);
+    char *command = malloc(n / 2 + 1);
+    if (!command || n == 0 || n % 2)
+        fatal("START needs the command as an even number of hex digits");
+    for (size_t i = 0; i < n / 2; i++) {
+        int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+            fatal("START needs the command as hex digits, with no NUL byte");
+        command[i] = (char)(hi << 4 | lo);
+    }
+    command[n / 2] = '\0';
+    if (wl.pid)
+        fatal("START: the workload already runs");
+    fflush(stdout);
+    pid_t pid = fork_or_die();
+    if (pid == 0) {
+        /* "0" moves the writing process itself: the workload and all it starts are in the frozen cgroup. */
+        if (!cg_write("workload", "cgroup.procs", "0"))
+            fatal("cannot move the workload into %s/workload: %s", wl.cgroup, strerror(errno));
+        int in = open("/dev/null", O_RDONLY);
+        int out = open(wl.log, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+        if (in < 0 || out < 0)
+            fatal("workload: cannot open /dev/null or %s: %s", wl.log, strerror(errno));
+        dup2(in, 0), dup2(out, 1), dup2(out, 2);
+        close(in), close(out);
+        execl("/bin/sh", "sh", "-c", command, (char *)NULL);
+        _exit(127);
+    }
+    free(command);
+    wl.pid = pid;
+}
+
+/* The workload's shell and the X server must still be there: a workload that ended leaves a quiet screen that
+ * proves nothing. */
+static void check_workload(void)
+{
+    char why[256];
+    int status;
+    if (wl.pid) {
+        pid_t r = waitpid(wl.pid, &status, WNOHANG);
+        if (r == wl.pid) {
+            if (WIFSIGNALED(status))
+                snprintf(why, sizeof why, "the workload was killed by signal %d (it must run until the harness "
+                         "stops it)", WTERMSIG(status));
+            else
+                snprintf(why, sizeof why, "the workload exited with status %d (it must run until the harness stops "
+                         "it)", WEXITSTATUS(status));
+            workload_fatal(why);
+        }
+    }
+    if (has_sub("xorg") && cg_event("xorg", "populated") == 0)
+        workload_fatal("the X server exited");
+}
+
+static void freeze(uint64_t round)
+{
+    check_workload(); /* before: a frozen zombie still counts as exited, but say it early */
+    if (!cg_write(NULL, "cgroup.freeze", "1"))
+        fatal("cannot freeze %s: %s", wl.cgroup, strerror(errno));
+    uint64_t deadline = now_ms() + FREEZE_TIMEOUT_MS;
+    while (cg_event(NULL, "frozen") != 1) {
+        if (now_ms() > deadline)
+            workload_fatal("the workload did not freeze within 10 s (a process stuck in the kernel?)");
+        sleep_us(1000);
+    }
+    check_workload();
+    printf("XFB DONE %" PRIu64 "\n", round);
+    fflush(stdout);
+}
+
+/* Kill every process in the cgroup and below: cgroup.kill (Linux 5.14 and later), else a SIGKILL per process of
+ * the cgroup and of the sub-cgroups we made. Then wait (bounded) until it is empty. */
+static void stop_workload(void)
+{
+    if (!cg_write(NULL, "cgroup.kill", "1")) {
+        static const char *const subs[] = {NULL, "workload", "xorg"};
+        for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++) {
+            char path[4096], pid[32];
+            snprintf(path, sizeof path, "%s%s%s/cgroup.procs", wl.cgroup, subs[i] ? "/" : "", subs[i] ? subs[i] : "");
+            FILE *f = fopen(path, "r");
+            while (f && fgets(pid, sizeof pid, f))
+                kill((pid_t)atoi(pid), SIGKILL);
+            if (f)
+                fclose(f);
+        }
+    }
+    cg_write(NULL, "cgroup.freeze", "0");
+    uint64_t deadline = now_ms() + FREEZE_TIMEOUT_MS;
+    while (cg_event(NULL, "populated") == 1 && now_ms() < deadline)
+        sleep_us(10000);
+    if (wl.pid)
+        waitpid(wl.pid, NULL, WNOHANG);
+}
+
+static void handle_workload_line(char *line, const struct session *sess)
+{
+    const char *s = trim(line);
+    uint64_t round;
+    if (!s)
+        return;
+    if (strcmp(s, "QUIT") == 0) {
+        stop_workload();
+        print_log_tail();
+        printf("XFB BYE\n");
+        fflush(stdout);
+        exit(0);
+    }
+    if (strcmp(s, "STATS") == 0) {
+        print_stats(sess->stats_dir);
+        return;
+    }
+    if (strcmp(s, "THAW") == 0) {
+        if (!cg_write(NULL, "cgroup.freeze", "0"))
+            fatal("cannot thaw %s: %s", wl.cgroup, strerror(errno));
+        return;
+    }
+    if (strncmp(s, "START ", 6) == 0) {
+        start_workload(s + 6);
+        return;
+    }
+    if (strncmp(s, "FREEZE", 6) == 0 && (s[6] == ' ' || s[6] == '\t')) {
+        const char *p = s + 6;
+        if (parse_u64(&p, &round) && round <= UINT32_MAX && *p == '\0') {
+            freeze(round);
+            return;
+        }
+    }
+    printf("XFB ERROR unknown command: %.64s\n", s);
+    fflush(stdout);
+}
+
+static int workload_mode(struct session *s)
+{
+    close(open_fb(s->path, s->file_geom, O_RDONLY, &s->g, &s->smem));
+    if (!has_sub("workload"))
+        fatal("%s/workload is not a directory: the workload's cgroup must exist", wl.cgroup);
+    print_ready(s);
+    command_loop(handle_workload_line, s);
+    stop_workload(); /* EOF: the harness is gone; leave nothing running */
+    exit(0);
+}
+#endif
 
 static void usage(void)
 {
@@ -891,6 +1158,7 @@ static void usage(void)
 #else
     fatal("usage: xfb-writer [--fb PATH] [--lifecycle LIFECYCLE] [PATTERN] [--touch-gap-us N] [--mappings K] "
           "[--workers N] [--worker-kind thread|process] [--stats-dir DIR] | "
+          "--workload CGROUP [--workload-log FILE] [--fb PATH] [--stats-dir DIR] | "
           "--dump OUT --geometry W,H,BPP,STRIDE,RO/RL,GO/GL,BO/BL --seed S --rounds N [PATTERN]; "
           "LIFECYCLE: persistent|per-round|second-opener; "
           "PATTERN: [--mode mixed|sparse] [--pages N] [--touches N] [--order random|ascending]");
@@ -960,6 +1228,12 @@ int main(int argc, char **argv)
             fatal("bad value for --lifecycle: '%s' (expected persistent, per-round or second-opener)", val);
         else if (strcmp(opt, "--stats-dir") == 0)
             stats_dir = val;
+#ifndef XFB_X11
+        else if (strcmp(opt, "--workload") == 0)
+            wl.cgroup = val;
+        else if (strcmp(opt, "--workload-log") == 0)
+            wl.log = val;
+#endif
 #ifdef XFB_X11
         else if (strcmp(opt, "--display") == 0)
             display = val;
@@ -1003,5 +1277,12 @@ int main(int argc, char **argv)
 #endif
     struct session s = {.path = fb_path, .file_geom = file_geom, .display = display, .stats_dir = stats_dir,
                         .pp = &pp};
+#ifndef XFB_X11
+    if (wl.cgroup) {
+        if (have_guest_only || have_seed || have_rounds)
+            fatal("--workload takes only --fb, --workload-log, --stats-dir (and, in tests, --geometry)");
+        return workload_mode(&s);
+    }
+#endif
     return guest_mode(&s);
 }
