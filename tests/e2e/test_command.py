@@ -13,12 +13,13 @@ from .conftest import run_scenario, run_shipped
 pytestmark = pytest.mark.e2e
 
 
-def _check_compared(res: dict) -> None:
+def _check_compared(res: dict, drawn_in: int) -> None:
+    """Every round compared at a quiet guest, and the workload drew between freezes in at least `drawn_in`
+    rounds: the comparisons were of a changing screen."""
     assert res["effective_config"]["writer"]["kind"] == "command"
     assert len(res["rounds"]) == res["rounds_planned"] + 1
     assert all(r["guest_quiet"] for r in res["rounds"])
-    # The workload really drew between freezes: the comparisons were of a changing screen.
-    assert sum(1 for r in res["rounds"] if r["drawn_pixels"]) >= res["rounds_planned"] // 2, res["rounds"]
+    assert sum(1 for r in res["rounds"] if r["drawn_pixels"]) >= drawn_in, res["rounds"]
 
 
 @pytest.mark.parametrize("name, xorg, program", [
@@ -30,7 +31,7 @@ def test_workloads_pass_with_upstream(name, xorg, program, tmp_path_factory, sha
     run = run_shipped(tmp_path_factory, name, shared_host)
     res = run.result
     assert res["verdict"] == "PASS", res["reason"] + "\n" + run.stderr[-3000:]
-    _check_compared(res)
+    _check_compared(res, drawn_in=res["rounds_planned"] // 2)
     assert res["workload_log"] == "workload.log" and (run.dir / "workload.log").is_file()
     if program:
         assert program in (run.dir / "workload.log").read_text()
@@ -41,7 +42,7 @@ def test_the_same_clocks_fail_with_the_widened_legacy_race(tmp_path_factory, sha
     run = run_shipped(tmp_path_factory, "command-xclock-legacy-race", shared_host)
     res = run.result
     assert res["verdict"] == "FAIL", res["reason"] + "\n" + run.stderr[-3000:]
-    _check_compared(res)
+    _check_compared(res, drawn_in=1)  # X pays the widened window on every page it touches: it draws slowly
     missed = [r for r in res["rounds"] if r["missed_pixels"]]
     for r in missed:  # where, when and which pages, with the evidence beside it
         assert r["rects"] and r["pages"] and r["at_s"] > 0
