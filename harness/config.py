@@ -112,7 +112,13 @@ SCHEMA: dict[str, Any] = {
                                 "are checked where the frontend has them)"),
         "vcpus": Field(1, "int", "guest virtual CPUs; with 2 or more, the frontend's thread can run while a fault "
                        "is in flight on another CPU (the natural race needs that)", minimum=1, maximum=64),
-        "kernel_package": Field("linux-image-6.1.0-56-amd64", "str", "Debian package of the guest kernel"),
+        "kernel_package": Field("linux-image-6.1.0-56-amd64", "str", "Debian package of the guest kernel; a "
+                                "metapackage such as linux-image-amd64 stands for the kernel it depends on (the "
+                                "archive keeps only each release's current kernels)"),
+        "kernel_suite": Field("", "str", "Debian release the guest kernel (and the headers our frontend modules "
+                              "build against) come from, e.g. bullseye (5.10) or trixie (6.12): the apt.sources "
+                              "file with its codename replaced. '' takes them from apt.sources as it is; the "
+                              "guest's userspace (busybox, X) always does"),
         "extra_cmdline": Field("", "str", "appended to the guest kernel command line"),
         "boot_timeout": Field(180, "int", "seconds from 'xl create' to the writer's READY line", minimum=1),
     },

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -20,28 +19,13 @@ from harness import protocol
 from harness.config import MAX_COMMAND
 from harness.protocol import Bye, Done, Ready, Stats, WriterError, format_freeze, format_start, format_thaw, parse_line
 
-from .test_pattern import RGB32, WRITER_SRC, geometry_arg
+from .test_pattern import RGB32, geometry_arg, writer  # noqa: F401 (writer: the fixture, built with -Werror)
 
 LOG_BEGIN, LOG_END = "XFB-WORKLOAD-LOG-BEGIN", "XFB-WORKLOAD-LOG-END"
 LOG_TAIL = 16384  # the writer's LOG_TAIL: how much of the workload's log it prints
 
 
 # --- the writer and the cgroup hierarchy ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def writer(tmp_path_factory) -> Path:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc not found: cannot build xfb-writer")
-    exe = tmp_path_factory.mktemp("workload-writer") / "xfb-writer"
-    # As the guest's tools are built (harness/artifacts/payload.py, _guest_tools).
-    out = subprocess.run([gcc, "-static", "-O2", "-Wall", "-Wextra", "-pthread", "-o", str(exe), str(WRITER_SRC)],
-                         capture_output=True, text=True)
-    if out.returncode != 0 and "cannot find -lc" in out.stderr:
-        pytest.skip("no static C library (libc.a): cannot build the guest's static xfb-writer")
-    assert out.returncode == 0, out.stderr
-    return exe
 
 
 def _unescape(field: str) -> str:

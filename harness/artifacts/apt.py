@@ -5,6 +5,7 @@ private apt configuration, so our package lists and downloads neither depend on 
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -65,6 +66,15 @@ class Apt:
                 raise LookupError(f"package {package!r} is not available from apt sources {self.sources}")
             self._versions[package] = candidate
         return self._versions[package]
+
+    def depends(self, package: str) -> list[str]:
+        """The packages the candidate of `package` depends on (Depends and Pre-Depends), by name."""
+        self.version(package)  # a clear error if it does not exist
+        out = subprocess.run(["apt-cache", *self.opts, "depends", "--no-recommends", "--no-suggests",
+                              "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", package],
+                             capture_output=True, text=True, check=True)
+        found = [m[1] for m in re.finditer(r"^\s*(?:Pre)?Depends:\s*(\S+)", out.stdout, re.M)]
+        return [name for name in found if not name.startswith("<")]  # <virtual> names have no package
 
     def _downloaded(self, package: str, version: str) -> Path | None:
         """The .deb of package=version if we have it (apt writes an epoch's ':' as '%3a' in file names)."""

@@ -30,30 +30,69 @@ def recipe_hash(recipe: Path) -> str:
     return hash_files(Path(recipe), Path(__file__))
 
 
-# One Apt per cache root (and sources file), so a process that builds a host and then its guests (or many guests)
-# runs `apt-get update` and prunes the cache's stale temporary directories once, and asks apt-cache for each
-# version once. Reused for at most LISTS_MAX_AGE, after which update() may refresh the lists again.
-_APTS: dict[Path, tuple[tuple, float, Apt]] = {}
+# One Apt per cache root and suite, so a process that builds a host and then its guests (or many guests) runs
+# `apt-get update` and prunes the cache's stale temporary directories once, and asks apt-cache for each version
+# once. Reused for at most LISTS_MAX_AGE, after which update() may refresh the lists again.
+_APTS: dict[tuple[Path, str], tuple[tuple, float, Apt]] = {}
 _APTS_LOCK = threading.Lock()
 
 
-def apt_for(cache: Cache, sources: str | Path, log: Path) -> Apt:
-    """The Apt for this cache and sources file, updated; the first call per cache also prunes stale temporary
-    directories. Its output goes to `log` (the latest caller's)."""
+def _suite_of(token: str) -> str:
+    """The release codename of a suite name: bookworm-updates, bookworm-security, buster/updates -> the codename."""
+    return re.split(r"[-/]", token, maxsplit=1)[0]
+
+
+def sources_for_suite(text: str, suite: str) -> str:
+    """An apt sources file (deb822 or one-line) with its release's codename replaced by `suite` in every suite name
+    (bookworm, bookworm-updates, bookworm-security -> bullseye, bullseye-updates, bullseye-security): the same
+    mirrors, another Debian release. The codename is the first suite the file names."""
+    if not re.fullmatch(r"[a-z][a-z0-9]*", suite):
+        raise ValueError(f"expected a Debian codename such as bullseye or trixie, got {suite!r}")
+    out, codename = [], None
+
+    def swap(token: str) -> str:
+        nonlocal codename
+        codename = codename or _suite_of(token)
+        return suite + token[len(codename):] if _suite_of(token) == codename else token
+
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\n")
+        m = re.match(r"(\s*Suites:\s*)(.*)", body, re.I)
+        one = re.match(r"(\s*deb(?:-src)?\s+(?:\[[^\]]*\]\s+)?\S+\s+)(\S+)(.*)", body)
+        if m:
+            line = m[1] + " ".join(swap(t) for t in m[2].split()) + line[len(body):]
+        elif one:
+            line = one[1] + swap(one[2]) + one[3] + line[len(body):]
+        out.append(line)
+    if codename is None:
+        raise ValueError("the apt sources name no suite")
+    return "".join(out)
+
+
+def apt_for(cache: Cache, sources: str | Path, log: Path, suite: str = "") -> Apt:
+    """The Apt for this cache and sources file (with `suite`, the same sources for that Debian release instead,
+    with apt state of its own), updated; the first call per cache also prunes stale temporary directories. Its
+    output goes to `log` (the latest caller's)."""
     sources = Path(sources).resolve()
     root = cache.root.resolve()
     ident = (str(sources), sources.read_text())
     with _APTS_LOCK:
-        known = _APTS.get(root)
+        known = _APTS.get((root, suite))
         if known and known[0] == ident and time.monotonic() - known[1] < LISTS_MAX_AGE:
             known[2].log = log
             return known[2]
-        if known is None:
+        if not any(r == root for r, _ in _APTS):
             cache.prune_stale_tmp()
-        # A new Apt rewrites the private sources under <cache>/apt, so there is one per cache root at a time.
-        apt = Apt(root / "apt", sources, log)
+        state = root / (f"apt-{suite}" if suite else "apt")
+        if suite:  # Apt copies the file it is given; it keeps the name's suffix, which says the format
+            state.mkdir(parents=True, exist_ok=True)
+            rewritten = state / ("harness.sources" if sources.name.endswith(".sources") else "harness.list")
+            rewritten.write_text(sources_for_suite(ident[1], suite))
+            sources = rewritten
+        # A new Apt rewrites the private sources under its state directory: one per cache root and suite at a time.
+        apt = Apt(state, sources, log)
         apt.update()
-        _APTS[root] = (ident, time.monotonic(), apt)
+        _APTS[(root, suite)] = (ident, time.monotonic(), apt)
         return apt
 
 

@@ -7,12 +7,19 @@ import re
 import subprocess
 from pathlib import Path
 
+import zstandard
+
 from ..progress import run
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
 def kernel_version(root: Path) -> str:
+    """The release of the one kernel in an extracted linux-image package, e.g. 6.1.0-56-amd64. Packages of merged-/usr
+    releases (Debian 13 on) keep modules under usr/lib/modules: a lib -> usr/lib link makes both look alike (depmod
+    -b and modprobe -d look under lib/modules)."""
+    if not (root / "lib").exists() and (root / "usr/lib/modules").is_dir():
+        (root / "lib").symlink_to("usr/lib")
     versions = [p.name for p in (root / "lib/modules").iterdir() if p.is_dir()]
     if len(versions) != 1:
         raise ValueError(f"expected one kernel in {root}/lib/modules, found {versions}")
@@ -23,24 +30,44 @@ def bzimage(root: Path, version: str) -> Path:
     return root / "boot" / f"vmlinuz-{version}"
 
 
+def _xz(data: bytes) -> bytes:
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    out = decompressor.decompress(data)
+    if not decompressor.eof:  # a truncated stream decodes partly, silently
+        raise ValueError("truncated xz stream")
+    return out
+
+
+def _zstd(data: bytes) -> bytes:
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    out = decompressor.decompress(data)
+    if not decompressor.eof:
+        raise ValueError("truncated zstd stream")
+    return out
+
+
+# What Debian compresses its kernels with: xz up to Debian 12, zstd from Debian 13.
+PAYLOADS = ((b"\xfd7zXZ\x00", _xz), (b"\x28\xb5\x2f\xfd", _zstd))
+
+
 def extract_vmlinux(bz: Path, out: Path) -> None:
-    """Decompress the xz payload of a bzImage into an ELF vmlinux.
+    """Decompress the payload of a bzImage (xz or zstd) into an ELF vmlinux.
 
     `xl create` decompresses a bzImage in dom0 userspace, which is slow under TCG (10.7 s vs 5.9 s measured).
     """
     data = bz.read_bytes()
-    start = data.find(XZ_MAGIC)
-    while start != -1:
-        decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-        try:
-            elf = decompressor.decompress(data[start:])
-        except lzma.LZMAError:
-            elf = b""
-        if decompressor.eof and elf.startswith(b"\x7fELF"):  # a truncated stream decodes partly, silently
-            out.write_bytes(elf)
-            return
-        start = data.find(XZ_MAGIC, start + 1)
-    raise ValueError(f"{bz}: no xz-compressed ELF payload found (is this an xz bzImage?)")
+    for magic, decompress in PAYLOADS:
+        start = data.find(magic)
+        while start != -1:
+            try:
+                elf = decompress(data[start:])
+            except (lzma.LZMAError, zstandard.ZstdError, ValueError):
+                elf = b""
+            if elf.startswith(b"\x7fELF"):
+                out.write_bytes(elf)
+                return
+            start = data.find(magic, start + 1)
+    raise ValueError(f"{bz}: no xz- or zstd-compressed ELF payload found")
 
 
 def module_load_order(root: Path, version: str, modules: list[str], log: Path) -> list[Path]:

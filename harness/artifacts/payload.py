@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -212,17 +213,32 @@ def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, module: Path | N
     return cache.entry("guest-payload", inputs, build)
 
 
+def kernel_image(apt: Apt, package: str) -> str:
+    """The linux-image package that holds the kernel: `package` itself, or, for a metapackage (linux-image-amd64,
+    linux-image-rt-amd64...), the versioned image it depends on."""
+    seen = [package]
+    while not re.match(r"linux-image-\d", package):  # versioned images have their version first
+        images = [d for d in apt.depends(package) if d.startswith("linux-image-")]
+        if len(images) != 1:
+            raise LookupError(f"guest.kernel_package {seen[0]!r}: expected a linux-image package or a metapackage "
+                              f"that depends on one, but {package!r} depends on {images or 'no linux-image'}")
+        package = images[0]
+        seen.append(package)
+    return package
+
+
 def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
     """Build (or find in the cache) what a host boots one guest with."""
-    apt = apt_for(cache, cfg["apt.sources"], log)
-    package = cfg["guest.kernel_package"]
-    kernel = _kernel(cache, apt, package, [], log)  # the guest loads no module of the kernel's own
+    apt = apt_for(cache, cfg["apt.sources"], log)  # the guest's userspace
+    kernel_apt = apt_for(cache, cfg["apt.sources"], log, cfg["guest.kernel_suite"]) if cfg["guest.kernel_suite"] else apt
+    package = kernel_image(kernel_apt, cfg["guest.kernel_package"])
+    kernel = _kernel(cache, kernel_apt, package, [], log)  # the guest loads no module of the kernel's own
     tools = _guest_tools(cache, log)
     module = None
     name = frontends.frontend(cfg["frontend"]).module
     if name:
         source = legacy_source(cfg)
-        built = _frontend_modules(cache, apt, package, kernel, source, log)
+        built = _frontend_modules(cache, kernel_apt, package, kernel, source, log)
         module = built / f"{name}.ko"
         if not module.is_file():
             found = sorted(p.name for p in built.glob("*.ko")) or ["none"]
@@ -237,4 +253,4 @@ def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
     entry = _payload(cache, apt, kernel, tools, module, root, log)
     return Payload(kernel=entry / "vmlinux", initrd=entry / "initrd.cpio", key=entry.name.rsplit("-", 1)[1],
                    sizes=json.loads((entry / "sizes.json").read_text()),
-                   versions={package: apt.version(package), "guest_kernel": (kernel / "version").read_text()})
+                   versions={package: kernel_apt.version(package), "guest_kernel": (kernel / "version").read_text()})
