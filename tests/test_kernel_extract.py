@@ -5,7 +5,9 @@ import random
 
 import pytest
 
-from harness.artifacts.kernel import XZ_MAGIC, extract_vmlinux
+import zstandard
+
+from harness.artifacts.kernel import XZ_MAGIC, ZSTD_MAGIC, extract_vmlinux, kernel_version
 
 
 def fake_elf(size: int = 200_000, seed: int = 1) -> bytes:
@@ -98,3 +100,29 @@ def test_truncated_payload_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="vmlinuz-truncated"):
         extract_vmlinux(bz, out)
     assert not out.exists()
+
+
+def test_extracts_a_zstd_payload(tmp_path):
+    # Debian 13's kernels: the same bzImage layout, a zstd frame instead of an xz stream.
+    elf = fake_elf(seed=11)
+    bz = tmp_path / "vmlinuz-6.12.118+deb13-amd64"
+    frame = zstandard.ZstdCompressor(level=3).compress(elf)
+    bz.write_bytes(b"MZ" + junk(4000, 12) + ZSTD_MAGIC + junk(300, 13) + frame + junk(500, 14))
+    extract_vmlinux(bz, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == elf
+
+
+def test_a_truncated_zstd_payload_is_refused(tmp_path):
+    frame = zstandard.ZstdCompressor(level=3).compress(fake_elf(seed=15))
+    bz = tmp_path / "bz"
+    bz.write_bytes(junk(100, 16) + frame[: len(frame) // 2])
+    with pytest.raises(ValueError, match="no xz- or zstd-compressed ELF payload"):
+        extract_vmlinux(bz, tmp_path / "out")
+
+
+@pytest.mark.parametrize("modules", ["lib/modules", "usr/lib/modules"])
+def test_kernel_version_in_either_layout(tmp_path, modules):
+    # Debian 13's packages are merged-/usr: their modules are under usr/lib/modules.
+    (tmp_path / modules / "6.12.118+deb13-amd64").mkdir(parents=True)
+    assert kernel_version(tmp_path) == "6.12.118+deb13-amd64"
+    assert (tmp_path / "lib/modules/6.12.118+deb13-amd64").is_dir()  # one layout for depmod and modprobe

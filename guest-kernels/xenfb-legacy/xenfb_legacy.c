@@ -2,7 +2,9 @@
 /*
  * xenfb_legacy - a Xen paravirtual framebuffer frontend with the old
  * (Linux 2.6.18 / RHEL-5) design, rebuilt as an out-of-tree module for
- * Debian's 6.1 guest kernel, for the xenfb-harness project.
+ * Debian's guest kernels, for the xenfb-harness project.  Written for
+ * Debian 12's 6.1; it also builds for Debian 11's 5.10 and Debian 13's
+ * 6.12 (see "Kernel versions" below).
  *
  * Written for the harness from the public interface descriptions
  * (include/xen/interface/io/fbif.h, the xenbus API, the 6.1 fault path).
@@ -50,7 +52,7 @@
  *   user writes the page: no fault, the mapping is "clean" (faults == 0),
  *   nothing will zap it again and no update covers the write.
  *
- * finish_fault() in 6.1 only re-checks that the PTE slot is still empty; a
+ * finish_fault() (5.10 to 6.12) only re-checks that the PTE slot is still empty; a
  * zap of a PTE that was never there leaves it empty, so the stale PTE is
  * installed anyway.  The write stays invisible until another fault on the
  * same mapping makes the thread zap it again and the page is written again.

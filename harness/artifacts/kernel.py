@@ -12,6 +12,7 @@ import zstandard
 from ..progress import run
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def kernel_version(root: Path) -> str:
@@ -47,7 +48,7 @@ def _zstd(data: bytes) -> bytes:
 
 
 # What Debian compresses its kernels with: xz up to Debian 12, zstd from Debian 13.
-PAYLOADS = ((b"\xfd7zXZ\x00", _xz), (b"\x28\xb5\x2f\xfd", _zstd))
+PAYLOADS = ((XZ_MAGIC, _xz), (ZSTD_MAGIC, _zstd))
 
 
 def extract_vmlinux(bz: Path, out: Path) -> None:
