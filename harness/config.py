@@ -21,6 +21,8 @@ SCHEMA_VERSION = 4
 MAX_COMMAND = 2000  # bytes of command.run: it reaches the guest hex-encoded in one line of its console tty, whose
 #                     canonical mode takes at most 4095 characters a line
 DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+MODULE_NAME = re.compile(r"[A-Za-z0-9_]+")
+MODULE_PARAMS = re.compile(r"([A-Za-z0-9_.,:=-]+( [A-Za-z0-9_.,:=-]+)*)?")  # the guest's init splits them at '+'
 
 class ConfigError(ValueError):
     def __init__(self, source: str, key: str, message: str):
@@ -53,6 +55,14 @@ SCHEMA: dict[str, Any] = {
                         "harness's own guest-kernels/xenfb-legacy); e.g. a copy with a backported patch. It must "
                         "build xenfb-legacy.ko and/or xenfb-legacy-fixed.ko (modules xenfb_legacy, "
                         "xenfb_legacy_fixed), whichever the frontend loads"),
+    },
+    "module": {
+        "source": Field("", "dir", "frontend 'module': your frontend module's source tree, which `make -C <kernel "
+                        "headers> M=<a copy of it> modules` builds (a Kbuild file, as for any out-of-tree module); "
+                        "built against the guest kernel's Debian headers"),
+        "name": Field("", "str", "frontend 'module': the module to load, as lsmod names it (its .ko file with '-' "
+                      "as '_')"),
+        "params": Field("", "str", "frontend 'module': insmod parameters, e.g. 'debug=1 delay_ms=20'"),
     },
     "rounds": Field(10, "int", "pattern rounds after the baseline (round 0 clears the screen)", minimum=1),
     "seed": Field(1, "int", "pattern seed; the same seed draws the same frames", minimum=0),
@@ -339,6 +349,17 @@ def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = N
             if data["writer"][key] != 1:
                 raise ConfigError(source, f"writer.{key}", "expected 1 with writer.kind 'xorg' (the X server "
                                   "maps the framebuffer, and one X client draws)")
+    if data["frontend"] == "module":
+        module = data["module"]
+        if not module["source"]:
+            raise ConfigError(source, "module.source", "expected your module's source directory when frontend is "
+                              "'module'")
+        if not MODULE_NAME.fullmatch(module["name"]):
+            raise ConfigError(source, "module.name", f"expected the module's name ([A-Za-z0-9_]+) when frontend is "
+                              f"'module', got {module['name']!r}")
+    if not MODULE_PARAMS.fullmatch(data["module"]["params"]):
+        raise ConfigError(source, "module.params", "expected name=value words of [A-Za-z0-9_.,:=-], separated by "
+                          f"single spaces, got {data['module']['params']!r}")
     if data["writer"]["kind"] == "command" and not data["command"]["run"].strip():
         raise ConfigError(source, "command.run", "expected the workload's shell command when writer.kind is "
                           "'command'")

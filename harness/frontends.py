@@ -3,10 +3,13 @@ build, the guest's xl config and command line, and the rounds."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 # The built-in xen-fbfront registers with this initcall; blacklisting it keeps the driver off the device so an
 # out-of-tree module can bind it instead (the symbol exists once in 6.1's System.map).
 BUILTIN_OFF = "initcall_blacklist=xenfb_init"
+# Our old-design frontend's module tree (both builds: xenfb-legacy.ko and xenfb-legacy-fixed.ko).
+OUR_SOURCE = Path(__file__).resolve().parent.parent / "guest-kernels" / "xenfb-legacy"
 
 
 @dataclass(frozen=True)
@@ -29,13 +32,36 @@ FRONTENDS: dict[str, Frontend] = {f.name: f for f in (
              module="xenfb_legacy", counters=True, builtin_off=BUILTIN_OFF),
     Frontend("legacy-fixed", "that module with the backported fix", module="xenfb_legacy_fixed", counters=True,
              builtin_off=BUILTIN_OFF),
+    Frontend("module", "your own out-of-tree module (module.source, module.name), built against the guest "
+             "kernel; its counters are read if it has any", counters=True, builtin_off=BUILTIN_OFF),
 )}
+
+
+@dataclass(frozen=True)
+class ModuleFrontend:
+    """An out-of-tree frontend module, built against the guest kernel's headers and loaded by the guest's init with
+    the built-in driver kept off the device. Our old-design module is one, from our own tree (or legacy.source)."""
+    source: Path  # the Kbuild tree that `make -C <headers> M=<a copy of it> modules` builds
+    name: str  # the module to load, as lsmod names it
+    params: str  # insmod parameters, name=value words
+    ours: bool  # our old-design module: the guest's init sets its race window (once X is up, with X)
+
+
+def legacy_source(cfg) -> Path:
+    """The tree our old-design frontend's modules are built from: legacy.source, or our own."""
+    return Path(cfg["legacy.source"]) if cfg["legacy.source"] else OUR_SOURCE
+
+
+def module_frontend(cfg) -> ModuleFrontend | None:
+    """The out-of-tree module a config's frontend loads; None for the kernel's built-in driver."""
+    name = cfg["frontend"]
+    if name == "module":
+        return ModuleFrontend(Path(cfg["module.source"]), cfg["module.name"], cfg["module.params"], ours=False)
+    module = FRONTENDS[name].module
+    if module is None:
+        return None
+    return ModuleFrontend(legacy_source(cfg), module, "", ours=True)
 
 
 def frontend(name: str) -> Frontend:
     return FRONTENDS[name]
-
-
-def modules() -> list[str]:
-    """Every module name our own frontend sources build (guest-kernels/xenfb-legacy)."""
-    return [f.module for f in FRONTENDS.values() if f.module]

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .config import Config, ConfigError
-from .frontends import frontend
+from .frontends import frontend, module_frontend
 from .geometry import Geometry
 from .pattern import WriterParams
 from .hosts.base import Console, HostError
@@ -80,10 +80,13 @@ def xl_config(cfg: Config, name: str, kernel: str, initrd: str) -> str:
                 "xfb_mapcheck": int(cfg["guest.mapping_checks"])}
     if cfg["writer.kind"] == "command":
         settings["xfb_command_xorg"] = int(cfg["command.xorg"])
-    fe = frontend(cfg["frontend"])
-    if fe.module:
-        settings.update(xfb_module=fe.module, xfb_race_window_ms=cfg["legacy.race_window_ms"],
-                        xfb_unload=int(cfg["legacy.unload_at_end"]))
+    fe, module = frontend(cfg["frontend"]), module_frontend(cfg)
+    if module is not None:
+        settings["xfb_module"] = module.name
+        if module.ours:
+            settings.update(xfb_race_window_ms=cfg["legacy.race_window_ms"], xfb_unload=int(cfg["legacy.unload_at_end"]))
+        elif module.params:
+            settings["xfb_module_params"] = module.params.replace(" ", "+")  # one word on the command line
     words = ["console=hvc0 quiet", fe.builtin_off, *(f"{k}={v}" for k, v in settings.items()), extra]
     cmdline = " ".join(w for w in words if w)
     return "\n".join([
@@ -113,7 +116,8 @@ class Guest:
         self.vnc_port: int | None = None
         self.geometry: Geometry | None = None
         self.checks: list[Check] = []  # mapping checks passed before READY
-        self.unload = bool(frontend(cfg["frontend"]).module) and cfg["legacy.unload_at_end"]
+        module = module_frontend(cfg)
+        self.unload = module is not None and module.ours and cfg["legacy.unload_at_end"]
         self.finished = False  # the writer has said BYE
         self._section: str | None = None  # inside a quoted log (e.g. the workload's): not our lines
 

@@ -171,6 +171,8 @@ def summary(result: Result, run_dir: Path) -> str:
             lines.append(f"{r.round:5d}  {r.missed_pixels:6d}  {hits:>9s}  {r.settle:7s}{r.settle_s:5.2f}s  {rects}")
     if result.counters:
         lines.append("frontend counters: " + ", ".join(f"{k}={v}" for k, v in sorted(result.counters.items())))
+    elif result.guest.get("counters"):
+        lines.append(f"frontend counters: {result.guest['counters']}")
     if result.checks:
         lines.append("mapping checks passed: " + ", ".join(c["name"] for c in result.checks))
     if result.unloaded:

@@ -12,7 +12,7 @@ from .artifacts.payload import Payload
 from .capture import Capture
 from .compare import compare
 from .config import Config
-from .frontends import frontend
+from .frontends import frontend, module_frontend
 from .geometry import Rect
 from .guest import Guest, save_workload_log, save_xorg_config, writer_params
 from .hosts.dom0 import Dom0
@@ -49,6 +49,11 @@ def run_scenario(cfg: Config, host: Dom0, payload: Payload, run_dir: Path, resul
                 rounds = _command_rounds if cfg["writer.kind"] == "command" else _rounds
                 rounds(cfg, guest, capture, geometry, result, run_dir)
         record("xl create to verdict", time.monotonic() - created)  # the last round's comparison decides
+        module = module_frontend(cfg)
+        if module is not None:  # counters are optional: say whether this module had any
+            where = f"/sys/module/{module.name}/parameters"
+            result.guest.update(module=module.name, counters=f"read from {where}" if result.counters else
+                                f"none: the module has no counter files in {where}")
         if all(r.guest_memory_ok for r in result.rounds):
             result.unloaded = guest.finish()
     finally:

@@ -19,8 +19,9 @@ from harness import config
 from harness.artifacts import payload as payload_recipe
 from harness.artifacts.cache import Cache, default_cache_dir
 from harness.artifacts.cache import hash_tree
-from harness.artifacts.payload import FRONTEND_SRC, build_payload, legacy_source
+from harness.artifacts.payload import build_payload
 from harness.config import SCHEMA, ConfigError
+from harness.frontends import OUR_SOURCE as FRONTEND_SRC, legacy_source
 from tests.negative_controls import BREAKS, NAMES, SOURCE, config_fragment, make_variant
 from tests.test_cpio import read_newc
 
@@ -91,7 +92,7 @@ def test_legacy_source_shapes_no_host_artifact(tmp_path):
 
 
 def test_no_negative_control_is_a_selectable_frontend():
-    assert set(SCHEMA["frontend"].choices) == {"upstream", "legacy", "legacy-fixed"}
+    assert set(SCHEMA["frontend"].choices) == {"upstream", "legacy", "legacy-fixed", "module"}
     for name in NAMES:
         assert name not in SCHEMA["frontend"].choices
     # ... and our own tree never defines a break.
@@ -190,14 +191,13 @@ def test_modules_entry_is_keyed_by_the_tree(tmp_path):
         payload_recipe._frontend_modules(cache, FakeApt(), "linux-image-6.1.0-56-amd64", kernel, tree,
                                          tmp_path / "log")
     sources = [inputs["source"] for name, inputs in cache.calls]
-    assert [name for name, _ in cache.calls] == ["legacy-modules"] * 3
+    assert [name for name, _ in cache.calls] == ["frontend-modules"] * 3
     assert len(set(sources)) == 3 and sources[0] == hash_tree(SOURCE)
-    assert all(inputs["modules"] == ["xenfb_legacy", "xenfb_legacy_fixed"] for _, inputs in cache.calls)
 
 
 def stub_payload_inputs(monkeypatch, tmp_path: Path, built: list[str]) -> list[Path]:
     """build_payload with everything but the legacy modules' check stubbed; the modules' entry holds `built`."""
-    entry = tmp_path / "legacy-modules-0000000000000000"
+    entry = tmp_path / "frontend-modules-0000000000000000"
     entry.mkdir()
     for name in built:
         (entry / name).write_bytes(b"\x7fELF")
@@ -221,8 +221,8 @@ def test_a_tree_without_the_frontends_module_is_a_clear_error(tmp_path, monkeypa
     with pytest.raises(FileNotFoundError) as info:
         build_payload(config.load(path), Cache(tmp_path / "cache"), tmp_path / "log")
     message = str(info.value)
-    for part in (str(path), "legacy.source", str(variant.resolve()), "xenfb_legacy_fixed", "xenfb-legacy-fixed.ko",
-                 "'legacy-fixed'", "xenfb_legacy.ko"):
+    for part in (str(path), "legacy.source", str(variant.resolve()), "xenfb_legacy_fixed", "'legacy-fixed'",
+                 "built: xenfb_legacy"):
         assert part in message, part
     assert seen == [variant.resolve()]
 
@@ -257,7 +257,7 @@ def test_real_build(name, tmp_path):
     payload = build_payload(cfg, cache, tmp_path / "build.log")
     files = {e.name: e.data for e in read_newc(payload.initrd.read_bytes())}
     assert [n for n in files if n.startswith("modules/")] == ["modules/xenfb_legacy_fixed.ko"]
-    entry = next(p for p in cache.used if p.name.startswith("legacy-modules-"))
+    entry = next(p for p in cache.used if p.name.startswith("frontend-modules-"))
     assert (entry / "xenfb_legacy_fixed.ko").read_bytes() == files["modules/xenfb_legacy_fixed.ko"]
     for module in ("xenfb_legacy", "xenfb_legacy_fixed"):
         ko = (entry / f"{module}.ko").read_bytes()

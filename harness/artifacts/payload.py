@@ -1,9 +1,10 @@
 """The guest recipe: config -> the payload a host boots one guest with: an uncompressed guest kernel and an
 initramfs holding busybox, our init, the guest tools (xfb-writer, xfb-mapcheck), the frontend's module when the
-frontend is one of ours, for the X writer an X server and the X client, and for a command workload the packages
+frontend is an out-of-tree module (ours or the user's), for the X writer an X server and the X client, and for a command workload the packages
 it names.
 
-It reads only the guest's side of the config (guest.kernel_package, frontend, legacy.source, writer.kind,
+It reads only the guest's side of the config (guest.kernel_package, guest.kernel_suite, frontend, legacy.source,
+module.*, writer.kind,
 command.xorg, command.packages, apt.sources); nothing here shapes the host (host.py), and the host's keys hold
 no hash of this file.
 """
@@ -30,7 +31,6 @@ from .elf import closure, copy_closure
 
 WRITER_SRC = HERE.parent / "writer" / "xfb-writer.c"
 MAPCHECK_SRC = HERE.parent / "writer" / "xfb-mapcheck.c"
-FRONTEND_SRC = HERE.parent.parent / "guest-kernels" / "xenfb-legacy"
 # The X stress writer's guest: an X server with the fbdev driver, its keymap compiler and data, and libX11.
 XORG_PACKAGES = ["xserver-xorg-core", "xserver-xorg-video-fbdev", "x11-xkb-utils", "xkb-data", "libx11-6"]
 # What runs in the guest: everything else in those packages (and their ~120 dependencies) is left out.
@@ -132,15 +132,10 @@ def _guest_root(cache: Cache, apt: Apt, xorg: bool, packages: list[str], log: Pa
     return cache.entry("guest-root", inputs, build) / "root"
 
 
-def legacy_source(cfg: Config) -> Path:
-    """The directory the legacy frontends' modules are built from: legacy.source, or our own."""
-    return Path(cfg["legacy.source"]) if cfg["legacy.source"] else FRONTEND_SRC
-
-
 def _frontend_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, source: Path, log: Path) -> Path:
-    """The legacy frontends' modules (those of frontends.modules() that the tree at `source` builds, <module>.ko
-    each), built against the exact guest kernel's headers from Debian's packages. The entry is keyed by every file
-    of the tree, so a patched copy is a different entry."""
+    """Every module the tree at `source` builds (<module name>.ko each: our old-design frontend's two builds, or a
+    user's module), built against the exact guest kernel's headers from Debian's packages. The entry is keyed by
+    every file of the tree, so a patched copy is a different entry."""
     version = (kernel / "version").read_text()  # e.g. 6.1.0-56-amd64
     abi = version.rsplit("-", 1)[0]
     series = ".".join(version.split(".")[:2])  # 6.1
@@ -148,7 +143,6 @@ def _frontend_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, 
     packages = [f"linux-headers-{version}", f"linux-headers-{abi}-common", f"linux-kbuild-{series}"]
     if not source.is_dir():
         raise FileNotFoundError(f"frontend module sources not found at {source}")
-    modules = frontends.modules()
 
     def build(out: Path) -> None:
         root = out / "headers"
@@ -162,16 +156,13 @@ def _frontend_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, 
         # Without what an earlier build in that tree left: only this build's .ko files may count as built.
         shutil.copytree(source, src, symlinks=True, ignore=shutil.ignore_patterns(*BUILD_PRODUCTS))
         run(["make", "-C", str(kdir), f"M={src}", "modules"], log)
-        for name in modules:  # kbuild names a module after its file, with '-' as '_'
-            for built in (src / f"{name.replace('_', '-')}.ko", src / f"{name}.ko"):
-                if built.is_file():
-                    shutil.copyfile(built, out / f"{name}.ko")
-                    break
+        for built in sorted(src.rglob("*.ko")):  # kbuild names a module after its file, with '-' as '_'
+            shutil.copyfile(built, out / f"{built.stem.replace('-', '_')}.ko")
         shutil.rmtree(root)
         shutil.rmtree(src)
-    inputs = {"kernel": version, "version": source_version, "packages": packages, "modules": modules,
-              "source": hash_tree(source), "gcc": _gcc(), "build": RECIPE}
-    return cache.entry("legacy-modules", inputs, build)
+    inputs = {"kernel": version, "version": source_version, "packages": packages, "source": hash_tree(source),
+              "gcc": _gcc(), "build": RECIPE}
+    return cache.entry("frontend-modules", inputs, build)
 
 
 def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, module: Path | None, root: Path | None,
@@ -235,17 +226,16 @@ def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
     kernel = _kernel(cache, kernel_apt, package, [], log)  # the guest loads no module of the kernel's own
     tools = _guest_tools(cache, log)
     module = None
-    name = frontends.frontend(cfg["frontend"]).module
-    if name:
-        source = legacy_source(cfg)
-        built = _frontend_modules(cache, kernel_apt, package, kernel, source, log)
-        module = built / f"{name}.ko"
+    spec = frontends.module_frontend(cfg)
+    if spec is not None:
+        built = _frontend_modules(cache, kernel_apt, package, kernel, spec.source, log)
+        module = built / f"{spec.name}.ko"
         if not module.is_file():
-            found = sorted(p.name for p in built.glob("*.ko")) or ["none"]
+            found = sorted(p.stem for p in built.glob("*.ko")) or ["none"]
+            key = "legacy.source" if spec.ours else "module.name"
             raise FileNotFoundError(
-                f"{cfg.source}: legacy.source {str(source)!r} built no module {name} ({name.replace('_', '-')}.ko), "
-                f"which frontend {cfg['frontend']!r} loads (of the modules the harness knows, it built: "
-                f"{', '.join(found)}); the tree's Kbuild must build it under that name")
+                f"{cfg.source}: {key}: the tree {str(spec.source)!r} built no module {spec.name!r}, which frontend "
+                f"{cfg['frontend']!r} loads; it built: {', '.join(found)}")
     kind = cfg["writer.kind"]
     xorg = kind == "xorg" or (kind == "command" and cfg["command.xorg"])
     packages = cfg["command.packages"] if kind == "command" else []
