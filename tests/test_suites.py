@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.artifacts.common import sources_for_suite
-from harness.artifacts.payload import kernel_image
+from harness.artifacts.payload import kbuild_package, kernel_image
 
 DEB822 = """Types: deb
 URIs: http://mirror.example/debian
@@ -77,3 +77,20 @@ def test_a_metapackage_without_one_image_is_refused():
     apt = FakeApt({"linux-image-amd64": []})
     with pytest.raises(LookupError, match="linux-image-amd64"):
         kernel_image(apt, "linux-image-amd64")
+
+
+class VersionsApt:
+    def __init__(self, known: set[str]):
+        self.known = known
+
+    def version(self, package: str) -> str:
+        if package not in self.known:
+            raise LookupError(package)
+        return "1"
+
+
+def test_kbuild_package_naming_by_release():
+    trixie = VersionsApt({"linux-kbuild-6.12.118+deb13", "linux-kbuild-6.12"})
+    assert kbuild_package(trixie, "6.12.118+deb13", "6.12") == "linux-kbuild-6.12.118+deb13"
+    bookworm = VersionsApt({"linux-kbuild-6.1"})
+    assert kbuild_package(bookworm, "6.1.0-56", "6.1") == "linux-kbuild-6.1"

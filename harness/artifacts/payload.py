@@ -132,6 +132,16 @@ def _guest_root(cache: Cache, apt: Apt, xorg: bool, packages: list[str], log: Pa
     return cache.entry("guest-root", inputs, build) / "root"
 
 
+def kbuild_package(apt: Apt, abi: str, series: str) -> str:
+    """The package of the kernel's build tools: linux-kbuild-<abi> from Debian 13 on (linux-kbuild-6.12.118+deb13),
+    linux-kbuild-<series> before (linux-kbuild-6.1, linux-kbuild-5.10)."""
+    try:
+        apt.version(f"linux-kbuild-{abi}")
+        return f"linux-kbuild-{abi}"
+    except LookupError:
+        return f"linux-kbuild-{series}"
+
+
 def _frontend_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, source: Path, log: Path) -> Path:
     """Every module the tree at `source` builds (<module name>.ko each: our old-design frontend's two builds, or a
     user's module), built against the exact guest kernel's headers from Debian's packages. The entry is keyed by
@@ -140,7 +150,7 @@ def _frontend_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, 
     abi = version.rsplit("-", 1)[0]
     series = ".".join(version.split(".")[:2])  # 6.1
     source_version = apt.version(image_package)  # headers and kbuild must match the image exactly
-    packages = [f"linux-headers-{version}", f"linux-headers-{abi}-common", f"linux-kbuild-{series}"]
+    packages = [f"linux-headers-{version}", f"linux-headers-{abi}-common", kbuild_package(apt, abi, series)]
     if not source.is_dir():
         raise FileNotFoundError(f"frontend module sources not found at {source}")
 
