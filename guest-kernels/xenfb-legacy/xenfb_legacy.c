@@ -52,10 +52,11 @@
  *   user writes the page: no fault, the mapping is "clean" (faults == 0),
  *   nothing will zap it again and no update covers the write.
  *
- * finish_fault() (5.10 to 6.12) only re-checks that the PTE slot is still empty; a
- * zap of a PTE that was never there leaves it empty, so the stale PTE is
- * installed anyway.  The write stays invisible until another fault on the
- * same mapping makes the thread zap it again and the page is written again.
+ * finish_fault() (in 5.10, 6.1 and 6.12 alike) only re-checks that the
+ * PTE slot is still empty; a zap of a PTE that was never there leaves it
+ * empty, so the stale PTE is installed anyway.  The write stays invisible
+ * until another fault on the same mapping makes the thread zap it again
+ * and the page is written again.
  *
  * race_window_ms (module parameter) sleeps in exactly that window, after
  * the driver lock is dropped and before the page is returned; it widens
@@ -179,11 +180,34 @@
  * only try-locked by the thread.  Nothing that holds a page lock of ours
  * ever waits for mm_lock (the core, after our handler returned, only takes
  * the page-table lock before unlocking the page), so there is no cycle.
+ *
+ * ------------------------------------------------------------------------
+ * Kernel versions
+ * ------------------------------------------------------------------------
+ * Built for Debian 11 (5.10), 12 (6.1) and 13 (6.12).  The API differences
+ * are handled with LINUX_VERSION_CODE checks where they are used; each one
+ * names the upstream change it follows and the release it landed in (and
+ * the 6.1 stable release, where it was backported there).  None changes
+ * the behaviour: the fault path this design relies on (a VM_FAULT_LOCKED
+ * page stays locked through finish_fault() until its PTE is installed, no
+ * ->map_pages, so no fault-around; in 6.12 a fault taken under the
+ * per-VMA lock is retried under mmap_lock, as we have no ->map_pages) is
+ * the same in all three.
+ *   - is_cow_mapping() (5.10: private to mm/, same definition here);
+ *   - zap_page_range() -> zap_vma_pages() (6.3);
+ *   - vma->vm_flags is read-only, vm_flags_set() (6.3);
+ *   - timer_shutdown_sync() (6.2, 6.1.158; 5.10: del_timer_sync() and a
+ *     flag that keeps __xenfb_arm() from re-arming);
+ *   - xenbus_driver.remove returns void (6.2, 6.1.162; before: int);
+ *   - xenbus_driver.not_essential (5.16; 5.10 treats device/vfb as not
+ *     essential by its node name);
+ *   - FBINFO_FLAG_DEFAULT (0) is gone (6.6).
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/module.h>
+#include <linux/version.h>
 #include <linux/kernel.h>
 #include <linux/errno.h>
 #include <linux/fb.h>
@@ -208,6 +232,18 @@
 #include <xen/platform_pci.h>
 #include <xen/interface/io/fbif.h>
 #include <xen/interface/io/protocols.h>
+
+/*
+ * is_cow_mapping() moved from mm/internal.h to <linux/mm.h> in "mm:
+ * introduce page_needs_cow_for_dma() for deciding whether cow" (5.12).
+ * Before it (Debian 11's 5.10): the same definition, here.
+ */
+#if LINUX_VERSION_CODE < KERNEL_VERSION(5, 12, 0)
+static inline bool is_cow_mapping(vm_flags_t flags)
+{
+	return (flags & (VM_SHARED | VM_MAYWRITE)) == VM_MAYWRITE;
+}
+#endif
 
 #ifdef XENFB_LEGACY_FIXED
 #define XENFB_VARIANT "legacy-fixed"
@@ -349,6 +385,10 @@ struct xenfb_info {
 	int			update_wanted;	/* dirty_lock; backend asked */
 	int			irq;		/* dirty_lock; -1 if unbound */
 	struct timer_list	refresh;	/* armed under dirty_lock */
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 1, 158)
+	bool			refresh_shut;	/* dirty_lock; never re-arm
+						 * (no timer_shutdown_sync()) */
+#endif
 
 	struct task_struct	*thread;
 	wait_queue_head_t	wq;
@@ -445,6 +485,11 @@ static void __xenfb_break_release(struct xenfb_info *info)
 static void __xenfb_arm(struct xenfb_info *info)
 {
 	/* After timer_shutdown_sync() in remove, mod_timer() is a no-op. */
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 1, 158)
+	/* Without it (see xenfb_refresh_shutdown()), we make it one. */
+	if (info->refresh_shut)
+		return;
+#endif
 	if (!timer_pending(&info->refresh))
 		mod_timer(&info->refresh, jiffies + XENFB_REFRESH_DELAY);
 }
@@ -505,6 +550,30 @@ static void xenfb_timer_fn(struct timer_list *t)
 
 	set_bit(0, &info->kick);
 	wake_up(&info->wq);
+}
+
+/*
+ * Stop the refresh timer for good: wait for a running callback, and make
+ * every later arming a no-op (faults on a framebuffer that is still
+ * mapped go on arming it after remove).
+ *
+ * timer_shutdown_sync() came with "timers: Provide timer_shutdown[_sync]()"
+ * (6.2; backported to 6.1.158).  Before it (Debian 11's 5.10): a flag,
+ * set under dirty_lock, under which every arming happens (__xenfb_arm()),
+ * then del_timer_sync(): the same guarantee.
+ */
+static void xenfb_refresh_shutdown(struct xenfb_info *info)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 1, 158)
+	timer_shutdown_sync(&info->refresh);
+#else
+	unsigned long flags;
+
+	spin_lock_irqsave(&info->dirty_lock, flags);
+	info->refresh_shut = true;
+	spin_unlock_irqrestore(&info->dirty_lock, flags);
+	del_timer_sync(&info->refresh);
+#endif
 }
 
 /* ---------------------------------------------------------------------- */
@@ -755,7 +824,13 @@ static int xenfb_zap_mapping(struct xenfb_info *info,
 #endif
 	}
 
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+	/* "mm: remove zap_page_range and create zap_vma_pages" (6.3): the
+	 * same zap of the whole VMA. */
+	zap_vma_pages(vma);
+#else
 	zap_page_range(vma, vma->vm_start, vma->vm_end - vma->vm_start);
+#endif
 	stat_zaps++;
 	xenfb_mapping_clear(map);
 
@@ -1049,7 +1124,13 @@ static int xenfb_fb_mmap(struct fb_info *fb_info, struct vm_area_struct *vma)
 
 	/* Starts unpopulated: every page is brought in by xenfb_vm_fault(). */
 	vma->vm_ops = &xenfb_vm_ops;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+	/* "mm: introduce vma->vm_flags wrapper functions" (6.3): vm_flags
+	 * is read-only, changed through the wrappers. */
+	vm_flags_set(vma, VM_DONTEXPAND | VM_DONTDUMP);
+#else
 	vma->vm_flags |= VM_DONTEXPAND | VM_DONTDUMP;
+#endif
 	vma->vm_private_data = map;
 	return 0;
 }
@@ -1388,7 +1469,7 @@ static void xenfb_teardown(struct xenfb_info *info)
 		kthread_stop(info->thread);
 		info->thread = NULL;
 	}
-	timer_shutdown_sync(&info->refresh);
+	xenfb_refresh_shutdown(info);
 	xenfb_disconnect_backend(info);
 
 	if (info->fb_registered)
@@ -1483,7 +1564,13 @@ static int xenfb_probe(struct xenbus_device *dev,
 	fb_info->fix.smem_start = 0;
 	fb_info->fix.smem_len = info->fb_len;
 	fb_info->fix.accel = FB_ACCEL_NONE;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 6, 0)
+	/* "fbdev: Remove FBINFO_DEFAULT and FBINFO_FLAG_DEFAULT" (6.6): it
+	 * was 0. */
+	fb_info->flags = FBINFO_VIRTFB;
+#else
 	fb_info->flags = FBINFO_FLAG_DEFAULT | FBINFO_VIRTFB;
+#endif
 
 	ret = fb_alloc_cmap(&fb_info->cmap, 256, 0);
 	if (ret < 0) {
@@ -1562,13 +1649,25 @@ static int xenfb_resume(struct xenbus_device *dev)
 	return xenfb_connect_backend(dev, info);
 }
 
+/*
+ * "xen: make remove callback of xen driver void returned" (6.2; backported
+ * to 6.1.162).  Before it, remove returned an int, which the xenbus core
+ * ignored.
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 1, 162)
 static void xenfb_remove(struct xenbus_device *dev)
+#else
+static int xenfb_remove(struct xenbus_device *dev)
+#endif
 {
 	struct xenfb_info *info = dev_get_drvdata(&dev->dev);
 
 	dev_set_drvdata(&dev->dev, NULL);
 	if (info)
 		xenfb_teardown(info);
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 1, 162)
+	return 0;
+#endif
 }
 
 static const struct xenbus_device_id xenfb_ids[] = {
@@ -1584,7 +1683,12 @@ static struct xenbus_driver xenfb_driver = {
 	.remove			= xenfb_remove,
 	.resume			= xenfb_resume,
 	.otherend_changed	= xenfb_backend_changed,
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 16, 0)
+	/* "xen: add "not_essential" flag to struct xenbus_driver" (5.16).
+	 * Before it, xenbus treats device/vfb as not essential by its node
+	 * name, which gives the same boot-time wait. */
 	.not_essential		= true,
+#endif
 };
 
 /* Not named xenfb_init: the built-in driver's initcall is blacklisted by

@@ -27,7 +27,7 @@ from .apt import Apt
 from .cache import Cache, hash_files, hash_tree
 from .common import BUSYBOX, FILES, HERE, _busybox, _gcc, _kernel, _start_initramfs, apt_for, recipe_hash
 from .cpio import CpioWriter
-from .elf import closure, copy_closure
+from .elf import closure, copy_closure, is_elf
 
 WRITER_SRC = HERE.parent / "writer" / "xfb-writer.c"
 MAPCHECK_SRC = HERE.parent / "writer" / "xfb-mapcheck.c"
@@ -132,6 +132,34 @@ def _guest_root(cache: Cache, apt: Apt, xorg: bool, packages: list[str], log: Pa
     return cache.entry("guest-root", inputs, build) / "root"
 
 
+# Building a release's modules with this machine's gcc (Debian 12's): every release's headers name the compiler
+# they were built with (gcc-10 for Debian 11, gcc-14 for Debian 13). Before gcc 14, kbuild aligns functions with
+# -falign-functions, as it does when CONFIG_CC_HAS_MIN_FUNCTION_ALIGNMENT is unset. Debian 13's headers ship a
+# vmlinux, which would make kbuild generate BTF for the module with pahole; 6.1's do not, so it never did.
+KBUILD_VARS = ("CC=gcc", "CONFIG_CC_HAS_MIN_FUNCTION_ALIGNMENT=", "CONFIG_DEBUG_INFO_BTF_MODULES=")
+
+
+def _own_libc_for_tools(apt: Apt, kbuild: str, headers: Path, runtime: Path, log: Path) -> None:
+    """If the kernel's release has a newer C library than this machine (Debian 13's build tools need glibc 2.38),
+    make its build tools (modpost, objtool, fixdep...) run on their own release's, through its loader. --argv0
+    keeps each tool's own name: Debian's modpost picks the real modpost.real-<endianness>-<bits> by its name."""
+    host_libc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libc6"], capture_output=True, text=True,
+                               check=True).stdout
+    if subprocess.run(["dpkg", "--compare-versions", apt.version("libc6"), "gt", host_libc]).returncode != 0:
+        return  # the tools run here as they are
+    for deb in apt.download_all(apt.install_set([kbuild])):
+        run(["dpkg-deb", "-x", str(deb), str(runtime)], log)
+    loader = next(p for p in (runtime / "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+                              runtime / "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2") if p.exists())
+    libraries = ":".join(str(runtime / d) for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"))
+    for tool in sorted((headers / "usr/lib").glob("linux-kbuild-*/**/*")):
+        if tool.is_file() and not tool.is_symlink() and os.access(tool, os.X_OK) and is_elf(tool):
+            real = tool.with_name(f"{tool.name}.xfb-real")
+            tool.rename(real)
+            tool.write_text(f'#!/bin/sh\nexec "{loader}" --argv0 "$0" --library-path "{libraries}" "{real}" "$@"\n')
+            tool.chmod(0o755)
+
+
 def kbuild_package(apt: Apt, abi: str, series: str) -> str:
     """The package of the kernel's build tools: linux-kbuild-<abi> from Debian 13 on (linux-kbuild-6.12.118+deb13),
     linux-kbuild-<series> before (linux-kbuild-6.1, linux-kbuild-5.10)."""
@@ -162,14 +190,15 @@ def _frontend_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, 
         # The arch headers include the common ones by absolute path; point it into our tree.
         makefile = kdir / "Makefile"
         makefile.write_text(makefile.read_text().replace("/usr/src/", f"{root}/usr/src/"))
+        _own_libc_for_tools(apt, packages[2], root, out / "runtime", log)
         src = out / "src"
         # Without what an earlier build in that tree left: only this build's .ko files may count as built.
         shutil.copytree(source, src, symlinks=True, ignore=shutil.ignore_patterns(*BUILD_PRODUCTS))
-        run(["make", "-C", str(kdir), f"M={src}", "modules"], log)
+        run(["make", "-C", str(kdir), f"M={src}", *KBUILD_VARS, "modules"], log)
         for built in sorted(src.rglob("*.ko")):  # kbuild names a module after its file, with '-' as '_'
             shutil.copyfile(built, out / f"{built.stem.replace('-', '_')}.ko")
-        shutil.rmtree(root)
-        shutil.rmtree(src)
+        for tree in (root, out / "runtime", src):
+            shutil.rmtree(tree, ignore_errors=tree.name == "runtime")  # made only for a newer release
     inputs = {"kernel": version, "version": source_version, "packages": packages, "source": hash_tree(source),
               "gcc": _gcc(), "build": RECIPE}
     return cache.entry("frontend-modules", inputs, build)
