@@ -21,6 +21,19 @@ def test_a_guest_kernel_from_another_release(name, release, tmp_path_factory, sh
     assert len(res["rounds"]) == res["rounds_planned"] + 1
 
 
+@pytest.mark.parametrize("name, verdict", [
+    ("debian11-legacy-race", "FAIL"),
+    ("debian11-legacy-fixed-race", "PASS"),
+])
+def test_our_module_on_a_5_10_guest(name, verdict, tmp_path_factory, shared_host):
+    # Built against Debian 11's headers with this machine's compiler: the race shows, the fix holds.
+    run = run_shipped(tmp_path_factory, name, shared_host)
+    res = run.result
+    assert res["verdict"] == verdict, res["reason"] + "\n" + run.stderr[-3000:]
+    assert res["versions"]["guest_kernel"].startswith("5.10.")
+    assert "WARNING" not in res["reason"]
+
+
 def test_your_own_module_passes_and_its_counters_are_read(tmp_path_factory, shared_host):
     run = run_shipped(tmp_path_factory, "own-module", shared_host)
     res = run.result
