@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import config, signals
 from .artifacts.cache import Cache, default_cache_dir
-from .result import ERROR, EXIT_CODES
+from .result import ERROR, EXIT_CODES, FAIL, git_bisect_code
 
 DESCRIPTION = """\
 Start Xen PV guests with a virtual framebuffer on a Xen host, draw seeded patterns into the framebuffer from
@@ -42,6 +42,7 @@ examples:
   xenfb-harness host up --state /tmp/h                 # keep a nested host running, then:
   xenfb-harness run configs/default.yaml --host /tmp/h/host.yaml
   xenfb-harness run configs/default.yaml --host my-xen.yaml   # a real dom0: see README "Hosts"
+  git bisect run xenfb-harness run my-kernel.yaml --repeat 3 --git-bisect-codes   # see README "Bisect"
 
 Output: with one scenario, OUTPUT holds its result.json, junit.xml, images and logs; with several, or with
 --repeat, each gets OUTPUT/NN-<config name>[/run-NNN]. OUTPUT/host holds the host's own logs.
@@ -96,6 +97,9 @@ def parser() -> argparse.ArgumentParser:
                           "it failed, per minute of stress, with the frontend's race-hit counter beside it")
     run.add_argument("--until-fail", action="store_true",
                      help="stop at the first scenario that does not PASS")
+    run.add_argument("--git-bisect-codes", action="store_true",
+                     help="exit as `git bisect run` expects: 0 when every run PASSed, 1 when any FAILed, 125 (skip) "
+                          "otherwise, e.g. an ERROR such as a kernel that did not build or boot")
     build = sub.add_parser("build", help="build the artifacts into the cache and print where they are")
     _config_arg(build)
     sub.add_parser("keys", help="list every config key with its default and meaning")
@@ -134,6 +138,13 @@ def _shipped_configs() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    code = _main(args)
+    if getattr(args, "git_bisect_codes", False):
+        return git_bisect_code([verdict for verdict, c in EXIT_CODES.items() if c == code])
+    return code
+
+
+def _main(args) -> int:
     if args.command == "keys":
         print("Config keys (YAML, nested by the dots):\n" + config.describe())
         return 0
@@ -206,7 +217,9 @@ def _run(args, cfgs: list[config.Config], cache: Cache) -> int:
     if len(jobs) > 1:
         print(repeat_summary(results))
         print(f"run directories: {out}")
-    verdicts = {r.verdict for r in results} or {ERROR}
+    verdicts = [r.verdict for r in results] or [ERROR]
+    if args.git_bisect_codes:  # any FAIL is bad, even beside an ERROR: the worst verdict would say ERROR
+        return EXIT_CODES[FAIL] if FAIL in verdicts else max(EXIT_CODES[v] for v in verdicts)
     return max(EXIT_CODES[v] for v in verdicts)
 
 

@@ -15,6 +15,18 @@ from pathlib import Path
 
 PASS, FAIL, ERROR = "PASS", "FAIL", "ERROR"
 EXIT_CODES = {PASS: 0, FAIL: 1, ERROR: 2}
+# `git bisect run` reads 0 as good, 1 as bad and 125 as "cannot test this one, skip it".
+GIT_BISECT_GOOD, GIT_BISECT_BAD, GIT_BISECT_SKIP = 0, 1, 125
+
+
+def git_bisect_code(verdicts: list[str]) -> int:
+    """One step's answer from its runs' verdicts: any FAIL is bad (a miss seen once is a miss); else all PASS is
+    good; else (an ERROR and no FAIL) the step cannot be judged, and git skips it."""
+    if FAIL in verdicts:
+        return GIT_BISECT_BAD
+    if verdicts and all(v == PASS for v in verdicts):
+        return GIT_BISECT_GOOD
+    return GIT_BISECT_SKIP
 
 
 @dataclass

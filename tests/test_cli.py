@@ -67,3 +67,10 @@ def test_an_ssh_host_needs_an_address(tmp_path):
     host.write_text("host:\n  kind: ssh\n")
     proc = cli("run", "--host", str(host), "--output", str(tmp_path / "out"))
     assert proc.returncode == 2 and "host.address" in proc.stderr
+
+
+def test_git_bisect_codes_skip_what_cannot_be_judged(tmp_path):
+    missing = str(tmp_path / "no-such.yaml")
+    plain, bisect = cli("run", missing), cli("run", missing, "--git-bisect-codes")
+    assert plain.returncode == 2 and "bad config" in plain.stderr  # ERROR
+    assert bisect.returncode == 125  # git bisect: skip this step

@@ -384,3 +384,17 @@ def test_misses_without_the_modules_counters_are_no_warning():
     res = make(rounds_planned=3, missed={1: 20})  # the built-in frontend: no counters at all
     res.decide()
     assert res.verdict == FAIL and "WARNING" not in res.reason
+
+
+# --- git bisect run codes ---------------------------------------------------------------------------------------------
+
+from harness.result import git_bisect_code  # noqa: E402
+
+
+@pytest.mark.parametrize("verdicts, code", [
+    ([PASS], 0), ([PASS, PASS, PASS], 0),
+    ([FAIL], 1), ([PASS, FAIL, PASS], 1), ([ERROR, FAIL], 1),  # any FAIL is bad: a miss seen once is a miss
+    ([ERROR], 125), ([PASS, ERROR], 125), ([], 125),  # cannot be judged: skipped
+])
+def test_git_bisect_codes(verdicts, code):
+    assert git_bisect_code(verdicts) == code
