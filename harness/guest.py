@@ -87,7 +87,11 @@ def xl_config(cfg: Config, name: str, kernel: str, initrd: str) -> str:
             settings.update(xfb_race_window_ms=cfg["legacy.race_window_ms"], xfb_unload=int(cfg["legacy.unload_at_end"]))
         elif module.params:
             settings["xfb_module_params"] = module.params.replace(" ", "+")  # one word on the command line
-    words = ["console=hvc0 quiet", fe.builtin_off, *(f"{k}={v}" for k, v in settings.items()), extra]
+    # fbcon takes over any framebuffer registered later, while the module's insmod still runs; on Debian 13's 6.12
+    # that takeover kills insmod (SIGKILL, no oops). The guest's init unbinds fbcon from the framebuffer anyway:
+    # with a module, map every console to a framebuffer that never exists (fb9), so fbcon never binds to it.
+    no_fbcon = "fbcon=map:9" if module is not None else ""
+    words = ["console=hvc0 quiet", fe.builtin_off, no_fbcon, *(f"{k}={v}" for k, v in settings.items()), extra]
     cmdline = " ".join(w for w in words if w)
     return "\n".join([
         f'name = "{name}"',

@@ -274,3 +274,10 @@ def module_load(settings: dict[str, str]) -> str:
 def test_the_module_loads_with_the_race_window_unless_x_comes_first(tmp_path, text, window):
     cfg = config(tmp_path, "frontend: legacy\nlegacy:\n  race_window_ms: 300\n" + text)
     assert module_load(settings(xl_of(cfg))) == f"insmod /modules/xenfb_legacy.ko race_window_ms={window}"
+
+
+@pytest.mark.parametrize("frontend, mapped", [("upstream", False), ("legacy", True), ("legacy-fixed", True)])
+def test_fbcon_never_binds_to_a_modules_framebuffer(tmp_path, frontend, mapped):
+    # On 6.12, fbcon taking over a framebuffer registered during insmod kills insmod: modules boot with fbcon=map:9.
+    extra = re.search(r'^extra = "(.*)"$', xl_of(config(tmp_path, f"frontend: {frontend}\n")), re.M).group(1)
+    assert ("fbcon=map:9" in extra.split()) == mapped
