@@ -182,6 +182,11 @@ def workdir_problem(path: str) -> str:
     return ""
 
 
+def runs_x_server(cfg) -> bool:
+    """Whether the guest runs an X server: the X writer's, or one a command workload draws through."""
+    return cfg["writer.kind"] == "xorg" or (cfg["writer.kind"] == "command" and cfg["command.xorg"])
+
+
 def _walk(schema: dict, prefix: str = ""):
     for key, value in schema.items():
         dotted = f"{prefix}{key}"

@@ -122,7 +122,7 @@ class Guest:
         self.checks: list[Check] = []  # mapping checks passed before READY
         module = module_frontend(cfg)
         self.unload = module is not None and module.ours and cfg["legacy.unload_at_end"]
-        self.finished = False  # the writer has said BYE
+        self.finished = False  # the writer has said BYE, or was asked to quit after an error
         self._section: str | None = None  # inside a quoted log (e.g. the workload's): not our lines
 
     def __enter__(self) -> "Guest":

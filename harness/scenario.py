@@ -11,7 +11,7 @@ from . import pattern
 from .artifacts.payload import Payload
 from .capture import Capture
 from .compare import compare
-from .config import Config
+from .config import Config, runs_x_server
 from .frontends import frontend, module_frontend
 from .geometry import Rect
 from .guest import Guest, save_workload_log, save_xorg_config, writer_params
@@ -58,7 +58,7 @@ def run_scenario(cfg: Config, host: Dom0, payload: Payload, run_dir: Path, resul
             result.unloaded = guest.finish()
     finally:
         guest.quit()  # a command workload's controller prints the workload's log on its way out
-        if cfg["writer.kind"] == "xorg" or (cfg["writer.kind"] == "command" and cfg["command.xorg"]):
+        if runs_x_server(cfg):
             result.xorg = save_xorg_config(run_dir)
         if cfg["writer.kind"] == "command":
             result.workload_log = save_workload_log(run_dir)
@@ -81,14 +81,18 @@ class RoundLog:
         self.before = guest.stats() if self.counted else {}
         self.start = time.monotonic()
 
-    def add(self, rr: RoundResult, expected, settled, seen) -> None:
-        rr.at_s = round(time.monotonic() - self.start, 3)
+    def add(self, r: int, started: float, expected, settled, seen, **facts) -> RoundResult:
+        """Record round `r` (begun at monotonic time `started`): what the backend showed (`settled`, compared with
+        `expected` as `seen`), plus the facts only one kind of round has."""
+        rr = RoundResult(round=r, compared_pixels=seen.compared_pixels, missed_pixels=seen.missed_pixels,
+                         rects=[x.as_dict() for x in seen.rects], pages=seen.pages, settle=settled.how,
+                         settle_s=settled.waited_s, duration_s=round(time.monotonic() - started, 3),
+                         at_s=round(time.monotonic() - self.start, 3), **facts)
         if self.counted:
             now = self.guest.stats()
             rr.counters = {k: v - self.before.get(k, 0) for k, v in now.items() if k != "race_window_ms"}
             self.result.counters = dict(now)
             self.before = now
-        r = rr.round
         if seen.missed_pixels:
             base = self.run_dir / f"round-{r:03d}"
             save_png(f"{base}-expected.png", expected)
@@ -102,6 +106,7 @@ class RoundLog:
         hits = f", {rr.counters.get('race_hits', 0)} race hits" if self.counted else ""
         say(f"round {r}: {seen.missed_pixels} missed pixels{hits} (settled by {settled.how} in "
             f"{settled.waited_s:.2f} s)")
+        return rr
 
 
 def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Result, run_dir: Path) -> None:
@@ -120,10 +125,7 @@ def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Resul
         seen = compare(expected, settled.frame, geometry, exclude)
         # Taken now, while the guest is quiet; fetched and checked while the next round runs.
         dump = capture.screendump(run_dir / f"round-{r:03d}-screendump.ppm")
-        rr = RoundResult(round=r, compared_pixels=seen.compared_pixels, missed_pixels=seen.missed_pixels,
-                         rects=[x.as_dict() for x in seen.rects], pages=seen.pages, settle=settled.how,
-                         settle_s=settled.waited_s, duration_s=round(time.monotonic() - t0, 3))
-        log.add(rr, expected, settled, seen)
+        rr = log.add(r, t0, expected, settled, seen)
         if pending is not None and not pending.check():
             return  # the guest drew the wrong thing: Result.decide makes it an ERROR; nothing more to learn
         pending = GuestMemoryCheck(rr, expected, dump, geometry, exclude)
@@ -163,15 +165,10 @@ def _command_rounds(cfg: Config, guest: Guest, capture: Capture, geometry, resul
         seen = compare(expected, settled.frame, geometry, exclude)
         after = load_ppm(capture.screendump(Path(f"{base}-guest-memory-after.ppm")).result())
         changed = compare(expected, after, geometry, exclude)
-        rr = RoundResult(round=r, compared_pixels=seen.compared_pixels, missed_pixels=seen.missed_pixels,
-                         rects=[x.as_dict() for x in seen.rects], pages=seen.pages, settle=settled.how,
-                         settle_s=settled.waited_s, duration_s=round(time.monotonic() - t0, 3),
-                         guest_quiet=changed.ok, guest_changed_pixels=changed.missed_pixels,
-                         guest_changed_rects=[x.as_dict() for x in changed.rects[:3]])
-        if previous is not None:
-            rr.drawn_pixels = compare(previous, expected, geometry, exclude).missed_pixels
+        drawn = compare(previous, expected, geometry, exclude).missed_pixels if previous is not None else None
         previous = expected
-        log.add(rr, expected, settled, seen)
+        log.add(r, t0, expected, settled, seen, guest_quiet=changed.ok, guest_changed_pixels=changed.missed_pixels,
+                guest_changed_rects=[x.as_dict() for x in changed.rects[:3]], drawn_pixels=drawn)
         for dump in ("guest-memory", "guest-memory-after"):
             Path(f"{base}-{dump}.ppm").unlink()
         if not changed.ok:

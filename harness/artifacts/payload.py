@@ -1,12 +1,11 @@
 """The guest recipe: config -> the payload a host boots one guest with: an uncompressed guest kernel and an
 initramfs holding busybox, our init, the guest tools (xfb-writer, xfb-mapcheck), the frontend's module when the
-frontend is an out-of-tree module (ours or the user's), for the X writer an X server and the X client, and for a command workload the packages
-it names.
+frontend is an out-of-tree module (ours or the user's), for the X writer an X server and the X client, and for a
+command workload the packages it names.
 
 It reads only the guest's side of the config (guest.kernel_package, guest.kernel_suite, frontend, legacy.source,
-module.*, writer.kind,
-command.xorg, command.packages, apt.sources); nothing here shapes the host (host.py), and the host's keys hold
-no hash of this file.
+module.*, writer.kind, command.xorg, command.packages, apt.sources); nothing here shapes the host (host.py), and
+the host's keys hold no hash of this file.
 """
 from __future__ import annotations
 
@@ -21,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import frontends
-from ..config import Config
+from ..config import Config, runs_x_server
 from ..progress import run, step
 from .apt import Apt
 from .cache import Cache, hash_files, hash_tree
 from .common import BUSYBOX, FILES, HERE, _busybox, _gcc, _kernel, _start_initramfs, apt_for, recipe_hash
 from .cpio import CpioWriter
-from .elf import closure, copy_closure, is_elf
+from .elf import ELF_MAGIC, closure, copy_closure, is_elf
 
 WRITER_SRC = HERE.parent / "writer" / "xfb-writer.c"
 MAPCHECK_SRC = HERE.parent / "writer" / "xfb-mapcheck.c"
@@ -74,7 +73,7 @@ def _user_files(deb: Path) -> tuple[list[str], list[str]]:
     with tarfile.open(fileobj=io.BytesIO(listing)) as tar:
         for member in tar:  # a hard link comes after the file it names, as tar writes them
             path = member.name.removeprefix("./")
-            if member.isfile() and tar.extractfile(member).read(4) == b"\x7fELF":
+            if member.isfile() and tar.extractfile(member).read(4) == ELF_MAGIC:
                 elf.add(path)
             if member.isdir() or path.startswith(DOC_DIRS):
                 continue
@@ -260,7 +259,7 @@ def kernel_image(apt: Apt, package: str) -> str:
 def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
     """Build (or find in the cache) what a host boots one guest with."""
     apt = apt_for(cache, cfg["apt.sources"], log)  # the guest's userspace
-    kernel_apt = apt_for(cache, cfg["apt.sources"], log, cfg["guest.kernel_suite"]) if cfg["guest.kernel_suite"] else apt
+    kernel_apt = apt_for(cache, cfg["apt.sources"], log, cfg["guest.kernel_suite"])  # the same Apt when suite is ''
     package = kernel_image(kernel_apt, cfg["guest.kernel_package"])
     kernel = _kernel(cache, kernel_apt, package, [], log)  # the guest loads no module of the kernel's own
     tools = _guest_tools(cache, log)
@@ -275,9 +274,8 @@ def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
             raise FileNotFoundError(
                 f"{cfg.source}: {key}: the tree {str(spec.source)!r} built no module {spec.name!r}, which frontend "
                 f"{cfg['frontend']!r} loads; it built: {', '.join(found)}")
-    kind = cfg["writer.kind"]
-    xorg = kind == "xorg" or (kind == "command" and cfg["command.xorg"])
-    packages = cfg["command.packages"] if kind == "command" else []
+    xorg = runs_x_server(cfg)
+    packages = cfg["command.packages"] if cfg["writer.kind"] == "command" else []
     root = _guest_root(cache, apt, xorg, packages, log) if xorg or packages else None
     entry = _payload(cache, apt, kernel, tools, module, root, log)
     return Payload(kernel=entry / "vmlinux", initrd=entry / "initrd.cpio", key=entry.name.rsplit("-", 1)[1],
