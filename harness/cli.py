@@ -60,6 +60,24 @@ HOST_EPILOG = """\
                                                directories named xfb-harness-*, never anything else
 """
 
+BISECT_DESCRIPTION = """\
+Find the first patch of an ordered series that turns PASS into FAIL, on a guest kernel built from source
+(guest.kernel_source). Step k is that kernel with the series' first k patches applied (after the config's own
+guest.kernel_patches). Step 0 must PASS and step n FAIL; then steps are tested as `git bisect` would, all of
+them on one host, each with --runs-per-step fresh guests. Every step's kernel is cached, so a second bisect of the
+same series only runs guests.
+"""
+
+BISECT_EPILOG = """\
+exit codes: 0 the first bad patch was named; 1 no single patch was (step 0 already FAILs, the whole series
+PASSes, or skipped steps leave several candidates); 2 ERROR (bad config, or the host broke).
+OUTPUT/bisect.json holds every step, every run's verdict and directory, and the conclusion.
+
+example (the showcase in guest-kernels/fbdev-lastclose: a revert of upstream's "fbdev: flush deferred IO before
+closing" among harmless patches):
+  xenfb-harness bisect configs/source-6.1-upstream.yaml --patches guest-kernels/fbdev-lastclose --runs-per-step 2
+"""
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
@@ -100,6 +118,22 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--git-bisect-codes", action="store_true",
                      help="exit as `git bisect run` expects: 0 when every run PASSed, 1 when any FAILed, 125 (skip) "
                           "otherwise, e.g. an ERROR such as a kernel that did not build or boot")
+    bisect = sub.add_parser("bisect", help="find the first patch of a series that turns PASS into FAIL",
+                            description=BISECT_DESCRIPTION, epilog=BISECT_EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    bisect.add_argument("config", help="scenario YAML whose guest kernel is built from source "
+                        "(guest.kernel_source); its own guest.kernel_patches stay under the series")
+    _cache_arg(bisect)
+    bisect.add_argument("--patches", type=Path, required=True, metavar="DIR",
+                        help="the ordered series: a directory of patches (its quilt `series` file's order, else "
+                             "its *.patch and *.diff files by name, as `git format-patch` numbers them)")
+    bisect.add_argument("--runs-per-step", type=int, default=3, metavar="N",
+                        help="fresh guests per step (default 3): any FAIL makes a step bad, every run PASSing "
+                             "makes it good, anything else (an ERROR) makes it a skip")
+    bisect.add_argument("--output", type=Path, default=None,
+                        help="where bisect.json and every run's directory go (default: runs/<time>-bisect-<name>)")
+    bisect.add_argument("--host", type=Path, default=None, metavar="FILE", help="as for run")
+    bisect.add_argument("--accept-new-host-key", action="store_true", help="as for run")
     build = sub.add_parser("build", help="build the artifacts into the cache and print where they are")
     _config_arg(build)
     sub.add_parser("keys", help="list every config key with its default and meaning")
@@ -160,8 +194,10 @@ def _main(args) -> int:
         names = given if isinstance(given, list) else [given]
         if args.command == "cache" and args.cache_command == "prune" and not given:
             names = _shipped_configs()
-        cfgs = [_load(name, getattr(args, "host", None) if args.command == "run" else None)
+        cfgs = [_load(name, getattr(args, "host", None) if args.command in ("run", "bisect") else None)
                 for name in (names or [None])]
+        if args.command == "bisect":
+            return _bisect(args, cfgs[0])
     except config.ConfigError as e:
         print(f"xenfb-harness: bad config: {e}", file=sys.stderr)
         return EXIT_CODES[ERROR]
@@ -221,6 +257,34 @@ def _run(args, cfgs: list[config.Config], cache: Cache) -> int:
     if args.git_bisect_codes:  # any FAIL is bad, even beside an ERROR: the worst verdict would say ERROR
         return EXIT_CODES[FAIL] if FAIL in verdicts else max(EXIT_CODES[v] for v in verdicts)
     return max(EXIT_CODES[v] for v in verdicts)
+
+
+def _bisect(args, cfg: config.Config) -> int:
+    from .artifacts.kernel_build import patch_series
+    from .bisect import bisect, check_base, report
+    from .progress import say
+    from .result import summary
+    from .run import HostSession, Job, run_jobs
+    check_base(cfg)  # a ConfigError, before anything is built or booted
+    if args.runs_per_step < 1:
+        print(f"xenfb-harness: bisect: --runs-per-step: expected at least 1, got {args.runs_per_step}",
+              file=sys.stderr)
+        return EXIT_CODES[ERROR]
+    if not args.patches.is_dir() or not (series := patch_series(args.patches)):
+        print(f"xenfb-harness: bisect: --patches: expected a directory of patches, {str(args.patches)!r} holds none "
+              "(a series file, or *.patch or *.diff files)", file=sys.stderr)
+        return EXIT_CODES[ERROR]
+    cache = Cache(args.cache_dir or default_cache_dir())
+    out = args.output or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-bisect-{Path(cfg.source).stem}"
+    out.mkdir(parents=True, exist_ok=True)
+    with HostSession(cfg, cache, out / "host", args.accept_new_host_key, cfg["guest.memory_mb"]) as session:
+        def run_step(step_cfg: config.Config, dirs: list[Path]):
+            return run_jobs([Job(step_cfg, d) for d in dirs], cache, out / "host", session=session,
+                            on_result=lambda result, job: print(summary(result, job.run_dir), flush=True))
+        found = bisect(cfg, [str(p) for p in series], args.runs_per_step, out, run_step, say)
+    print(report(found))
+    print(f"details: {out / 'bisect.json'}")
+    return found.conclusion()[0]
 
 
 def _clean(cfg: config.Config, accept_new: bool) -> int:

@@ -17,7 +17,7 @@ from .frontends import FRONTENDS
 from .pattern import DEFAULT_PARAMS
 
 # Bumped whenever a key changes meaning or goes away; result.json records it with the effective config.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MAX_COMMAND = 2000  # bytes of command.run: it reaches the guest hex-encoded in one line of its console tty, whose
 #                     canonical mode takes at most 4095 characters a line
 DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
@@ -33,7 +33,9 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Field:
     default: Any
-    kind: str  # int | str | bool | enum | path (an existing file) | file (a file that may not exist yet) | rects
+    kind: str  # int | str | bool | enum | path (an existing file; "" when that is the default) | file (a file that
+    #            may not exist yet) | rects | kernel_source (a kernel tree or linux-source-X.Y) | patches (a directory
+    #            or a list of patch files, resolved to the files in order)
     #            | dir (an existing directory; "" keeps the default meaning) | packages (Debian package names)
     doc: str
     choices: tuple = ()
@@ -125,6 +127,23 @@ SCHEMA: dict[str, Any] = {
         "kernel_package": Field("linux-image-6.1.0-56-amd64", "str", "Debian package of the guest kernel; a "
                                 "metapackage such as linux-image-amd64 stands for the kernel it depends on (the "
                                 "archive keeps only each release's current kernels)"),
+        "kernel_source": Field("", "kernel_source", "build the guest kernel from source instead of using "
+                               "guest.kernel_package: a kernel tree (a directory; a git work tree is taken as git "
+                               "sees it, uncommitted changes included) or a Debian package linux-source-X.Y (from "
+                               "guest.kernel_suite's release). Configured as `make tinyconfig` plus the harness's "
+                               "Xen PV guest fragment (guest-kernels/xen-pv-guest.config) plus guest.kernel_config; "
+                               "built once per source, config, patches and compiler, then cached"),
+        "kernel_config": Field("", "path", "guest.kernel_source: your Kconfig fragment (CONFIG_X=y lines), merged "
+                               "on top of the harness's; an option that does not survive `make olddefconfig` is "
+                               "an ERROR that names it"),
+        "kernel_patches": Field([], "patches", "guest.kernel_source: patches applied in order with `patch -p1` "
+                                "(`git format-patch` or `diff -u` files): a list of files, or a directory (the "
+                                "order of its quilt `series` file, else its *.patch and *.diff files by name)"),
+        "kernel_image": Field("", "path", "a guest kernel you built, instead of guest.kernel_package: a vmlinux, or "
+                              "a bzImage compressed with gzip, xz or zstd. It needs CONFIG_XEN_PV, "
+                              "CONFIG_XEN_FBDEV_FRONTEND and what guest-kernels/xen-pv-guest.config lists"),
+        "kernel_build_tree": Field("", "dir", "guest.kernel_image: its build tree (after `make modules`), which "
+                                   "the frontend modules (legacy, legacy-fixed, module) build against"),
         "kernel_suite": Field("", "str", "Debian release the guest kernel (and the headers our frontend modules "
                               "build against) come from, e.g. bullseye (5.10) or trixie (6.12): the apt.sources "
                               "file with its codename replaced. '' takes them from apt.sources as it is; the "
@@ -237,6 +256,19 @@ def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
         if not isinstance(value, bool):
             fail("true or false")
         return value
+    if f.kind == "kernel_source":
+        if not isinstance(value, str) or "\n" in value:
+            fail("a kernel source directory or a Debian package linux-source-X.Y")
+        if not value or re.fullmatch(r"linux-source-\d+\.\d+", value):
+            return value
+        path = Path(os.path.expanduser(value))
+        path = path if path.is_absolute() else base / path
+        if not (path / "Makefile").is_file() or not (path / "Kconfig").is_file():
+            raise ConfigError(source, dotted, f"expected a kernel source directory (with a Makefile and Kconfig) "
+                              f"or a Debian package linux-source-X.Y, got {value!r}")
+        return str(path)
+    if f.kind == "patches":
+        return _patches(source, dotted, value, base)
     if f.kind in ("str", "enum", "path", "file", "dir"):
         if not isinstance(value, str):
             fail("a string")
@@ -258,6 +290,8 @@ def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
                 raise ConfigError(source, dotted, f"expected an existing directory, {str(path)!r} is not one")
             return str(path)
         if f.kind == "path":
+            if not value and f.default == "":
+                return ""
             path = Path(value) if os.path.isabs(value) else base / value
             if not path.is_file():
                 raise ConfigError(source, dotted, f"expected an existing file, {str(path)!r} does not exist")
@@ -280,6 +314,34 @@ def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
     raise AssertionError(f.kind)
 
 
+def _patches(source: str, dotted: str, value: Any, base: Path) -> list[str]:
+    """A directory of patches, or a list of patch files -> the files, absolute, in order."""
+    from .artifacts.kernel_build import patch_series
+
+    def resolve(item: str) -> Path:
+        path = Path(os.path.expanduser(item))
+        return path if path.is_absolute() else base / path
+    if isinstance(value, str):
+        directory = resolve(value)
+        if not directory.is_dir():
+            raise ConfigError(source, dotted, f"expected a directory of patches, {str(directory)!r} is not one")
+        try:
+            found = patch_series(directory)
+        except FileNotFoundError as e:
+            raise ConfigError(source, dotted, str(e)) from None
+        if not found:
+            raise ConfigError(source, dotted, f"expected patches in {str(directory)!r} (a series file, or *.patch "
+                              "or *.diff files); found none")
+        return [str(p) for p in found]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(source, dotted, f"expected a directory or a list of patch files, got {value!r}")
+    paths = [resolve(v) for v in value]
+    for i, path in enumerate(paths):
+        if not path.is_file():
+            raise ConfigError(source, f"{dotted}[{i}]", f"expected an existing patch file, {str(path)!r} is not one")
+    return [str(p) for p in paths]
+
+
 def _merge(source: str, schema: dict, data: Any, out: dict, prefix: str, base: Path) -> None:
     if not isinstance(data, dict):
         raise ConfigError(source, prefix.rstrip("."), f"expected a mapping, got {type(data).__name__}")
@@ -292,6 +354,24 @@ def _merge(source: str, schema: dict, data: Any, out: dict, prefix: str, base: P
             _merge(source, spec, value, out[key], dotted + ".", base)
         else:
             out[key] = _check(source, dotted, spec, value, base)
+
+
+def _check_kernel(source: str, data: dict) -> None:
+    """Where the guest kernel comes from: a Debian package (the default), a source tree, or your own image."""
+    guest = data["guest"]
+    if guest["kernel_source"] and guest["kernel_image"]:
+        raise ConfigError(source, "guest.kernel_image", "expected either guest.kernel_source or guest.kernel_image, "
+                          "not both")
+    for key in ("kernel_config", "kernel_patches"):
+        if guest[key] and not guest["kernel_source"]:
+            raise ConfigError(source, f"guest.{key}", "expected guest.kernel_source too: it applies to a kernel "
+                              "built from source")
+    if guest["kernel_build_tree"] and not guest["kernel_image"]:
+        raise ConfigError(source, "guest.kernel_build_tree", "expected guest.kernel_image too: it is that "
+                          "kernel's build tree")
+    if guest["kernel_image"] and data["frontend"] != "upstream" and not guest["kernel_build_tree"]:
+        raise ConfigError(source, "guest.kernel_build_tree", f"expected the build tree of guest.kernel_image: "
+                          f"frontend {data['frontend']!r} is a module built against it")
 
 
 @dataclass(frozen=True)
@@ -365,6 +445,7 @@ def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = N
     if not MODULE_PARAMS.fullmatch(data["module"]["params"]):
         raise ConfigError(source, "module.params", "expected name=value words of [A-Za-z0-9_.,:=-], separated by "
                           f"single spaces, got {data['module']['params']!r}")
+    _check_kernel(source, data)
     if data["writer"]["kind"] == "command" and not data["command"]["run"].strip():
         raise ConfigError(source, "command.run", "expected the workload's shell command when writer.kind is "
                           "'command'")

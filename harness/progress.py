@@ -11,6 +11,7 @@ import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Callable
 
 
 class Timings(dict):
@@ -54,17 +55,20 @@ def step(name: str):
 
 
 class CommandError(RuntimeError):
-    def __init__(self, cmd: list[str], rc: int, tail: str, log: Path | None):
+    def __init__(self, cmd: list[str], rc: int, output: str, log: Path | None):
         where = f" (full output: {log})" if log else ""
+        tail = "\n".join(output.splitlines()[-20:])
         super().__init__(f"command failed with exit code {rc}: {' '.join(cmd)}{where}\n{tail}")
-        self.cmd, self.rc = cmd, rc
+        self.cmd, self.rc, self.output = cmd, rc, output
 
 
 STOP_GRACE = 30.0  # seconds an interrupted child gets to clean up after SIGTERM before SIGKILL
 
 
-def run(cmd: list[str], log: Path | None = None, heartbeat: float = 15.0, **kwargs) -> str:
+def run(cmd: list[str], log: Path | None = None, heartbeat: float = 15.0,
+        progress: Callable[[list[str]], str] | None = None, **kwargs) -> str:
     """Run cmd (never through a shell), log its output, print a heartbeat while it runs; raise on failure.
+    `progress(lines so far)` adds a few words on how far it got to each heartbeat (e.g. a kernel build's count).
 
     The child runs in its own session, so a Ctrl-C in the terminal reaches only the harness. If the harness is
     interrupted while waiting, the child is stopped politely (see _stop) and the interruption goes on."""
@@ -76,7 +80,8 @@ def run(cmd: list[str], log: Path | None = None, heartbeat: float = 15.0, **kwar
 
     def beat():
         while not done.wait(heartbeat):
-            say(f"  ... still running {cmd[0]} ({time.monotonic() - start:.0f} s)")
+            where = f": {progress(lines)}" if progress else ""
+            say(f"  ... still running {cmd[0]} ({time.monotonic() - start:.0f} s){where}")
 
     def read():  # in a thread, so that the output read before an interruption is kept for the log
         with proc.stdout:
@@ -100,8 +105,7 @@ def run(cmd: list[str], log: Path | None = None, heartbeat: float = 15.0, **kwar
             with open(log, "a") as f:
                 f.write(f"$ {' '.join(cmd)}\n{output}\n")
     if proc.returncode != 0:
-        tail = "\n".join(output.splitlines()[-20:])
-        raise CommandError(cmd, proc.returncode, tail, log)
+        raise CommandError(cmd, proc.returncode, output, log)
     return output
 
 

@@ -16,7 +16,7 @@ from typing import Iterator
 from . import signals
 from .artifacts.cache import Cache
 from .artifacts.host import build_host
-from .artifacts.payload import build_payload
+from .artifacts.payload import Payload, build_payload
 from .config import Config, ConfigError
 from .hosts import connect_ssh
 from .hosts.dom0 import Dom0
@@ -30,6 +30,9 @@ from .scenario import new_result, run_scenario
 class Job:
     cfg: Config
     run_dir: Path
+
+
+HOST_BROKE = "the host: "  # how a result the host's failure kept from running begins its error
 
 
 def error_text(exc: BaseException) -> str:
@@ -68,13 +71,39 @@ def open_host(cfg: Config, cache: Cache, log_dir: Path, accept_new_host_key: boo
         yield dom0
 
 
+class HostSession:
+    """One host for many jobs: opened when the first job needs it (never, if every job's payload failed to
+    build), closed (and a nested one shut down) when the session ends, whatever happens."""
+
+    def __init__(self, cfg: Config, cache: Cache, host_dir: Path, accept_new_host_key: bool, need_memory_mb: int):
+        self.cfg, self.cache, self.host_dir = cfg, cache, host_dir
+        self.accept_new_host_key, self.need_memory_mb = accept_new_host_key, need_memory_mb
+        self.timings = Timings()  # the host's own steps, until the next job's result takes them
+        self._stack = contextlib.ExitStack()
+        self._dom0: Dom0 | None = None
+
+    def __enter__(self) -> "HostSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def dom0(self) -> Dom0:
+        if self._dom0 is None:
+            with self.timings.collecting():
+                self._dom0 = self._stack.enter_context(open_host(
+                    self.cfg, self.cache, self.host_dir, self.accept_new_host_key, self.need_memory_mb))
+        return self._dom0
+
+
 def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key: bool = False,
-             until_fail: bool = False, on_result=None) -> list[Result]:
-    """Each job is a fresh guest on one shared host. Returns a result per job started (and an ERROR for each
-    job a broken host kept from running); `on_result(result, job)` is called as each one ends."""
-    check_one_host([j.cfg for j in jobs])
+             until_fail: bool = False, on_result=None, session: HostSession | None = None) -> list[Result]:
+    """Each job is a fresh guest on one shared host (the session's, else one for these jobs). Every job's payload
+    is built first, before any host boots (a guest kernel built from source takes minutes; a nested host would
+    idle meanwhile, and a job whose build failed needs no host). Returns a result per job started (and an ERROR
+    for each job a broken host kept from running); `on_result(result, job)` is called as each one ends."""
+    check_one_host([j.cfg for j in jobs] + ([session.cfg] if session else []))
     results: list[Result] = []
-    timings = Timings()  # the host's own steps, counted in the first scenario's timings
     started = time.monotonic()
 
     def done(result: Result, job: Job, steps: dict) -> None:
@@ -87,37 +116,57 @@ def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key:
         if on_result:
             on_result(result, job)
 
-    try:
-        need = max(j.cfg["guest.memory_mb"] for j in jobs)
-        with timings.collecting(), open_host(jobs[0].cfg, cache, host_dir, accept_new_host_key, need) as dom0:
-            for job in jobs:
-                result, steps = _one(job, cache, dom0)
-                done(result, job, {**timings, **steps})
-                timings.clear()
+    with contextlib.ExitStack() as own:
+        if session is None:
+            need = max(j.cfg["guest.memory_mb"] for j in jobs)
+            session = own.enter_context(HostSession(jobs[0].cfg, cache, host_dir, accept_new_host_key, need))
+        try:
+            prepared = [_prepare(job, cache) for job in jobs]
+            for job, (payload, build_steps, broken) in zip(jobs, prepared):
+                if broken is not None:
+                    done(broken, job, build_steps)
+                    continue
+                dom0 = session.dom0()
+                result, steps = _one(job, payload, dom0)
+                done(result, job, {**session.timings, **build_steps, **steps})
+                session.timings.clear()
                 if signals.received:
                     raise KeyboardInterrupt(signals.received)  # the remaining jobs are not started
                 if until_fail and result.verdict != "PASS":
                     break
-    except (KeyboardInterrupt, Exception) as e:  # the host broke, or we were stopped
-        host_dir.mkdir(parents=True, exist_ok=True)
-        (host_dir / "error.txt").write_text(traceback.format_exc())
-        if not (until_fail and results and results[-1].verdict != "PASS"):
-            for job in jobs[len(results):]:
-                result = new_result(job.cfg)
-                result.error = f"the host: {error_text(e)}"
-                job.run_dir.mkdir(parents=True, exist_ok=True)
-                done(result, job, dict(timings))
+        except (KeyboardInterrupt, Exception) as e:  # the host broke, or we were stopped
+            host_dir.mkdir(parents=True, exist_ok=True)
+            (host_dir / "error.txt").write_text(traceback.format_exc())
+            if not (until_fail and results and results[-1].verdict != "PASS"):
+                for job in jobs[len(results):]:
+                    result = new_result(job.cfg)
+                    result.error = f"{HOST_BROKE}{error_text(e)}"
+                    job.run_dir.mkdir(parents=True, exist_ok=True)
+                    done(result, job, dict(session.timings))
     return results
 
 
-def _one(job: Job, cache: Cache, dom0: Dom0) -> tuple[Result, dict]:
-    result = new_result(job.cfg)
-    result.versions = dict(dom0.versions)
+def _prepare(job: Job, cache: Cache) -> tuple[Payload | None, dict, Result | None]:
+    """A job's payload (and the time its build took), or the ERROR result of a build that failed: a patch that
+    does not apply, a kernel that does not compile, a package apt does not have."""
     timings = Timings()
     job.run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with timings.collecting():
-            payload = build_payload(job.cfg, cache, job.run_dir / "build.log")
+            return build_payload(job.cfg, cache, job.run_dir / "build.log"), dict(timings), None
+    except Exception as e:
+        (job.run_dir / "error.txt").write_text(traceback.format_exc())
+        result = new_result(job.cfg)
+        result.error = f"the guest's artifacts: {error_text(e)}"
+        return None, dict(timings), result
+
+
+def _one(job: Job, payload: Payload, dom0: Dom0) -> tuple[Result, dict]:
+    result = new_result(job.cfg)
+    result.versions = dict(dom0.versions)
+    timings = Timings()
+    try:
+        with timings.collecting():
             run_scenario(job.cfg, dom0, payload, job.run_dir, result)
     except (KeyboardInterrupt, Exception) as e:  # the guest, the stack or the harness broke, or we were stopped
         (job.run_dir / "error.txt").write_text(traceback.format_exc())

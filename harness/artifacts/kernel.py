@@ -5,6 +5,7 @@ from __future__ import annotations
 import lzma
 import re
 import subprocess
+import zlib
 from pathlib import Path
 
 import zstandard
@@ -13,6 +14,7 @@ from ..progress import run
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b\x08"
 
 
 def kernel_version(root: Path) -> str:
@@ -47,12 +49,20 @@ def _zstd(data: bytes) -> bytes:
     return out
 
 
-# What Debian compresses its kernels with: xz up to Debian 12, zstd from Debian 13.
-PAYLOADS = ((XZ_MAGIC, _xz), (ZSTD_MAGIC, _zstd))
+def _gzip(data: bytes) -> bytes:
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = decompressor.decompress(data)
+    if not decompressor.eof:
+        raise ValueError("truncated gzip stream")
+    return out
+
+
+# What Debian compresses its kernels with (xz up to Debian 12, zstd from Debian 13), and kbuild's default (gzip).
+PAYLOADS = ((XZ_MAGIC, _xz), (ZSTD_MAGIC, _zstd), (GZIP_MAGIC, _gzip))
 
 
 def extract_vmlinux(bz: Path, out: Path) -> None:
-    """Decompress the payload of a bzImage (xz or zstd) into an ELF vmlinux.
+    """Decompress the payload of a bzImage (xz, zstd or gzip) into an ELF vmlinux.
 
     `xl create` decompresses a bzImage in dom0 userspace, which is slow under TCG (10.7 s vs 5.9 s measured).
     """
@@ -62,13 +72,13 @@ def extract_vmlinux(bz: Path, out: Path) -> None:
         while start != -1:
             try:
                 elf = decompress(data[start:])
-            except (lzma.LZMAError, zstandard.ZstdError, ValueError):
+            except (lzma.LZMAError, zstandard.ZstdError, zlib.error, ValueError):
                 elf = b""
             if elf.startswith(b"\x7fELF"):
                 out.write_bytes(elf)
                 return
             start = data.find(magic, start + 1)
-    raise ValueError(f"{bz}: no xz- or zstd-compressed ELF payload found")
+    raise ValueError(f"{bz}: no xz-, zstd- or gzip-compressed ELF payload found")
 
 
 def module_load_order(root: Path, version: str, modules: list[str], log: Path) -> list[Path]:

@@ -3,8 +3,8 @@ initramfs holding busybox, our init, the guest tools (xfb-writer, xfb-mapcheck),
 frontend is an out-of-tree module (ours or the user's), for the X writer an X server and the X client, and for a
 command workload the packages it names.
 
-It reads only the guest's side of the config (guest.kernel_package, guest.kernel_suite, frontend, legacy.source,
-module.*, writer.kind, command.xorg, command.packages, apt.sources); nothing here shapes the host (host.py), and
+It reads only the guest's side of the config (guest.kernel_*, frontend, legacy.source, module.*, writer.kind,
+command.xorg, command.packages, apt.sources); nothing here shapes the host (host.py), and
 the host's keys hold no hash of this file.
 """
 from __future__ import annotations
@@ -18,8 +18,10 @@ import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .. import frontends
+from . import kernel_build
 from ..config import Config, runs_x_server
 from ..progress import run, step
 from .apt import Apt
@@ -169,38 +171,86 @@ def kbuild_package(apt: Apt, abi: str, series: str) -> str:
         return f"linux-kbuild-{series}"
 
 
-def _frontend_modules(cache: Cache, apt: Apt, image_package: str, kernel: Path, source: Path, log: Path) -> Path:
-    """Every module the tree at `source` builds (<module name>.ko each: our old-design frontend's two builds, or a
-    user's module), built against the exact guest kernel's headers from Debian's packages. The entry is keyed by
-    every file of the tree, so a patched copy is a different entry."""
-    version = (kernel / "version").read_text()  # e.g. 6.1.0-56-amd64
-    abi = version.rsplit("-", 1)[0]
+@dataclass(frozen=True)
+class ModuleHeaders:
+    """Where out-of-tree modules for a guest kernel build: `make -C <dir> M=<module tree> <vars> modules`."""
+    key: dict  # what identifies that directory, for the key of the modules built against it
+    prepare: Callable[[Path], tuple[Path, tuple[str, ...]]]  # (a scratch directory) -> (the directory, make vars)
+
+
+def _debian_headers(apt: Apt, image_package: str, version: str, log: Path) -> ModuleHeaders:
+    """The exact guest kernel's headers from Debian's packages, and this machine's gcc."""
+    abi = version.rsplit("-", 1)[0]  # 6.1.0-56-amd64 -> 6.1.0-56
     series = ".".join(version.split(".")[:2])  # 6.1
     source_version = apt.version(image_package)  # headers and kbuild must match the image exactly
     packages = [f"linux-headers-{version}", f"linux-headers-{abi}-common", kbuild_package(apt, abi, series)]
-    if not source.is_dir():
-        raise FileNotFoundError(f"frontend module sources not found at {source}")
 
-    def build(out: Path) -> None:
-        root = out / "headers"
+    def prepare(scratch: Path) -> tuple[Path, tuple[str, ...]]:
+        root = scratch / "headers"
         for package in packages:
             apt.extract(package, root, source_version)
         kdir = root / "usr/src" / f"linux-headers-{version}"
         # The arch headers include the common ones by absolute path; point it into our tree.
         makefile = kdir / "Makefile"
         makefile.write_text(makefile.read_text().replace("/usr/src/", f"{root}/usr/src/"))
-        _own_libc_for_tools(apt, packages[2], root, out / "runtime", log)
+        _own_libc_for_tools(apt, packages[2], root, scratch / "runtime", log)
+        return kdir, KBUILD_VARS
+    return ModuleHeaders({"kernel": version, "version": source_version, "packages": packages}, prepare)
+
+
+def _frontend_modules(cache: Cache, headers: ModuleHeaders, source: Path, log: Path) -> Path:
+    """Every module the tree at `source` builds (<module name>.ko each: our old-design frontend's two builds, or a
+    user's module), built against the guest kernel. The entry is keyed by every file of the tree, so a patched
+    copy is a different entry."""
+    if not source.is_dir():
+        raise FileNotFoundError(f"frontend module sources not found at {source}")
+
+    def build(out: Path) -> None:
+        scratch = out / "scratch"
+        scratch.mkdir()
+        kdir, make_vars = headers.prepare(scratch)
         src = out / "src"
         # Without what an earlier build in that tree left: only this build's .ko files may count as built.
         shutil.copytree(source, src, symlinks=True, ignore=shutil.ignore_patterns(*BUILD_PRODUCTS))
-        run(["make", "-C", str(kdir), f"M={src}", *KBUILD_VARS, "modules"], log)
+        run(["make", "-C", str(kdir), f"M={src}", *make_vars, "modules"], log)
         for built in sorted(src.rglob("*.ko")):  # kbuild names a module after its file, with '-' as '_'
             shutil.copyfile(built, out / f"{built.stem.replace('-', '_')}.ko")
-        for tree in (root, out / "runtime", src):
-            shutil.rmtree(tree, ignore_errors=tree.name == "runtime")  # made only for a newer release
-    inputs = {"kernel": version, "version": source_version, "packages": packages, "source": hash_tree(source),
-              "gcc": _gcc(), "build": RECIPE}
+        for tree in (scratch, src):
+            shutil.rmtree(tree)
+    inputs = {**headers.key, "source": hash_tree(source), "gcc": _gcc(), "build": RECIPE}
     return cache.entry("frontend-modules", inputs, build)
+
+
+@dataclass(frozen=True)
+class GuestKernel:
+    entry: Path  # a cache entry with vmlinux and version (the release, e.g. 6.1.0-56-amd64)
+    versions: dict  # what the report says of it
+    headers: ModuleHeaders | None  # what frontend modules build against; None: a kernel built without modules
+
+
+def guest_kernel(cfg: Config, cache: Cache, log: Path) -> GuestKernel:
+    """The guest kernel a config asks for: built from source, the user's own image, or a Debian package."""
+    kernel_apt = apt_for(cache, cfg["apt.sources"], log, cfg["guest.kernel_suite"])  # the same Apt when suite is ''
+    if cfg["guest.kernel_source"]:
+        spec = kernel_build.SourceSpec(cfg["guest.kernel_source"], cfg["guest.kernel_config"],
+                                       tuple(cfg["guest.kernel_patches"]))
+        entry = kernel_build.source_kernel(cache, kernel_apt, spec, log)
+        built = entry / "build"
+        headers = ModuleHeaders({"kernel_build": entry.name}, lambda scratch: (built, ())) if built.is_dir() else None
+        versions = {"kernel_source": spec.describe()}
+        if spec.package:
+            versions[spec.package] = kernel_apt.version(spec.package)
+    elif cfg["guest.kernel_image"]:
+        entry = kernel_build.image_kernel(cache, Path(cfg["guest.kernel_image"]), log)
+        tree = Path(cfg["guest.kernel_build_tree"]) if cfg["guest.kernel_build_tree"] else None
+        headers = ModuleHeaders(kernel_build.build_tree_identity(tree), lambda scratch: (tree, ())) if tree else None
+        versions = {"kernel_image": cfg["guest.kernel_image"]}
+    else:
+        package = kernel_image(kernel_apt, cfg["guest.kernel_package"])
+        entry = _kernel(cache, kernel_apt, package, [], log)  # the guest loads no module of the kernel's own
+        headers = _debian_headers(kernel_apt, package, (entry / "version").read_text(), log)
+        versions = {package: kernel_apt.version(package)}
+    return GuestKernel(entry, {**versions, "guest_kernel": (entry / "version").read_text()}, headers)
 
 
 def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, module: Path | None, root: Path | None,
@@ -259,14 +309,16 @@ def kernel_image(apt: Apt, package: str) -> str:
 def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
     """Build (or find in the cache) what a host boots one guest with."""
     apt = apt_for(cache, cfg["apt.sources"], log)  # the guest's userspace
-    kernel_apt = apt_for(cache, cfg["apt.sources"], log, cfg["guest.kernel_suite"])  # the same Apt when suite is ''
-    package = kernel_image(kernel_apt, cfg["guest.kernel_package"])
-    kernel = _kernel(cache, kernel_apt, package, [], log)  # the guest loads no module of the kernel's own
+    kernel = guest_kernel(cfg, cache, log)
     tools = _guest_tools(cache, log)
     module = None
     spec = frontends.module_frontend(cfg)
     if spec is not None:
-        built = _frontend_modules(cache, kernel_apt, package, kernel, spec.source, log)
+        if kernel.headers is None:
+            raise FileNotFoundError(f"{cfg.source}: frontend {cfg['frontend']!r} is a module, and the guest kernel "
+                                    f"({kernel.versions['guest_kernel']}) was built without module support "
+                                    f"(CONFIG_MODULES)")
+        built = _frontend_modules(cache, kernel.headers, spec.source, log)
         module = built / f"{spec.name}.ko"
         if not module.is_file():
             found = sorted(p.stem for p in built.glob("*.ko")) or ["none"]
@@ -277,7 +329,6 @@ def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
     xorg = runs_x_server(cfg)
     packages = cfg["command.packages"] if cfg["writer.kind"] == "command" else []
     root = _guest_root(cache, apt, xorg, packages, log) if xorg or packages else None
-    entry = _payload(cache, apt, kernel, tools, module, root, log)
+    entry = _payload(cache, apt, kernel.entry, tools, module, root, log)
     return Payload(kernel=entry / "vmlinux", initrd=entry / "initrd.cpio", key=entry.name.rsplit("-", 1)[1],
-                   sizes=json.loads((entry / "sizes.json").read_text()),
-                   versions={package: kernel_apt.version(package), "guest_kernel": (kernel / "version").read_text()})
+                   sizes=json.loads((entry / "sizes.json").read_text()), versions=kernel.versions)
