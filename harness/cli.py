@@ -43,11 +43,12 @@ examples:
   xenfb-harness run configs/default.yaml --host /tmp/h/host.yaml
   xenfb-harness run configs/default.yaml --host my-xen.yaml   # a real dom0: see README "Hosts"
   git bisect run xenfb-harness run my-kernel.yaml --repeat 3 --git-bisect-codes   # see README "Bisect"
+  xenfb-harness bisect configs/source-6.1-upstream.yaml --patches guest-kernels/fbdev-lastclose
 
 Output: with one scenario, OUTPUT holds its result.json, junit.xml, images and logs; with several, or with
 --repeat, each gets OUTPUT/NN-<config name>[/run-NNN]. OUTPUT/host holds the host's own logs.
-The first run builds the artifacts (about a minute); later runs reuse them from the cache
-(XENFB_HARNESS_CACHE, else $XDG_CACHE_HOME/xenfb-harness, else ~/.cache/xenfb-harness).
+The first run builds the artifacts (about a minute; a guest kernel built from source, about 4 more); later
+runs reuse them from the cache (XENFB_HARNESS_CACHE, else $XDG_CACHE_HOME/xenfb-harness, else ~/.cache/xenfb-harness).
 """
 
 HOST_EPILOG = """\
@@ -270,7 +271,12 @@ def _bisect(args, cfg: config.Config) -> int:
         print(f"xenfb-harness: bisect: --runs-per-step: expected at least 1, got {args.runs_per_step}",
               file=sys.stderr)
         return EXIT_CODES[ERROR]
-    if not args.patches.is_dir() or not (series := patch_series(args.patches)):
+    try:
+        series = patch_series(args.patches.resolve()) if args.patches.is_dir() else []
+    except FileNotFoundError as e:  # a series file that names a patch that is not there
+        print(f"xenfb-harness: bisect: --patches: {e}", file=sys.stderr)
+        return EXIT_CODES[ERROR]
+    if not series:
         print(f"xenfb-harness: bisect: --patches: expected a directory of patches, {str(args.patches)!r} holds none "
               "(a series file, or *.patch or *.diff files)", file=sys.stderr)
         return EXIT_CODES[ERROR]

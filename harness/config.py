@@ -129,7 +129,8 @@ SCHEMA: dict[str, Any] = {
                                 "archive keeps only each release's current kernels)"),
         "kernel_source": Field("", "kernel_source", "build the guest kernel from source instead of using "
                                "guest.kernel_package: a kernel tree (a directory; a git work tree is taken as git "
-                               "sees it, uncommitted changes included) or a Debian package linux-source-X.Y (from "
+                               "sees it, uncommitted changes included; a directory named like the package is "
+                               "./linux-source-X.Y) or a Debian package linux-source-X.Y (from "
                                "guest.kernel_suite's release). Configured as `make tinyconfig` plus the harness's "
                                "Xen PV guest fragment (guest-kernels/xen-pv-guest.config) plus guest.kernel_config; "
                                "built once per source, config, patches and compiler, then cached"),
@@ -260,7 +261,7 @@ def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
         if not isinstance(value, str) or "\n" in value:
             fail("a kernel source directory or a Debian package linux-source-X.Y")
         if not value or re.fullmatch(r"linux-source-\d+\.\d+", value):
-            return value
+            return value  # Debian's package, always: a directory of that name is ./linux-source-X.Y
         path = Path(os.path.expanduser(value))
         path = path if path.is_absolute() else base / path
         if not (path / "Makefile").is_file() or not (path / "Kconfig").is_file():

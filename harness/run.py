@@ -106,9 +106,10 @@ def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key:
     results: list[Result] = []
     started = time.monotonic()
 
-    def done(result: Result, job: Job, steps: dict) -> None:
+    def done(result: Result, job: Job, steps: dict, built_in: float = 0.0) -> None:
+        """`built_in`: the seconds this job's payload took, built before the jobs began: part of its total."""
         nonlocal started
-        result.timings = dict(steps, total=round(time.monotonic() - started, 3))
+        result.timings = dict(steps, total=round(time.monotonic() - started + built_in, 3))
         started = time.monotonic()
         result.decide()
         write(result, job.run_dir)
@@ -122,13 +123,14 @@ def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key:
             session = own.enter_context(HostSession(jobs[0].cfg, cache, host_dir, accept_new_host_key, need))
         try:
             prepared = [_prepare(job, cache) for job in jobs]
-            for job, (payload, build_steps, broken) in zip(jobs, prepared):
+            started = time.monotonic()
+            for job, (payload, build_steps, took, broken) in zip(jobs, prepared):
                 if broken is not None:
-                    done(broken, job, build_steps)
+                    done(broken, job, build_steps, took)
                     continue
                 dom0 = session.dom0()
                 result, steps = _one(job, payload, dom0)
-                done(result, job, {**session.timings, **build_steps, **steps})
+                done(result, job, {**session.timings, **build_steps, **steps}, took)
                 session.timings.clear()
                 if signals.received:
                     raise KeyboardInterrupt(signals.received)  # the remaining jobs are not started
@@ -146,19 +148,21 @@ def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key:
     return results
 
 
-def _prepare(job: Job, cache: Cache) -> tuple[Payload | None, dict, Result | None]:
-    """A job's payload (and the time its build took), or the ERROR result of a build that failed: a patch that
+def _prepare(job: Job, cache: Cache) -> tuple[Payload | None, dict, float, Result | None]:
+    """A job's payload, its build steps and seconds; or the ERROR result of a build that failed: a patch that
     does not apply, a kernel that does not compile, a package apt does not have."""
     timings = Timings()
     job.run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
     try:
         with timings.collecting():
-            return build_payload(job.cfg, cache, job.run_dir / "build.log"), dict(timings), None
+            payload = build_payload(job.cfg, cache, job.run_dir / "build.log")
+        return payload, dict(timings), time.monotonic() - start, None
     except Exception as e:
         (job.run_dir / "error.txt").write_text(traceback.format_exc())
         result = new_result(job.cfg)
         result.error = f"the guest's artifacts: {error_text(e)}"
-        return None, dict(timings), result
+        return None, dict(timings), time.monotonic() - start, result
 
 
 def _one(job: Job, payload: Payload, dom0: Dom0) -> tuple[Result, dict]:

@@ -528,3 +528,227 @@ def test_describe_shows_command_runs_limit():
     assert "  command.packages = []\n" in text
     assert "  writer.mappings = 1 (1..64)\n" in text  # an int's maximum still reads as a range
     assert "one of: mmap, xorg, command" in text
+
+
+# --- the guest kernel: a Debian package, a source tree, or your own image ---------------------------------------------
+
+
+def kernel_tree(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "Makefile").write_text("VERSION = 6\n")
+    (path / "Kconfig").write_text('mainmenu "Linux"\n')
+    return path
+
+
+def guest_file(folder: Path, guest: dict, **top) -> Path:
+    """A scenario in `folder` (with its own apt sources) whose guest section is `guest`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    p = folder / "scenario.yaml"
+    p.write_text(yaml.safe_dump({"guest": guest, "apt": {"sources": "test.sources"}, **top}))
+    return p
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch) -> Path:
+    """The working directory is not the config's folder: relative paths must not depend on it."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+def test_the_new_guest_kernel_keys_and_their_defaults():
+    guest = SCHEMA["guest"]
+    assert {k: (guest[k].default, guest[k].kind) for k in ("kernel_source", "kernel_config", "kernel_patches",
+                                                           "kernel_image", "kernel_build_tree")} == {
+        "kernel_source": ("", "kernel_source"), "kernel_config": ("", "path"), "kernel_patches": ([], "patches"),
+        "kernel_image": ("", "path"), "kernel_build_tree": ("", "dir")}
+    d = defaults()["guest"]
+    assert (d["kernel_source"], d["kernel_config"], d["kernel_patches"], d["kernel_image"],
+            d["kernel_build_tree"]) == ("", "", [], "", "")
+    text = describe()
+    for key in ("kernel_source", "kernel_config", "kernel_image", "kernel_build_tree"):
+        assert f"  guest.{key} = ''\n" in text
+    assert "  guest.kernel_patches = []\n" in text
+
+
+def test_kernel_source_a_debian_package_is_kept_as_it_is(tmp_path, elsewhere):
+    for value in ("linux-source-6.1", "linux-source-5.10", "linux-source-6.12"):
+        assert load(guest_file(tmp_path / "s", {"kernel_source": value}))["guest.kernel_source"] == value
+    assert load(guest_file(tmp_path / "s", {"kernel_source": ""}))["guest.kernel_source"] == ""
+
+
+def test_kernel_source_a_tree_is_made_absolute_relative_to_the_config(tmp_path, elsewhere):
+    folder = tmp_path / "scenarios"
+    tree = kernel_tree(folder / "trees" / "linux")
+    kernel_tree(elsewhere / "trees" / "linux")  # a decoy where the working directory would find it
+    cfg = load(guest_file(folder, {"kernel_source": "trees/linux"}))
+    assert cfg["guest.kernel_source"] == str(tree.resolve())
+    assert os.path.isabs(cfg["guest.kernel_source"])
+    assert load(guest_file(folder, {"kernel_source": str(tree)}))["guest.kernel_source"] == str(tree)
+
+
+@pytest.mark.parametrize("files", [[], ["Makefile"], ["Kconfig"]])
+def test_kernel_source_a_directory_without_makefile_and_kconfig_is_an_error(tmp_path, files):
+    tree = tmp_path / "s" / "notlinux"
+    tree.mkdir(parents=True)
+    for name in files:
+        (tree / name).write_text("")
+    p = guest_file(tmp_path / "s", {"kernel_source": "notlinux"})
+    err = load_error(p)
+    assert err.key == "guest.kernel_source" and err.source == str(p)
+    assert "guest.kernel_source" in str(err) and "'notlinux'" in str(err)
+    assert "Makefile and Kconfig" in str(err) and "linux-source-X.Y" in str(err)
+
+
+@pytest.mark.parametrize("value", ["missing", "linux-source-6", "linux-source-6.1.5", "linux-6.1", 3, ["linux"],
+                                   "two\nlines"])
+def test_kernel_source_what_is_neither_tree_nor_package_is_an_error(tmp_path, value):
+    err = load_error(guest_file(tmp_path, {"kernel_source": value}))
+    assert err.key == "guest.kernel_source"
+    assert "linux-source-X.Y" in str(err)
+
+
+def test_kernel_config_is_a_file_relative_to_the_config(tmp_path, elsewhere):
+    folder = tmp_path / "s"
+    kernel_tree(folder / "linux")
+    (folder / "frag").mkdir()
+    (folder / "frag" / "mine.config").write_text("CONFIG_X=y\n")
+    cfg = load(guest_file(folder, {"kernel_source": "linux", "kernel_config": "frag/mine.config"}))
+    assert Path(cfg["guest.kernel_config"]) == folder.resolve() / "frag" / "mine.config"
+    err = load_error(guest_file(folder, {"kernel_source": "linux", "kernel_config": "frag/gone.config"}))
+    assert err.key == "guest.kernel_config" and "gone.config" in str(err) and "does not exist" in str(err)
+
+
+def patches_dir(folder: Path, names: list[str], series: str | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_text(f"--- a/{name}\n+++ b/{name}\n")
+    if series is not None:
+        (folder / "series").write_text(series)
+    return folder
+
+
+def test_kernel_patches_a_directory_gives_its_patches_in_order(tmp_path, elsewhere):
+    folder = tmp_path / "s"
+    kernel_tree(folder / "linux")
+    by_name = patches_dir(folder / "by-name", ["0002-b.patch", "0001-a.patch", "0003-c.diff", "README"])
+    cfg = load(guest_file(folder, {"kernel_source": "linux", "kernel_patches": "by-name"}))
+    assert cfg["guest.kernel_patches"] == [str(by_name.resolve() / n) for n in ("0001-a.patch", "0002-b.patch",
+                                                                                "0003-c.diff")]
+    quilt = patches_dir(folder / "quilt", ["x.patch", "y.patch", "z.patch"], series="# mine\nz.patch\nx.patch\n")
+    cfg = load(guest_file(folder, {"kernel_source": "linux", "kernel_patches": "quilt"}))
+    assert cfg["guest.kernel_patches"] == [str(quilt.resolve() / "z.patch"), str(quilt.resolve() / "x.patch")]
+
+
+def test_kernel_patches_a_directory_without_patches_is_an_error(tmp_path):
+    folder = tmp_path / "s"
+    kernel_tree(folder / "linux")
+    patches_dir(folder / "empty", ["README", "notes.txt"])
+    err = load_error(guest_file(folder, {"kernel_source": "linux", "kernel_patches": "empty"}))
+    assert err.key == "guest.kernel_patches" and "found none" in str(err) and str(folder / "empty") in str(err)
+    err = load_error(guest_file(folder, {"kernel_source": "linux", "kernel_patches": "no-such-dir"}))
+    assert err.key == "guest.kernel_patches" and "no-such-dir" in str(err)
+
+
+def test_kernel_patches_a_series_naming_a_missing_patch_is_an_error(tmp_path):
+    folder = tmp_path / "s"
+    kernel_tree(folder / "linux")
+    patches_dir(folder / "quilt", ["x.patch"], series="x.patch\nlost.patch\n")
+    err = load_error(guest_file(folder, {"kernel_source": "linux", "kernel_patches": "quilt"}))
+    assert err.key == "guest.kernel_patches" and "lost.patch" in str(err) and str(err).startswith(str(folder))
+
+
+def test_kernel_patches_a_list_of_files_relative_to_the_config(tmp_path, elsewhere):
+    folder = tmp_path / "s"
+    kernel_tree(folder / "linux")
+    patches_dir(folder / "p", ["b.patch", "a.patch"])
+    absolute = patches_dir(tmp_path / "abs", ["c.patch"]) / "c.patch"
+    cfg = load(guest_file(folder, {"kernel_source": "linux",
+                                   "kernel_patches": ["p/b.patch", str(absolute), "p/a.patch"]}))
+    assert cfg["guest.kernel_patches"] == [str(folder.resolve() / "p/b.patch"), str(absolute),
+                                           str(folder.resolve() / "p/a.patch")]  # the list's order, not names'
+    assert load(guest_file(folder, {"kernel_source": "linux", "kernel_patches": []}))["guest.kernel_patches"] == []
+
+
+def test_kernel_patches_a_missing_file_is_named_by_its_index(tmp_path):
+    folder = tmp_path / "s"
+    kernel_tree(folder / "linux")
+    patches_dir(folder / "p", ["a.patch"])
+    err = load_error(guest_file(folder, {"kernel_source": "linux",
+                                         "kernel_patches": ["p/a.patch", "p/gone.patch"]}))
+    assert err.key == "guest.kernel_patches[1]" and "gone.patch" in str(err)
+    assert "guest.kernel_patches[1]" in str(err)
+    err = load_error(guest_file(folder, {"kernel_source": "linux", "kernel_patches": ["p"]}))  # a dir in the list
+    assert err.key == "guest.kernel_patches[0]"
+
+
+@pytest.mark.parametrize("value", [3, True, {"a": 1}, ["a.patch", 3], ["a.patch", ""]])
+def test_kernel_patches_what_is_neither_directory_nor_list_is_an_error(tmp_path, value):
+    folder = tmp_path / "s"
+    kernel_tree(folder / "linux")
+    patches_dir(folder, ["a.patch"])
+    err = load_error(guest_file(folder, {"kernel_source": "linux", "kernel_patches": value}))
+    assert err.key == "guest.kernel_patches" and "a directory or a list of patch files" in str(err)
+
+
+def test_kernel_image_and_build_tree(tmp_path, elsewhere):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "bzImage").write_bytes(b"MZ")
+    (folder / "build").mkdir()
+    cfg = load(guest_file(folder, {"kernel_image": "bzImage", "kernel_build_tree": "build"}, frontend="legacy"))
+    assert cfg["guest.kernel_image"] == str(folder.resolve() / "bzImage")
+    assert cfg["guest.kernel_build_tree"] == str(folder.resolve() / "build")
+    err = load_error(guest_file(folder, {"kernel_image": "vmlinux"}))
+    assert err.key == "guest.kernel_image" and "does not exist" in str(err)
+    err = load_error(guest_file(folder, {"kernel_image": "bzImage", "kernel_build_tree": "bzImage"}))
+    assert err.key == "guest.kernel_build_tree" and "existing directory" in str(err)
+
+
+@pytest.mark.parametrize("guest, top, key, needle", [
+    ({"kernel_source": "linux", "kernel_image": "bzImage"}, {}, "guest.kernel_image", "not both"),
+    ({"kernel_config": "mine.config"}, {}, "guest.kernel_config", "guest.kernel_source too"),
+    ({"kernel_patches": ["a.patch"]}, {}, "guest.kernel_patches", "guest.kernel_source too"),
+    ({"kernel_image": "bzImage", "kernel_config": "mine.config"}, {}, "guest.kernel_config",
+     "guest.kernel_source too"),
+    ({"kernel_build_tree": "build"}, {}, "guest.kernel_build_tree", "guest.kernel_image too"),
+    ({"kernel_source": "linux", "kernel_build_tree": "build"}, {}, "guest.kernel_build_tree",
+     "guest.kernel_image too"),
+    ({"kernel_image": "bzImage"}, {"frontend": "legacy"}, "guest.kernel_build_tree", "frontend 'legacy' is a module"),
+    ({"kernel_image": "bzImage"}, {"frontend": "legacy-fixed"}, "guest.kernel_build_tree", "'legacy-fixed'"),
+    ({"kernel_image": "bzImage"}, {"frontend": "module", "module": {"source": "mod", "name": "m"}},
+     "guest.kernel_build_tree", "'module'"),
+])
+def test_where_the_guest_kernel_comes_from_is_checked(tmp_path, guest, top, key, needle):
+    folder = tmp_path / "s"
+    kernel_tree(folder / "linux")
+    (folder / "bzImage").write_bytes(b"MZ")
+    (folder / "mine.config").write_text("CONFIG_X=y\n")
+    (folder / "a.patch").write_text("--- a/x\n+++ b/x\n")
+    (folder / "build").mkdir()
+    (folder / "mod").mkdir()
+    p = guest_file(folder, guest, **top)
+    err = load_error(p)
+    assert err.key == key and err.source == str(p), str(err)
+    assert needle in str(err)
+
+
+@pytest.mark.parametrize("guest, top", [
+    ({"kernel_source": "linux", "kernel_config": "mine.config", "kernel_patches": ["a.patch"]},
+     {"frontend": "legacy"}),
+    ({"kernel_source": "linux-source-6.1", "kernel_patches": ["a.patch"]}, {}),
+    ({"kernel_image": "bzImage"}, {}),  # upstream: no module to build against it
+    ({"kernel_image": "bzImage", "kernel_build_tree": "build"}, {"frontend": "legacy-fixed"}),
+])
+def test_guest_kernel_combinations_that_are_fine(tmp_path, guest, top):
+    folder = tmp_path / "s"
+    kernel_tree(folder / "linux")
+    (folder / "bzImage").write_bytes(b"MZ")
+    (folder / "mine.config").write_text("CONFIG_X=y\n")
+    (folder / "a.patch").write_text("--- a/x\n+++ b/x\n")
+    (folder / "build").mkdir()
+    cfg = load(guest_file(folder, guest, **top))
+    for k in guest:
+        assert cfg[f"guest.{k}"], k

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import gzip
 import lzma
 import random
+import shutil
+import subprocess
 
 import pytest
 
 import zstandard
 
-from harness.artifacts.kernel import XZ_MAGIC, ZSTD_MAGIC, extract_vmlinux, kernel_version
+from harness.artifacts.kernel import GZIP_MAGIC, XZ_MAGIC, ZSTD_MAGIC, extract_vmlinux, kernel_version
 
 
 def fake_elf(size: int = 200_000, seed: int = 1) -> bytes:
@@ -116,8 +119,49 @@ def test_a_truncated_zstd_payload_is_refused(tmp_path):
     frame = zstandard.ZstdCompressor(level=3).compress(fake_elf(seed=15))
     bz = tmp_path / "bz"
     bz.write_bytes(junk(100, 16) + frame[: len(frame) // 2])
-    with pytest.raises(ValueError, match="no xz- or zstd-compressed ELF payload"):
+    with pytest.raises(ValueError, match="no xz-, zstd- or gzip-compressed ELF payload found"):
         extract_vmlinux(bz, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_extracts_a_gzip_payload(tmp_path):
+    # kbuild's default compression (CONFIG_KERNEL_GZIP), what a kernel built from source or by a user may use:
+    # the stream is followed by the uncompressed size (4 bytes), then the decompressor's tail.
+    elf = fake_elf(seed=21)
+    payload = gzip.compress(elf, 9, mtime=0)
+    bz = tmp_path / "bzImage"
+    bz.write_bytes(b"MZ" + junk(4000, 22) + GZIP_MAGIC + junk(300, 23) + payload + len(elf).to_bytes(4, "little")
+                   + junk(500, 24))
+    extract_vmlinux(bz, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == elf
+
+
+@pytest.mark.skipif(shutil.which("gzip") is None, reason="needs the gzip program")
+def test_extracts_what_the_gzip_program_compressed(tmp_path):
+    elf = fake_elf(seed=25)
+    piggy = subprocess.run(["gzip", "-n", "-f", "-9"], input=elf, capture_output=True, check=True).stdout  # kbuild's
+    bz = tmp_path / "bzImage"
+    bz.write_bytes(junk(2000, 26) + piggy + len(elf).to_bytes(4, "little"))
+    extract_vmlinux(bz, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == elf
+
+
+def test_skips_a_gzip_stream_that_is_not_elf(tmp_path):
+    elf = fake_elf(seed=27)
+    bz = tmp_path / "bz"
+    bz.write_bytes(junk(300, 28) + gzip.compress(b"an embedded firmware blob" * 100) + junk(300, 29)
+                   + gzip.compress(elf))
+    extract_vmlinux(bz, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == elf
+
+
+def test_a_truncated_gzip_payload_is_refused(tmp_path):
+    stream = gzip.compress(fake_elf(seed=30))
+    bz = tmp_path / "vmlinuz-truncated-gzip"
+    bz.write_bytes(junk(100, 31) + stream[: len(stream) // 2])
+    with pytest.raises(ValueError, match="vmlinuz-truncated-gzip: no xz-, zstd- or gzip-compressed ELF payload"):
+        extract_vmlinux(bz, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("modules", ["lib/modules", "usr/lib/modules"])

@@ -7,6 +7,7 @@ project's machine, most of it extracting the headers); they boot nothing.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -183,16 +184,32 @@ class FakeApt:
 
 
 def test_modules_entry_is_keyed_by_the_tree(tmp_path):
-    kernel = tmp_path / "kernel"
-    kernel.mkdir()
-    (kernel / "version").write_text("6.1.0-56-amd64")
+    # The Debian kernel's headers, as build_payload gets them; RecordingCache builds nothing, so they are never
+    # extracted.
+    headers = payload_recipe._debian_headers(FakeApt(), "linux-image-6.1.0-56-amd64", "6.1.0-56-amd64",
+                                             tmp_path / "log")
     cache = RecordingCache(tmp_path)
     for tree in (SOURCE, make_variant(tmp_path, "unnotified-last"), make_variant(tmp_path, "dropped-last")):
-        payload_recipe._frontend_modules(cache, FakeApt(), "linux-image-6.1.0-56-amd64", kernel, tree,
-                                         tmp_path / "log")
+        payload_recipe._frontend_modules(cache, headers, tree, tmp_path / "log")
     sources = [inputs["source"] for name, inputs in cache.calls]
     assert [name for name, _ in cache.calls] == ["frontend-modules"] * 3
     assert len(set(sources)) == 3 and sources[0] == hash_tree(SOURCE)
+    for _, inputs in cache.calls:  # ... and by the headers it builds against
+        assert {k: inputs[k] for k in headers.key} == headers.key
+        assert inputs["kernel"] == "6.1.0-56-amd64" and inputs["version"] == "6.1.192-2"
+
+
+def test_modules_entry_is_keyed_by_the_headers(tmp_path):
+    cache = RecordingCache(tmp_path)
+    never = lambda scratch: pytest.fail("nothing is built")  # noqa: E731
+    for key in ({"kernel_build": "kernel-source-0000000000000001"}, {"kernel_build": "kernel-source-0000000000000002"},
+                {"build_tree": "/src/linux", "files": "0123456789abcdef"}):
+        payload_recipe._frontend_modules(cache, payload_recipe.ModuleHeaders(key, never), SOURCE, tmp_path / "log")
+    assert len({json.dumps(inputs, sort_keys=True) for _, inputs in cache.calls}) == 3
+    assert {inputs["source"] for _, inputs in cache.calls} == {hash_tree(SOURCE)}
+    with pytest.raises(FileNotFoundError, match="frontend module sources not found"):
+        payload_recipe._frontend_modules(cache, payload_recipe.ModuleHeaders({}, never), tmp_path / "nope",
+                                         tmp_path / "log")
 
 
 def stub_payload_inputs(monkeypatch, tmp_path: Path, built: list[str]) -> list[Path]:
@@ -201,13 +218,20 @@ def stub_payload_inputs(monkeypatch, tmp_path: Path, built: list[str]) -> list[P
     entry.mkdir()
     for name in built:
         (entry / name).write_bytes(b"\x7fELF")
+    kernel = tmp_path / "kernel-0000000000000000"
+    kernel.mkdir()
+    (kernel / "version").write_text("6.1.0-56-amd64")
+    headers = payload_recipe.ModuleHeaders({"kernel": "6.1.0-56-amd64"},
+                                           lambda scratch: pytest.fail("the modules' entry is stubbed"))
+    guest = payload_recipe.GuestKernel(kernel, {"guest_kernel": "6.1.0-56-amd64"}, headers)
     seen: list[Path] = []
 
-    def modules(cache, apt, package, kernel, source, log):
+    def modules(cache, given, source, log):
+        assert given is headers
         seen.append(source)
         return entry
     monkeypatch.setattr(payload_recipe, "apt_for", lambda *a: FakeApt())
-    monkeypatch.setattr(payload_recipe, "_kernel", lambda *a: tmp_path)
+    monkeypatch.setattr(payload_recipe, "guest_kernel", lambda *a: guest)
     monkeypatch.setattr(payload_recipe, "_guest_tools", lambda *a: tmp_path)
     monkeypatch.setattr(payload_recipe, "_frontend_modules", modules)
     monkeypatch.setattr(payload_recipe, "_payload", lambda *a: pytest.fail("the module check should stop first"))
@@ -233,6 +257,21 @@ def test_the_default_tree_is_ours(tmp_path, monkeypatch):
         build_payload(config.load(write(tmp_path, {"frontend": "legacy"})), Cache(tmp_path / "cache"),
                       tmp_path / "log")
     assert seen == [FRONTEND_SRC]
+
+
+def test_a_module_frontend_on_a_kernel_without_modules_is_a_clear_error(tmp_path, monkeypatch):
+    stub_payload_inputs(monkeypatch, tmp_path, ["xenfb_legacy.ko"])
+    kernel = tmp_path / "kernel-source-0000000000000000"
+    kernel.mkdir()
+    (kernel / "version").write_text("6.1.99-tiny")
+    monkeypatch.setattr(payload_recipe, "guest_kernel", lambda *a: payload_recipe.GuestKernel(
+        kernel, {"guest_kernel": "6.1.99-tiny"}, None))
+    monkeypatch.setattr(payload_recipe, "_frontend_modules", lambda *a: pytest.fail("no headers to build against"))
+    path = write(tmp_path, {"frontend": "legacy"})
+    with pytest.raises(FileNotFoundError) as info:
+        build_payload(config.load(path), Cache(tmp_path / "cache"), tmp_path / "log")
+    for part in (str(path), "'legacy'", "6.1.99-tiny", "CONFIG_MODULES"):
+        assert part in str(info.value), part
 
 
 # -- real builds -----------------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ linux-source-X.Y), or one the user built (vmlinux or bzImage).
 
 From source: the tree is copied (a git work tree as `git ls-files` sees it: tracked and untracked files, no build
 products, no .git), the patches are applied in order with `patch -p1`, `make tinyconfig` gets our Xen PV guest
-fragment (guest-kernels/xen-pv-guest.config) and the user's merged on top, and `make vmlinux modules` builds it.
+fragment (guest-kernels/xen-pv-guest.config) and the user's merged on top, and `make vmlinux modules` builds it
+(`modules` only with CONFIG_MODULES).
 The entry is keyed by the source (package version, or git commit plus a hash of the uncommitted changes, or every
 file), both fragments, the patches and the compiler; the tree is built in the entry's temporary directory, so an
 interrupted or failed build leaves nothing in the cache.
@@ -49,7 +50,8 @@ class SourceSpec:
 
     @property
     def package(self) -> str | None:
-        return self.source if SOURCE_PACKAGE.fullmatch(self.source) and not os.path.isdir(self.source) else None
+        """The Debian package, when the source is one (a directory is always a path with a '/')."""
+        return self.source if SOURCE_PACKAGE.fullmatch(self.source) else None
 
     def describe(self) -> str:
         extra = f" + {len(self.patches)} patches" if self.patches else ""
@@ -108,8 +110,8 @@ def compiler_errors(output: str, limit: int = 30) -> str:
     lines = output.splitlines()
     picked: list[int] = []
     for i, line in enumerate(lines):
-        if re.search(r"\berror\b|undefined reference|\*\*\*", line, re.I):
-            picked.extend(range(i, min(i + 1 + (ERROR_CONTEXT if ": error" in line else 0), len(lines))))
+        if re.search(r"\berror:|undefined reference|\*\*\*", line, re.I):
+            picked.extend(range(i, min(i + 1 + (ERROR_CONTEXT if "error:" in line else 0), len(lines))))
     seen = sorted(set(picked))[:limit]
     return "\n".join(lines[i] for i in seen) or "\n".join(lines[-20:])
 
@@ -123,6 +125,8 @@ def _make_progress(lines: list[str]) -> str:
 # --- the source tree ---------------------------------------------------------------------------------------------
 
 def _git_tree(path: Path) -> bool:
+    if shutil.which("git") is None:
+        return False
     out = subprocess.run(["git", "-C", str(path), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
     return out.returncode == 0 and Path(out.stdout.strip()).resolve() == path.resolve()
 
@@ -187,7 +191,9 @@ def _copy_source(spec: SourceSpec, apt: Apt, dest: Path, log: Path) -> None:
 def _apply_patches(spec: SourceSpec, tree: Path, log: Path) -> None:
     for i, patch in enumerate(spec.patches, 1):
         try:
-            run(["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-i", patch], log, cwd=tree)
+            # No fuzz, as `git am`: a patch that applies only loosely may land in the wrong place.
+            run(["patch", "-p1", "--forward", "--batch", "--fuzz=0", "--no-backup-if-mismatch", "-i", patch], log,
+                cwd=tree)
         except CommandError as e:
             raise KernelBuildError(f"guest.kernel_patches: patch {i} of {len(spec.patches)}, {patch}, does not "
                                    f"apply to {spec.source} (with those before it applied):\n"
@@ -246,7 +252,9 @@ def source_kernel(cache: Cache, apt: Apt, spec: SourceSpec, log: Path) -> Path:
         _apply_patches(spec, tree, log)
         _configure(spec, tree, log)
         make, env = _make_vars(cache, tree)
-        cmd = ["make", "-C", str(tree), f"-j{os.cpu_count() or 1}", *make, "vmlinux", "modules"]
+        modules = parse_config((tree / ".config").read_text()).get("CONFIG_MODULES") == "y"
+        # Before 6.5, `make modules` fails in a kernel without module support.
+        cmd = ["make", "-C", str(tree), f"-j{os.cpu_count() or 1}", *make, "vmlinux", *(["modules"] if modules else [])]
         with step(f"build the guest kernel ({spec.describe()})"):
             try:
                 output = run(cmd, log, progress=_make_progress, env=env)
