@@ -707,6 +707,17 @@ def test_kernel_image_and_build_tree(tmp_path, elsewhere):
     assert err.key == "guest.kernel_build_tree" and "existing directory" in str(err)
 
 
+def kernel_inputs(folder):
+    """A kernel tree, an image, a fragment, a patch, a build tree and a module tree, as the configs name them."""
+    kernel_tree(folder / "linux")
+    (folder / "bzImage").write_bytes(b"MZ")
+    (folder / "mine.config").write_text("CONFIG_X=y\n")
+    (folder / "a.patch").write_text("--- a/x\n+++ b/x\n")
+    (folder / "build").mkdir()
+    (folder / "mod").mkdir()
+    return folder
+
+
 @pytest.mark.parametrize("guest, top, key, needle", [
     ({"kernel_source": "linux", "kernel_image": "bzImage"}, {}, "guest.kernel_image", "not both"),
     ({"kernel_config": "mine.config"}, {}, "guest.kernel_config", "guest.kernel_source too"),
@@ -722,13 +733,7 @@ def test_kernel_image_and_build_tree(tmp_path, elsewhere):
      "guest.kernel_build_tree", "'module'"),
 ])
 def test_where_the_guest_kernel_comes_from_is_checked(tmp_path, guest, top, key, needle):
-    folder = tmp_path / "s"
-    kernel_tree(folder / "linux")
-    (folder / "bzImage").write_bytes(b"MZ")
-    (folder / "mine.config").write_text("CONFIG_X=y\n")
-    (folder / "a.patch").write_text("--- a/x\n+++ b/x\n")
-    (folder / "build").mkdir()
-    (folder / "mod").mkdir()
+    folder = kernel_inputs(tmp_path / "s")
     p = guest_file(folder, guest, **top)
     err = load_error(p)
     assert err.key == key and err.source == str(p), str(err)
@@ -743,12 +748,7 @@ def test_where_the_guest_kernel_comes_from_is_checked(tmp_path, guest, top, key,
     ({"kernel_image": "bzImage", "kernel_build_tree": "build"}, {"frontend": "legacy-fixed"}),
 ])
 def test_guest_kernel_combinations_that_are_fine(tmp_path, guest, top):
-    folder = tmp_path / "s"
-    kernel_tree(folder / "linux")
-    (folder / "bzImage").write_bytes(b"MZ")
-    (folder / "mine.config").write_text("CONFIG_X=y\n")
-    (folder / "a.patch").write_text("--- a/x\n+++ b/x\n")
-    (folder / "build").mkdir()
+    folder = kernel_inputs(tmp_path / "s")
     cfg = load(guest_file(folder, guest, **top))
     for k in guest:
         assert cfg[f"guest.{k}"], k

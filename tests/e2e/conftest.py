@@ -48,6 +48,13 @@ def run_shipped(tmp_path_factory, name: str, host: Path | None = None) -> Run:
     return run_scenario(f"configs/{name}.yaml", tmp_path_factory.mktemp(name) / "run", host)
 
 
+def verdict_of(run: Run, verdict: str) -> dict:
+    """The run's result, once it is known to have the verdict (else its reason and stderr tail say why not)."""
+    res = run.result
+    assert res["verdict"] == verdict, res["reason"] + "\n" + run.stderr[-3000:]
+    return res
+
+
 def dom0_sh(host_yaml: Path, script: str) -> str:
     """Run a shell script in the dom0 that host_yaml reaches, as a person would check it by hand."""
     from harness import config

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_scenario, run_shipped
+from .conftest import run_scenario, run_shipped, verdict_of
 
 pytestmark = pytest.mark.e2e
 
@@ -29,8 +29,7 @@ def _check_compared(res: dict, drawn_in: int) -> None:
 ])
 def test_workloads_pass_with_upstream(name, xorg, program, tmp_path_factory, shared_host):
     run = run_shipped(tmp_path_factory, name, shared_host)
-    res = run.result
-    assert res["verdict"] == "PASS", res["reason"] + "\n" + run.stderr[-3000:]
+    res = verdict_of(run, "PASS")
     _check_compared(res, drawn_in=res["rounds_planned"] // 2)
     assert res["workload_log"] == "workload.log" and (run.dir / "workload.log").is_file()
     if program:
@@ -40,8 +39,7 @@ def test_workloads_pass_with_upstream(name, xorg, program, tmp_path_factory, sha
 
 def test_the_same_clocks_fail_with_the_widened_legacy_race(tmp_path_factory, shared_host):
     run = run_shipped(tmp_path_factory, "command-xclock-legacy-race", shared_host)
-    res = run.result
-    assert res["verdict"] == "FAIL", res["reason"] + "\n" + run.stderr[-3000:]
+    res = verdict_of(run, "FAIL")
     _check_compared(res, drawn_in=1)  # X pays the widened window on every page it touches: it draws slowly
     missed = [r for r in res["rounds"] if r["missed_pixels"]]
     for r in missed:  # where, when and which pages, with the evidence beside it

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import run_shipped
+from .conftest import run_shipped, verdict_of
 
 pytestmark = pytest.mark.e2e
 
@@ -18,8 +18,7 @@ pytestmark = pytest.mark.e2e
 ])
 def test_lifecycle_passes_on_todays_kernel(name, kind, lifecycle, tmp_path_factory, shared_host):
     run = run_shipped(tmp_path_factory, name, shared_host)
-    res = run.result
-    assert res["verdict"] == "PASS", res["reason"] + "\n" + run.stderr[-3000:]
+    res = verdict_of(run, "PASS")
     cfg = res["effective_config"]["writer"]
     assert (cfg["kind"], cfg["lifecycle"]) == (kind, lifecycle)
     assert len(res["rounds"]) == res["rounds_planned"] + 1

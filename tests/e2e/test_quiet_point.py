@@ -11,7 +11,7 @@ import pytest
 
 from tests.negative_controls import NAMES, make_variant
 
-from .conftest import ROOT, Run, run_scenario, run_shipped
+from .conftest import ROOT, Run, run_scenario, run_shipped, verdict_of
 
 pytestmark = pytest.mark.e2e
 
@@ -27,8 +27,7 @@ def broken(request, tmp_path_factory, shared_host) -> tuple[str, Run]:
 
 def test_each_negative_control_fails(broken):
     name, run = broken
-    res = run.result
-    assert res["verdict"] == "FAIL", res["reason"] + "\n" + run.stderr[-3000:]
+    res = verdict_of(run, "FAIL")
     console = (run.dir / "guest-console.log").read_text(errors="replace")
     assert f"negative control: {name}" in console, "the broken build was the one loaded"
     missed = [r for r in res["rounds"] if r["missed_pixels"]]
@@ -40,6 +39,5 @@ def test_each_negative_control_fails(broken):
 @pytest.mark.parametrize("name", ["quiet-point", "upstream-quiet-point"])
 def test_sound_frontends_pass_with_the_same_writer(name, tmp_path_factory, shared_host):
     run = run_shipped(tmp_path_factory, name, shared_host)
-    res = run.result
-    assert res["verdict"] == "PASS", res["reason"] + "\n" + run.stderr[-3000:]
+    res = verdict_of(run, "PASS")
     assert all(r["settle"] == "match" for r in res["rounds"])

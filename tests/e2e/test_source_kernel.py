@@ -11,7 +11,7 @@ import pytest
 
 from harness.artifacts.cache import default_cache_dir
 
-from .conftest import ROOT, Run, run_cli, run_scenario, run_shipped
+from .conftest import ROOT, Run, run_cli, run_scenario, run_shipped, verdict_of
 
 pytestmark = pytest.mark.e2e
 SERIES = ROOT / "guest-kernels/fbdev-lastclose"
@@ -26,8 +26,7 @@ def half_built() -> list[str]:
 
 def test_the_kernel_from_source_passes(tmp_path_factory, shared_host):
     run = run_shipped(tmp_path_factory, "source-6.1-upstream", shared_host)
-    res = run.result
-    assert res["verdict"] == "PASS", res["reason"] + "\n" + run.stderr[-3000:]
+    res = verdict_of(run, "PASS")
     assert res["versions"]["kernel_source"] == "linux-source-6.1"
     assert res["versions"]["guest_kernel"].startswith("6.1.")
     assert len(res["rounds"]) == res["rounds_planned"] + 1
@@ -36,8 +35,7 @@ def test_the_kernel_from_source_passes(tmp_path_factory, shared_host):
 def test_the_same_kernel_with_the_fix_reverted_fails(tmp_path_factory, shared_host):
     # Each round's program closes /dev/fb0 within the 50 ms deferral: the cancelled work never sends its frame.
     run = run_shipped(tmp_path_factory, "source-6.1-lastclose-revert", shared_host)
-    res = run.result
-    assert res["verdict"] == "FAIL", res["reason"] + "\n" + run.stderr[-3000:]
+    res = verdict_of(run, "FAIL")
     assert res["versions"]["kernel_source"] == "linux-source-6.1 + 2 patches"
     missed = [r for r in res["rounds"] if r["missed_pixels"]]
     assert len(missed) >= res["rounds_planned"] // 2, res["reason"]
