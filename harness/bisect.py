@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from . import signals
 from .config import Config, ConfigError
 from .result import ERROR, FAIL, PASS, Result
 from .run import HOST_BROKE
@@ -128,8 +129,8 @@ def bisect(base: Config, series: list[str], runs_per_step: int, out: Path,
         found.steps.append(step)
         say(f"step {k}: {step.mark} ({', '.join(r['verdict'] for r in step.runs)})")
         (out / "bisect.json").write_text(json.dumps(found.to_json(), indent=2) + "\n")
-        if any(r.verdict == ERROR and (r.error or "").startswith(HOST_BROKE) for r in results):
-            break  # the host broke: later steps cannot run either
+        if signals.received or any(r.verdict == ERROR and (r.error or "").startswith(HOST_BROKE) for r in results):
+            break  # we were stopped, or the host broke: later steps cannot run either
     return found
 
 

@@ -293,7 +293,8 @@ def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
         if f.kind == "path":
             if not value and f.default == "":
                 return ""
-            path = Path(value) if os.path.isabs(value) else base / value
+            path = Path(os.path.expanduser(value))
+            path = path if path.is_absolute() else base / path
             if not path.is_file():
                 raise ConfigError(source, dotted, f"expected an existing file, {str(path)!r} does not exist")
             return str(path)

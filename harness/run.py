@@ -7,6 +7,7 @@ each in a guest of its own. Whatever breaks, every scenario gets a result.json w
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import traceback
 from dataclasses import dataclass
@@ -122,11 +123,15 @@ def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key:
             need = max(j.cfg["guest.memory_mb"] for j in jobs)
             session = own.enter_context(HostSession(jobs[0].cfg, cache, host_dir, accept_new_host_key, need))
         try:
-            prepared = [_prepare(job, cache) for job in jobs]
+            prepared = _prepare_all(jobs, cache)
             started = time.monotonic()
             for job, (payload, build_steps, took, broken) in zip(jobs, prepared):
                 if broken is not None:
-                    done(broken, job, build_steps, took)
+                    result = new_result(job.cfg)
+                    result.error = broken
+                    done(result, job, build_steps, took)
+                    if until_fail:
+                        break
                     continue
                 dom0 = session.dom0()
                 result, steps = _one(job, payload, dom0)
@@ -148,11 +153,29 @@ def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key:
     return results
 
 
-def _prepare(job: Job, cache: Cache) -> tuple[Payload | None, dict, float, Result | None]:
-    """A job's payload, its build steps and seconds; or the ERROR result of a build that failed: a patch that
-    does not apply, a kernel that does not compile, a package apt does not have."""
+def _prepare_all(jobs: list[Job], cache: Cache) -> list[tuple[Payload | None, dict, float, str | None]]:
+    """Each job's payload, its build steps and seconds; or, for a build that failed (a patch that does not apply,
+    a kernel that does not compile, a package apt does not have), the error its ERROR result gets. Jobs with the
+    same config (--repeat, a bisect step's runs) share one build, failed or not: a failure is not cached, and
+    building it again would fail again."""
+    built: dict[str, tuple[Payload | None, dict, float, str | None]] = {}
+    out = []
+    for job in jobs:
+        key = json.dumps(job.cfg.data, sort_keys=True)
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        if key not in built:
+            built[key] = _prepare(job, cache)
+            out.append(built[key])
+            continue
+        payload, _, _, broken = built[key]
+        if broken is not None:
+            (job.run_dir / "error.txt").write_text(f"the same config's build failed: {broken}\n")
+        out.append((payload, {}, 0.0, broken))  # built (or failed) once, for the first job
+    return out
+
+
+def _prepare(job: Job, cache: Cache) -> tuple[Payload | None, dict, float, str | None]:
     timings = Timings()
-    job.run_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     try:
         with timings.collecting():
@@ -160,9 +183,7 @@ def _prepare(job: Job, cache: Cache) -> tuple[Payload | None, dict, float, Resul
         return payload, dict(timings), time.monotonic() - start, None
     except Exception as e:
         (job.run_dir / "error.txt").write_text(traceback.format_exc())
-        result = new_result(job.cfg)
-        result.error = f"the guest's artifacts: {error_text(e)}"
-        return None, dict(timings), time.monotonic() - start, result
+        return None, dict(timings), time.monotonic() - start, f"the guest's artifacts: {error_text(e)}"
 
 
 def _one(job: Job, payload: Payload, dom0: Dom0) -> tuple[Result, dict]:

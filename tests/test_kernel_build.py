@@ -498,7 +498,7 @@ def test_a_build_tree_is_identified_by_its_config_symbols_and_release(tmp_path):
 
 # The targets source_kernel runs, in a few lines each: tinyconfig starts a .config, merge_config.sh appends the
 # fragments, olddefconfig keeps each option's last value and drops the options this "kernel" does not have,
-# vmlinux writes an ELF with a banner (or fails like gcc when the tree has a BROKEN file), modules writes
+# vmlinux writes an ELF with a banner and include/config/kernel.release (or fails like gcc when the tree has a BROKEN file), modules writes
 # Module.symvers and the generated headers when CONFIG_MODULES=y (without it, a no-op as in Linux 6.5 on, or
 # with FAKE_KERNEL_BEFORE_6_5 an error, as in Linux 6.1's Makefile), kernelrelease prints the release.
 FAKE_MAKEFILE = """\
@@ -516,6 +516,7 @@ vmlinux:
 \t  echo "init/main.c:10:5: error: expected ';' before '}' token"; echo '   10 | }'; echo '      | ^'; \\
 \t  echo 'make[2]: *** [scripts/Makefile.build:250: init/main.o] Error 1'; exit 2; fi
 \t@printf '\\177ELF\\002\\001\\001Linux version $(VERSION)$(EXTRAVERSION) (x@y) #1\\n' > vmlinux
+\t@mkdir -p include/config && echo $(VERSION)$(EXTRAVERSION) > include/config/kernel.release
 modules:
 \t@if grep -q '^CONFIG_MODULES=y' .config; then \\
 \t  echo 'printk vmlinux' > Module.symvers; mkdir -p include/generated; \\
@@ -577,7 +578,8 @@ def test_a_source_tree_is_patched_configured_built_and_cached(tmp_path, fake_ker
     assert config["CONFIG_MINE"] == "y" and config["CONFIG_MODULES"] == "y" and config["CONFIG_XEN_PV"] == "y"
     assert "init/main.o" in (entry / "build.log").read_text()
     assert sorted(files_under(entry / "build")) == [".config", "Makefile", "Module.symvers", "arch/x86/Makefile",
-                                                    "arch/x86/include/asm/page.h", "include/generated/autoconf.h",
+                                                    "arch/x86/include/asm/page.h", "include/config/kernel.release",
+                                                    "include/generated/autoconf.h",
                                                     "include/linux/fb.h", "scripts/kconfig/merge_config.sh",
                                                     "scripts/kconfig/olddefconfig.sh"]
     assert sorted(p.name for p in entry.iterdir()) == ["build", "build.log", "config", "inputs.json", "version",

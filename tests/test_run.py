@@ -62,7 +62,7 @@ def test_when_every_payload_fails_no_host_is_opened_and_every_job_has_an_error(t
     reported = []
     results = run_jobs(jobs, Cache(tmp_path / "cache"), tmp_path / "host",
                        on_result=lambda result, job: reported.append((result.verdict, job.run_dir.name)))
-    assert events == [("build", "run-0"), ("build", "run-1"), ("build", "run-2")]  # and no open_host
+    assert events == [("build", "run-0")]  # one build for the one config, failed once; and no open_host
     assert len(results) == 3
     assert reported == [(ERROR, "run-0"), (ERROR, "run-1"), (ERROR, "run-2")]
     for job, result in zip(jobs, results):
@@ -73,7 +73,7 @@ def test_when_every_payload_fails_no_host_is_opened_and_every_job_has_an_error(t
         assert saved["verdict"] == ERROR and saved["exit_code"] == 2
         assert saved["error"].startswith("the guest's artifacts:")
         assert saved["config"] == cfg.source and "total" in saved["timings"]
-        assert "RuntimeError: no kernel" in (job.run_dir / "error.txt").read_text()  # the traceback
+        assert "RuntimeError: no kernel" in (job.run_dir / "error.txt").read_text()  # the traceback, or a pointer
         assert (job.run_dir / "junit.xml").is_file()
     assert not (tmp_path / "host").exists()  # nothing about a host: none was needed
 
@@ -88,8 +88,8 @@ def test_payloads_are_built_before_the_host_opens_and_a_failed_one_needs_none(tm
     small, big = scenario(tmp_path, "a.yaml"), scenario(tmp_path, "b.yaml", guest={"memory_mb": 512})
     jobs = [Job(small, tmp_path / "run-0"), Job(big, tmp_path / "run-1"), Job(small, tmp_path / "run-2")]
     results = run_jobs(jobs, Cache(tmp_path / "cache"), tmp_path / "host")
-    assert events == [("build", "run-0"), ("build", "run-1"), ("build", "run-2"), ("open_host", 512),
-                      ("scenario", "run-0", "payload of run-0"), ("scenario", "run-2", "payload of run-2"),
+    assert events == [("build", "run-0"), ("build", "run-1"), ("open_host", 512),  # run-2 shares run-0's config
+                      ("scenario", "run-0", "payload of run-0"), ("scenario", "run-2", "payload of run-0"),
                       ("close_host",)]
     assert [r.verdict for r in results] == [PASS, ERROR, PASS]
     assert results[1].error == "the guest's artifacts: FileNotFoundError: patch 2 of 3 does not apply"
@@ -114,3 +114,12 @@ def test_a_host_that_fails_to_open_gives_every_remaining_job_an_error(tmp_path, 
     for job in jobs:
         assert json.loads((job.run_dir / "result.json").read_text())["verdict"] == ERROR
     assert "no dom0 there" in (tmp_path / "host" / "error.txt").read_text()
+
+
+def test_until_fail_stops_at_a_build_that_failed(tmp_path, monkeypatch, events):
+    monkeypatch.setattr(run, "build_payload", lambda cfg, cache, log: (_ for _ in ()).throw(RuntimeError("no")))
+    cfg = scenario(tmp_path)
+    jobs = [Job(cfg, tmp_path / f"run-{i}") for i in range(3)]
+    results = run_jobs(jobs, Cache(tmp_path / "cache"), tmp_path / "host", until_fail=True)
+    assert [r.verdict for r in results] == [ERROR]
+    assert events == []  # no host

@@ -30,7 +30,11 @@ from .common import HERE, _gcc
 from .kernel import extract_vmlinux
 
 FRAGMENT = HERE.parent.parent / "guest-kernels" / "xen-pv-guest.config"
-RECIPE = hash_files(Path(__file__), HERE / "kernel.py")
+RECIPE = hash_files(Path(__file__), HERE / "kernel.py", HERE / "common.py")
+# Variables kbuild reads from the environment that change what it builds: never taken from the caller's.
+KBUILD_ENVIRONMENT = ("ARCH", "CROSS_COMPILE", "LLVM", "LLVM_IAS", "CC", "LD", "KCFLAGS", "KCPPFLAGS", "KAFLAGS",
+                      "KRUSTFLAGS", "LOCALVERSION", "KCONFIG_CONFIG", "INSTALL_MOD_PATH", "MAKEFLAGS", "MFLAGS",
+                      "O", "W", "C", "V")
 SOURCE_PACKAGE = re.compile(r"linux-source-\d+\.\d+")
 # Reproducible builds: the same inputs give the same vmlinux, whenever and wherever built.
 REPRODUCIBLE = ("KBUILD_BUILD_TIMESTAMP=@0", "KBUILD_BUILD_USER=xenfb-harness", "KBUILD_BUILD_HOST=xenfb-harness")
@@ -149,13 +153,16 @@ def source_identity(spec: SourceSpec, apt: Apt) -> dict:
     if _git_tree(path):
         head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
-        h = hashlib.sha256(subprocess.run(["git", "-C", str(path), "diff", "HEAD", "--binary"],
-                                          capture_output=True, check=True).stdout)
+        # Plumbing, so the user's diff settings (external diff, textconv) cannot hide a change.
+        h = hashlib.sha256(subprocess.run(["git", "-C", str(path), "diff-index", "-p", "--binary", "--no-ext-diff",
+                                           "--no-textconv", "HEAD"], capture_output=True, check=True).stdout)
         untracked = subprocess.run(["git", "-C", str(path), "ls-files", "-z", "--others", "--exclude-standard"],
                                    capture_output=True, check=True).stdout.decode(errors="surrogateescape")
         for name in sorted(n for n in untracked.split("\0") if n):
             h.update(name.encode(errors="surrogateescape") + b"\0")
-            if (path / name).is_file():
+            if (path / name).is_symlink():  # copied as a link: its target is what counts
+                h.update(b"L" + os.readlink(path / name).encode(errors="surrogateescape") + b"\0")
+            elif (path / name).is_file():
                 h.update((path / name).read_bytes())
         return {"git": head, "changes": h.hexdigest()[:16]}
     with step(f"hash the kernel tree {path}"):
@@ -214,11 +221,17 @@ def _configure(spec: SourceSpec, tree: Path, log: Path) -> None:
 def _make_vars(cache: Cache, tree: Path) -> tuple[list[str], dict]:
     """make's variables and environment: ccache when this machine has it (a bisect's steps differ in a few
     files; each step's kernel is still built whole, from a clean tree)."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in KBUILD_ENVIRONMENT and not k.startswith("KBUILD_")}
     if shutil.which("ccache"):
         env.update(CCACHE_DIR=str(cache.root / "ccache"), CCACHE_BASEDIR=str(tree), CCACHE_NOHASHDIR="1")
         return ["CC=ccache gcc", *REPRODUCIBLE], env
     return ["CC=gcc", *REPRODUCIBLE], env
+
+
+def _binutils() -> str:
+    """The linker's version line: it shapes vmlinux as the compiler does."""
+    out = subprocess.run(["ld", "--version"], capture_output=True, text=True)
+    return out.stdout.splitlines()[0] if out.stdout else "unknown"
 
 
 def _module_build_files(tree: Path) -> list[str]:
@@ -262,8 +275,7 @@ def source_kernel(cache: Cache, apt: Apt, spec: SourceSpec, log: Path) -> Path:
                 raise KernelBuildError(f"the guest kernel ({spec.describe()}) did not build; the errors:\n"
                                        f"{compiler_errors(e.output)}\n(full output: {log})") from None
         (out / "build.log").write_text(output)
-        version = run(["make", "-s", "-C", str(tree), *make, "kernelrelease"], log, env=env).strip()
-        (out / "version").write_text(version)
+        (out / "version").write_text((tree / "include/config/kernel.release").read_text().strip())
         shutil.copyfile(tree / ".config", out / "config")
         shutil.copyfile(tree / "vmlinux", out / "vmlinux")
         if (tree / "Module.symvers").exists():
@@ -278,7 +290,7 @@ def source_kernel(cache: Cache, apt: Apt, spec: SourceSpec, log: Path) -> Path:
     inputs = {"source": source_identity(spec, apt),
               "fragments": [hash_files(FRAGMENT)] + ([hash_files(Path(spec.fragment))] if spec.fragment else []),
               "patches": [[Path(p).name, hash_files(Path(p))] for p in spec.patches],
-              "gcc": _gcc(), "build": RECIPE}
+              "gcc": _gcc(), "binutils": _binutils(), "build": RECIPE}
     return cache.entry("kernel-source", inputs, build)
 
 

@@ -243,7 +243,9 @@ def guest_kernel(cfg: Config, cache: Cache, log: Path) -> GuestKernel:
     elif cfg["guest.kernel_image"]:
         entry = kernel_build.image_kernel(cache, Path(cfg["guest.kernel_image"]), log)
         tree = Path(cfg["guest.kernel_build_tree"]) if cfg["guest.kernel_build_tree"] else None
-        headers = ModuleHeaders(kernel_build.build_tree_identity(tree), lambda scratch: (tree, ())) if tree else None
+        # The image too: a rebuilt kernel with a changed header need not change .config or Module.symvers.
+        headers = (ModuleHeaders({**kernel_build.build_tree_identity(tree), "image": entry.name},
+                                 lambda scratch: (tree, ())) if tree else None)
         versions = {"kernel_image": cfg["guest.kernel_image"]}
     else:
         package = kernel_image(kernel_apt, cfg["guest.kernel_package"])
