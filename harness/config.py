@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .artifacts.kernel_build import SOURCE_PACKAGE, patch_series
 from .frontends import FRONTENDS
 from .pattern import DEFAULT_PARAMS
 
@@ -260,10 +261,9 @@ def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
     if f.kind == "kernel_source":
         if not isinstance(value, str) or "\n" in value:
             fail("a kernel source directory or a Debian package linux-source-X.Y")
-        if not value or re.fullmatch(r"linux-source-\d+\.\d+", value):
+        if not value or SOURCE_PACKAGE.fullmatch(value):
             return value  # Debian's package, always: a directory of that name is ./linux-source-X.Y
-        path = Path(os.path.expanduser(value))
-        path = path if path.is_absolute() else base / path
+        path = _resolve(value, base)
         if not (path / "Makefile").is_file() or not (path / "Kconfig").is_file():
             raise ConfigError(source, dotted, f"expected a kernel source directory (with a Makefile and Kconfig) "
                               f"or a Debian package linux-source-X.Y, got {value!r}")
@@ -280,21 +280,18 @@ def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
         if f.kind == "enum" and value not in f.choices:
             fail("one of " + ", ".join(repr(c) for c in f.choices))
         if f.kind == "file":
-            path = Path(os.path.expanduser(value))
-            return str(path if path.is_absolute() else base / path)
+            return str(_resolve(value, base))
         if f.kind == "dir":
             if not value:
                 return ""
-            path = Path(os.path.expanduser(value))
-            path = path if path.is_absolute() else base / path
+            path = _resolve(value, base)
             if not path.is_dir():
                 raise ConfigError(source, dotted, f"expected an existing directory, {str(path)!r} is not one")
             return str(path)
         if f.kind == "path":
             if not value and f.default == "":
                 return ""
-            path = Path(os.path.expanduser(value))
-            path = path if path.is_absolute() else base / path
+            path = _resolve(value, base)
             if not path.is_file():
                 raise ConfigError(source, dotted, f"expected an existing file, {str(path)!r} does not exist")
             return str(path)
@@ -316,15 +313,16 @@ def _check(source: str, dotted: str, f: Field, value: Any, base: Path) -> Any:
     raise AssertionError(f.kind)
 
 
+def _resolve(value: str, base: Path) -> Path:
+    """A path as a config file means it: '~' is the user's home, a relative one is relative to the file."""
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else base / path
+
+
 def _patches(source: str, dotted: str, value: Any, base: Path) -> list[str]:
     """A directory of patches, or a list of patch files -> the files, absolute, in order."""
-    from .artifacts.kernel_build import patch_series
-
-    def resolve(item: str) -> Path:
-        path = Path(os.path.expanduser(item))
-        return path if path.is_absolute() else base / path
     if isinstance(value, str):
-        directory = resolve(value)
+        directory = _resolve(value, base)
         if not directory.is_dir():
             raise ConfigError(source, dotted, f"expected a directory of patches, {str(directory)!r} is not one")
         try:
@@ -337,7 +335,7 @@ def _patches(source: str, dotted: str, value: Any, base: Path) -> list[str]:
         return [str(p) for p in found]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(source, dotted, f"expected a directory or a list of patch files, got {value!r}")
-    paths = [resolve(v) for v in value]
+    paths = [_resolve(v, base) for v in value]
     for i, path in enumerate(paths):
         if not path.is_file():
             raise ConfigError(source, f"{dotted}[{i}]", f"expected an existing patch file, {str(path)!r} is not one")

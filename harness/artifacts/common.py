@@ -123,6 +123,13 @@ def _gcc() -> str:
     return subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
 
 
+@functools.cache
+def _binutils() -> str:
+    """The linker's version line: part of the key of every kernel we link."""
+    out = subprocess.run(["ld", "--version"], capture_output=True, text=True)
+    return out.stdout.splitlines()[0] if out.stdout else "unknown"
+
+
 def _kernel(cache: Cache, apt: Apt, package: str, modules: list[str], log: Path) -> Path:
     """One linux-image package -> an entry with vmlinuz, vmlinux, `version` (the release, e.g. 6.1.0-56-amd64),
     and the given modules with their dependencies under modules/lib/modules/..., in load order in modules.order.

@@ -26,7 +26,7 @@ from pathlib import Path
 from ..progress import CommandError, run, step
 from .apt import Apt
 from .cache import Cache, hash_files, hash_tree
-from .common import HERE, _gcc
+from .common import HERE, _binutils, _gcc
 from .kernel import extract_vmlinux
 
 FRAGMENT = HERE.parent.parent / "guest-kernels" / "xen-pv-guest.config"
@@ -181,18 +181,26 @@ def _copy_source(spec: SourceSpec, apt: Apt, dest: Path, log: Path) -> None:
         shutil.rmtree(unpacked)
         return
     path = Path(spec.source)
-    dest.mkdir()
-    if _git_tree(path):
-        listing = dest.parent / "files"
-        listing.write_bytes(b"\0".join(name.encode(errors="surrogateescape") for name in _git_files(path)))
-        run(["tar", "-C", str(path), "--null", "-T", str(listing), "-cf", str(dest.parent / "tree.tar")], log)
-        listing.unlink()
-    else:
-        run(["tar", "-C", str(path), "-cf", str(dest.parent / "tree.tar"), "."], log)
-    run(["tar", "-C", str(dest), "-xf", str(dest.parent / "tree.tar")], log)
-    (dest.parent / "tree.tar").unlink()
+    _tar_copy(path, dest, _git_files(path) if _git_tree(path) else None, log)
     if (dest / ".config").exists() or (dest / "include/config").exists():
         run(["make", "-C", str(dest), "mrproper"], log)  # built in place before: kbuild wants it clean
+
+
+def _tar_copy(src: Path, dest: Path, names: list[str] | None, log: Path) -> None:
+    """src's files (every one, or the given relative names) into the new directory dest, links and modes kept,
+    through one tar pipe: no archive on disk (a kernel tree is 1.5 GB). The paths reach the shell as arguments."""
+    dest.mkdir()
+    select = ["."]
+    if names is not None:
+        listing = dest.parent / f".{dest.name}.files"
+        listing.write_bytes(b"\0".join(name.encode(errors="surrogateescape") for name in names))
+        select = ["--null", "-T", str(listing)]
+    script = 'set -o pipefail; src=$1 dest=$2; shift 2; tar -C "$src" -cf - "$@" | tar -C "$dest" -xf -'
+    try:
+        run(["bash", "-c", script, "tar-copy", str(src), str(dest), *select], log)
+    finally:
+        if names is not None:
+            listing.unlink()
 
 
 def _apply_patches(spec: SourceSpec, tree: Path, log: Path) -> None:
@@ -226,12 +234,6 @@ def _make_vars(cache: Cache, tree: Path) -> tuple[list[str], dict]:
         env.update(CCACHE_DIR=str(cache.root / "ccache"), CCACHE_BASEDIR=str(tree), CCACHE_NOHASHDIR="1")
         return ["CC=ccache gcc", *REPRODUCIBLE], env
     return ["CC=gcc", *REPRODUCIBLE], env
-
-
-def _binutils() -> str:
-    """The linker's version line: it shapes vmlinux as the compiler does."""
-    out = subprocess.run(["ld", "--version"], capture_output=True, text=True)
-    return out.stdout.splitlines()[0] if out.stdout else "unknown"
 
 
 def _module_build_files(tree: Path) -> list[str]:
@@ -279,13 +281,7 @@ def source_kernel(cache: Cache, apt: Apt, spec: SourceSpec, log: Path) -> Path:
         shutil.copyfile(tree / ".config", out / "config")
         shutil.copyfile(tree / "vmlinux", out / "vmlinux")
         if (tree / "Module.symvers").exists():
-            listing = out / "files"
-            listing.write_text("\n".join(_module_build_files(tree)) + "\n")
-            (out / "build").mkdir()
-            run(["tar", "-C", str(tree), "-T", str(listing), "-cf", str(out / "build.tar")], log)
-            run(["tar", "-C", str(out / "build"), "-xf", str(out / "build.tar")], log)
-            for f in (listing, out / "build.tar"):
-                f.unlink()
+            _tar_copy(tree, out / "build", _module_build_files(tree), log)
         shutil.rmtree(tree)
     inputs = {"source": source_identity(spec, apt),
               "fragments": [hash_files(FRAGMENT)] + ([hash_files(Path(spec.fragment))] if spec.fragment else []),
