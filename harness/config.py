@@ -18,7 +18,7 @@ from .frontends import FRONTENDS
 from .pattern import DEFAULT_PARAMS
 
 # Bumped whenever a key changes meaning or goes away; result.json records it with the effective config.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MAX_COMMAND = 2000  # bytes of command.run: it reaches the guest hex-encoded in one line of its console tty, whose
 #                     canonical mode takes at most 4095 characters a line
 DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
@@ -168,6 +168,10 @@ SCHEMA: dict[str, Any] = {
         "xen_cmdline": Field("", "str", "nested: appended to Xen's command line"),
         "boot_timeout": Field(600, "int", "nested: seconds for Xen and dom0 to boot to a ready SSH server",
                               minimum=1),
+        "snapshot": Field(True, "bool", "nested: restore Xen and dom0 from a snapshot in the artifact cache (about "
+                          "2 s instead of a 12 s boot); the first boot of the same host artifacts, outer QEMU and "
+                          "machine settings saves it. A snapshot that cannot be used is said why, and a boot "
+                          "follows. false: always boot, save nothing"),
         "idle_timeout_min": Field(30, "int", "nested, `host up`: a host nobody has used for this long stops "
                                   "itself", minimum=1),
         "address": Field("", "str", "ssh: the dom0's address (name or IP)"),
@@ -178,6 +182,10 @@ SCHEMA: dict[str, Any] = {
                              "checked strictly (an unknown key is accepted only with --accept-new-host-key)"),
         "workdir": Field("/tmp", "str", "ssh: directory in dom0 under which the run keeps its files, in one "
                          "directory of its own that is removed at the end"),
+        "share_dir": Field("", "dir", "ssh: a directory of this machine that dom0 has mounted at host.share_mount "
+                           "(read-only is enough): guest payloads are linked there instead of sent over SSH, which "
+                           "carries 1-2 MB/s into a nested dom0. `host up` sets it for its host"),
+        "share_mount": Field("", "str", "ssh: where dom0 has host.share_dir mounted"),
     },
     "apt": {
         "sources": Field("/etc/apt/sources.list.d/debian.sources", "path",
@@ -429,6 +437,11 @@ def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = N
         raise ConfigError(where, "host.address", "expected the dom0's address when host.kind is 'ssh'")
     if problem := workdir_problem(host["workdir"]):
         raise ConfigError(where, "host.workdir", f"expected {problem}, got {host['workdir']!r}")
+    if bool(host["share_dir"]) != bool(host["share_mount"]):
+        raise ConfigError(where, "host.share_mount" if host["share_dir"] else "host.share_dir",
+                          "expected host.share_dir and host.share_mount together, or neither")
+    if host["share_mount"] and (problem := workdir_problem(host["share_mount"])):
+        raise ConfigError(where, "host.share_mount", f"expected {problem}, got {host['share_mount']!r}")
     if data["writer"]["kind"] == "xorg":
         for key in ("mappings", "workers"):
             if data["writer"][key] != 1:

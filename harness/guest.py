@@ -12,6 +12,7 @@ from pathlib import Path
 from .config import Config, ConfigError
 from .frontends import frontend, module_frontend
 from .geometry import Geometry
+from .progress import record
 from .pattern import WriterParams
 from .hosts.base import Console, HostError
 from .hosts.dom0 import Dom0, GuestSlot
@@ -20,6 +21,7 @@ from .protocol import (Bye, Check, Done, ProtocolError, Ready, Stats, Unloaded, 
 
 KERNEL_FATAL = re.compile(r"Kernel panic.*|BUG: .*|Oops: .*")
 GUEST_FATAL = re.compile(KERNEL_FATAL.pattern + r"|XFB-GUEST-WRITER-EXIT.*|XFB-GUEST-FAIL.*")
+INIT_UPTIME = re.compile(r"XFB-GUEST-UPTIME (\d+(?:\.\d+)?)")  # guest-init's first line: the kernel is done
 XORG_CONF = Path(__file__).resolve().parent / "files" / "xorg.conf"
 
 
@@ -124,6 +126,7 @@ class Guest:
         self.unload = module is not None and module.ours and cfg["legacy.unload_at_end"]
         self.finished = False  # the writer has said BYE, or was asked to quit after an error
         self._section: str | None = None  # inside a quoted log (e.g. the workload's): not our lines
+        self._init_started: tuple[float, float] | None = None  # when init said so, and its uptime then
 
     def __enter__(self) -> "Guest":
         return self
@@ -135,6 +138,7 @@ class Guest:
         self.slot = self.host.new_guest()
         config = f"{self.slot.dir}/guest.cfg"
         self.host.put_bytes(xl_config(self.cfg, self.slot.name, self.kernel, self.initrd).encode(), config)
+        created = time.monotonic()
         self.console = self.host.console(["xl", "create", "-c", config], self.run_dir / "guest-console.log")
         deadline = time.monotonic() + self.cfg["guest.boot_timeout"]
         while True:
@@ -148,6 +152,11 @@ class Guest:
         if not isinstance(msg, Ready):
             raise GuestError(f"expected READY from the writer, got {msg}")
         self.geometry = msg.geometry
+        if self._init_started is not None:  # where the start went: domain built, kernel booted, init to READY
+            arrived, uptime = self._init_started
+            record("start guest: xl create to kernel", arrived - created - uptime)
+            record("start guest: kernel boot", uptime)
+            record("start guest: init to READY", time.monotonic() - arrived)
         # The domain's id, and where libxl recorded its device model's VNC server (vncunused picked the display).
         out = self.host.exec(["sh", "-c", 'id=$(xl domid "$1") && echo "$id" && '
                               'xenstore-read "/local/domain/$id/console/vnc-port"', "sh", self.slot.name]).stdout
@@ -167,6 +176,9 @@ class Guest:
                 raise GuestError(f"timed out after {timeout} s waiting for {waiting_for}\n"
                                  f"--- last guest console lines ---\n{self.console.tail()}")
             if not self._ours(line):
+                continue
+            if (boot := INIT_UPTIME.match(line)) and self._init_started is None:
+                self._init_started = (time.monotonic(), float(boot.group(1)))
                 continue
             fatal = GUEST_FATAL.search(line)
             if fatal:

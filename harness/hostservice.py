@@ -88,13 +88,14 @@ def serve(cfg: Config, state: Path, cache: Cache) -> int:
     published = [state / n for n in (HOST_YAML, "client_key", "known_hosts")]
     try:
         artifacts = build_host(cfg, cache, state / "build.log")
-        with NestedHost(cfg.data["host"], artifacts, state) as nested:
+        with NestedHost(cfg.data["host"], artifacts, state, cache) as nested:
             key = state / "client_key"
             key.write_bytes(Path(artifacts.ssh_client_key).read_bytes())
             key.chmod(0o600)
             (state / "known_hosts").write_text(nested.known_hosts().read_text())
             fragment = {"host": {"kind": "ssh", "address": "127.0.0.1", "port": nested.ssh_port, "user": "root",
-                                 "key": "client_key", "known_hosts": "known_hosts"}}
+                                 "key": "client_key", "known_hosts": "known_hosts",
+                                 "share_dir": str(nested.share.local), "share_mount": nested.share.remote}}
             tmp = state / f".{HOST_YAML}.tmp"
             tmp.write_text(f"# nested host, {nested.description}\n" + yaml.safe_dump(fragment, sort_keys=False))
             tmp.rename(state / HOST_YAML)  # appears complete or not at all: `host up` waits for it

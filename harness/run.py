@@ -65,9 +65,9 @@ def open_host(cfg: Config, cache: Cache, log_dir: Path, accept_new_host_key: boo
             dom0 = stack.enter_context(connect_ssh(cfg.data["host"], accept_new_host_key))
         else:
             artifacts = build_host(cfg, cache, log_dir / "build.log")
-            nested = stack.enter_context(NestedHost(cfg.data["host"], artifacts, log_dir))
+            nested = stack.enter_context(NestedHost(cfg.data["host"], artifacts, log_dir, cache))
             dom0 = stack.enter_context(nested.dom0())
-            dom0.versions.update(artifacts.versions, qemu_outer=qemu_version())
+            dom0.versions.update(artifacts.versions, qemu_outer=qemu_version(), host_start=nested.started_by)
         dom0.open(need_memory_mb)
         yield dom0
 

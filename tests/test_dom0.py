@@ -176,6 +176,7 @@ def test_session_and_guests_in_a_workdir_full_of_shell_syntax(sshd, opened, tmp_
     assert leftovers(other, str(workdir)) == [(dom0.root, True, [])]  # no xl: no domain exists
 
     dom0.end_guest(first)
+    dom0.wait_ended()  # end_guest returns at once
     assert not Path(first.dir).exists() and Path(second.dir).is_dir()
 
     dom0.close()
@@ -297,8 +298,10 @@ def test_guard_and_end_guest_destroy_only_our_registered_domains(sshd_xl, xl, op
     a, b, c = dom0.new_guest(), dom0.new_guest(), dom0.new_guest()
     xl.create(a.name, b.name, "Domain-0", f"{PREFIX}someone-else-1")
     dom0.end_guest(a)
+    dom0.wait_ended()
     assert not xl.exists(a.name) and not Path(a.dir).exists() and Path(b.dir).is_dir()
     dom0.end_guest(c)  # never created: nothing to destroy, its directory goes
+    dom0.wait_ended()
     assert not Path(c.dir).exists()
     assert xl.calls() == [f"domid {a.name}", f"destroy {a.name}", f"domid {c.name}"]
     xl.log.write_text("")

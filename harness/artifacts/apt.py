@@ -5,6 +5,8 @@ private apt configuration, so our package lists and downloads neither depend on 
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -14,6 +16,18 @@ from pathlib import Path
 from ..progress import run, say, step
 
 LISTS_MAX_AGE = 6 * 3600  # refresh package lists at most this often, so warm runs stay fast
+VERSIONS = "versions.json"  # candidate versions already looked up, with the state of the lists they came from
+
+
+def _candidates(policy: str) -> dict[str, str]:
+    """`apt-cache policy A B ...` output -> {package: candidate}; a section starts with "name:" at column 0."""
+    found, current = {}, None
+    for line in policy.splitlines():
+        if line and not line[0].isspace() and line.endswith(":"):
+            current = line[:-1]
+        elif current and line.strip().startswith("Candidate:"):
+            found[current] = line.split(":", 1)[1].strip()
+    return found
 
 
 class Apt:
@@ -55,17 +69,48 @@ class Apt:
                     return
                 raise
         stamp.write_text(self.sources.read_text())
+        self._versions = {}  # from the lists as they were
 
     def version(self, package: str) -> str:
         """The candidate version of package in our sources; a clear error if it does not exist."""
-        if package not in self._versions:
-            out = subprocess.run(["apt-cache", *self.opts, "policy", package], capture_output=True, text=True)
-            candidate = next((line.split(":", 1)[1].strip() for line in out.stdout.splitlines()
-                              if line.strip().startswith("Candidate:")), "")
-            if not candidate or candidate == "(none)":
-                raise LookupError(f"package {package!r} is not available from apt sources {self.sources}")
-            self._versions[package] = candidate
-        return self._versions[package]
+        return self.versions([package])[package]
+
+    def versions(self, packages: list[str]) -> dict[str, str]:
+        """Candidate versions of several packages. One apt-cache call for those not known yet (each call costs
+        about 0.3 s), and what is known is kept on disk for as long as the package lists stay the same."""
+        self._load_known()
+        missing = [p for p in dict.fromkeys(packages) if p not in self._versions]
+        if missing:
+            out = subprocess.run(["apt-cache", *self.opts, "policy", *missing], capture_output=True, text=True)
+            found = _candidates(out.stdout)
+            for package in missing:
+                candidate = found.get(package, "")
+                if not candidate or candidate == "(none)":
+                    raise LookupError(f"package {package!r} is not available from apt sources {self.sources}")
+                self._versions[package] = candidate
+            self._save_known()
+        return {p: self._versions[p] for p in packages}
+
+    def _lists_state(self) -> str:
+        """Changes whenever the package lists do: names, sizes and times of the files apt reads."""
+        lists = self.dir / "lists"
+        return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(lists.iterdir())
+                        if p.is_file())
+
+    def _load_known(self) -> None:
+        if self._versions:
+            return
+        try:
+            known = json.loads((self.dir / VERSIONS).read_text())
+            if known["lists"] == self._lists_state():
+                self._versions = dict(known["versions"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+
+    def _save_known(self) -> None:
+        tmp = self.dir / f".{VERSIONS}.{os.getpid()}"
+        tmp.write_text(json.dumps({"lists": self._lists_state(), "versions": self._versions}))
+        tmp.replace(self.dir / VERSIONS)
 
     def depends(self, package: str) -> list[str]:
         """The packages the candidate of `package` depends on (Depends and Pre-Depends), by name."""

@@ -23,6 +23,10 @@ from ..progress import say, step
 from .mounts import remove_tree
 
 
+class _GivenUp(Exception):
+    """Cache.saving's block left its directory empty: no entry."""
+
+
 def default_cache_dir() -> Path:
     if os.environ.get("XENFB_HARNESS_CACHE"):
         return Path(os.environ["XENFB_HARNESS_CACHE"])
@@ -84,21 +88,69 @@ class Cache:
 
     def entry(self, name: str, inputs: dict, build: Callable[[Path], None]) -> Path:
         """Return the directory for (name, inputs), calling build(tmpdir) to fill it if it is not cached yet."""
-        final = self.root / f"{name}-{key_of(inputs)}"
+        final = self.path(name, inputs)
         if not final.is_dir():
             with self._lock(name, wait=True):  # a second run waits here, then finds the entry built
                 if not final.is_dir():
-                    self._build(name, inputs, build, final)
+                    with step(f"build {name}"), self._filling(name, inputs, final) as tmp:
+                        build(tmp)
         self.used.add(final)
         return final
 
-    def _build(self, name: str, inputs: dict, build: Callable[[Path], None], final: Path) -> None:
+    def path(self, name: str, inputs: dict) -> Path:
+        """Where the entry for (name, inputs) is, or would be."""
+        return self.root / f"{name}-{key_of(inputs)}"
+
+    def find(self, name: str, inputs: dict) -> Path | None:
+        """The entry for (name, inputs) if it is complete in the cache, without building it."""
+        final = self.path(name, inputs)
+        if not final.is_dir():
+            return None
+        self.used.add(final)
+        return final
+
+    @contextmanager
+    def saving(self, name: str, inputs: dict) -> Iterator[Path | None]:
+        """For an entry made by the caller's own work rather than a build function (e.g. a snapshot of a running
+        VM): yields a temporary directory to fill, which becomes the entry when the block ends without an
+        exception and the caller put something in it (an empty one is given up); yields None when the entry exists
+        or another run is making it right now (nothing to do)."""
+        final = self.path(name, inputs)
+        with self._lock(name, wait=False) as locked:
+            if not locked or final.is_dir():
+                yield None
+                return
+            with self._filling(name, inputs, final) as tmp:
+                yield tmp
+                if not any(tmp.iterdir()):
+                    raise _GivenUp
+        self.used.add(final)
+
+    def discard(self, path: Path) -> None:
+        """Remove an entry found broken (e.g. a truncated snapshot), unless its name is being made right now."""
+        name = _entry_name(path)["name"]
+        with self._lock(name, wait=False) as locked:
+            if locked and path.is_dir():
+                self._retire(name, path)
+        self.used.discard(path)
+
+    def _retire(self, name: str, path: Path) -> None:
+        # Renamed first, atomically: interrupted, it is a .tmp- leftover, never a half-removed entry.
+        doomed = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.root))
+        os.rename(path, doomed)
+        remove_tree(doomed)
+
+    @contextmanager
+    def _filling(self, name: str, inputs: dict, final: Path) -> Iterator[Path]:
+        """A temporary directory that becomes `final` (with inputs.json) if the block ends without an exception,
+        and is removed otherwise. The caller holds the name's lock."""
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.root))
         try:
-            with step(f"build {name}"):
-                build(tmp)
-                (tmp / "inputs.json").write_text(json.dumps(inputs, indent=2, sort_keys=True))
+            yield tmp
+            (tmp / "inputs.json").write_text(json.dumps(inputs, indent=2, sort_keys=True))
             os.rename(tmp, final)
+        except _GivenUp:
+            self._remove_quietly(tmp)
         except BaseException:
             self._remove_quietly(tmp)  # e.g. an interrupted mmdebstrap's mounts; never hide why the build failed
             raise
@@ -160,10 +212,7 @@ class Cache:
                     continue
                 for info in group:
                     if not dry_run:
-                        # Renamed first, atomically: interrupted, it is a .tmp- leftover, never a half-removed entry.
-                        doomed = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.root))
-                        os.rename(info.path, doomed)
-                        remove_tree(doomed)
+                        self._retire(name, info.path)
                     removed.append(info)
         return removed
 

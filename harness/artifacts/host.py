@@ -21,7 +21,8 @@ from .common import (BUSYBOX, FILES, HERE, _busybox, _kernel, _start_initramfs, 
                      xen_series)
 from .cpio import CpioWriter
 
-DOM0_MODULES = ["virtio_blk", "virtio_pci", "ext4", "virtio_net",
+# 9p, 9pnet_virtio: the share guest payloads reach a nested dom0 through (hosts/nested.py).
+DOM0_MODULES = ["virtio_blk", "virtio_pci", "ext4", "virtio_net", "9pnet_virtio", "9p",
                 "xenfs", "xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd"]
 # socat: relays the device model's QMP socket to TCP for the harness (harness/capture.py).
 DOM0_EXTRA_PACKAGES = ["xenstore-utils", "qemu-system-xen", "kmod", "iproute2", "mount", "procps",
@@ -37,7 +38,7 @@ class HostArtifacts:
     xen: Path  # the hypervisor, a plain 32-bit ELF for QEMU's multiboot loader
     dom0_kernel: Path  # vmlinuz
     dom0_initrd: Path  # busybox cpio that loads DOM0_MODULES and switches to the dom0 disk
-    dom0_image: Path  # ext4 root filesystem of dom0 (boot it with snapshot=on: the cached file is never written)
+    dom0_image: Path  # ext4 root filesystem of dom0, mounted read-only: the cached file is never written
     ssh_host_key_pub: str  # dom0's host key, to pin
     ssh_client_key: Path  # private key root@dom0 accepts
     xen_version: str  # e.g. "4.17", for /usr/lib/xen-<version>
@@ -111,7 +112,7 @@ def _dom0_image(cache: Cache, apt: Apt, inp: dict, series: str, log: Path) -> Pa
         with step("mkfs.ext4 dom0 disk"):
             _ext4_image(root, out / "dom0.img", "xfb-dom0", log)
         shutil.rmtree(root)
-    inputs = {"suite": suite, "packages": {p: apt.version(p) for p in packages}, "sources": sources.read_text(),
+    inputs = {"suite": suite, "packages": apt.versions(packages), "sources": sources.read_text(),
               "recipe": hash_files(FILES / "dom0-init", FILES / "sshd_config", HERE / "keys.py"), "build": RECIPE}
     return cache.entry("dom0-image", inputs, build)
 

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from .dom0 import Dom0
+from .dom0 import Dom0, Share
 from .ssh import SSHSession
 
 
@@ -21,4 +21,5 @@ def connect_ssh(host: dict, accept_new_host_key: bool = False, timeout: float = 
                      Path(os.path.expanduser(host["known_hosts"])), accept_new_host_key=accept_new_host_key)
     ssh.connect(time.monotonic() + timeout)
     where = host["address"] if host["port"] == 22 else f"{host['address']}:{host['port']}"
-    return Dom0(ssh, f"ssh: {host['user']}@{where}", host["workdir"])
+    share = Share(Path(host["share_dir"]), host["share_mount"].rstrip("/")) if host["share_dir"] else None
+    return Dom0(ssh, f"ssh: {host['user']}@{where}", host["workdir"], share=share)

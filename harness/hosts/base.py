@@ -11,7 +11,7 @@ class HostError(RuntimeError):
     def __init__(self, message: str, console_tail: str = ""):
         text = message if not console_tail else f"{message}\n--- last console lines ---\n{console_tail}"
         super().__init__(text)
-        self.console_tail = console_tail
+        self.message, self.console_tail = message, console_tail
 
 
 @dataclass(frozen=True)

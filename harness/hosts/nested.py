@@ -8,9 +8,11 @@ SIGKILLed harness cannot leave it running, and its private temp dir is removed b
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,14 +21,17 @@ import time
 from pathlib import Path
 
 import pexpect
+from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from ..artifacts.cache import Cache
 from ..artifacts.host import HostArtifacts
 from ..artifacts.mounts import remove_tree
 from ..tmpdirs import private_tmpdir, prune_stale
 from ..progress import say, step
+from . import snapshot
 from .base import HostError
-from .dom0 import Dom0
+from .dom0 import Dom0, Share
 from .ssh import SSHSession
 
 QEMU = "qemu-system-x86_64"
@@ -39,10 +44,34 @@ PR_SET_PDEATHSIG = 1
 # while the device model served VNC; gone with AVX and XSAVE off, 10 of 10 transfers clean). Corrupted vector
 # state could as well corrupt the device model's pixel copies, so the oracle must not run with it.
 TCG_CPU = "max,xsave=off,avx=off,avx2=off"
+SHARE_TAG, SHARE_MOUNT = "xfbshare", "/run/xfb-share"
+RESTORE_TIMEOUT_S = 30  # from QEMU's start to a dom0 that answers: a restore takes 2 s, a boot follows otherwise
+# Run in dom0 over the first SSH connection, before anything else. $1: "restored" or "booted"; $2: the time
+# here (epoch seconds); $3: fresh random bytes from here (hex). A restored dom0 wakes with the clock and the
+# random pool of the moment the snapshot was taken: set the one, and mix new bytes into the other and force the
+# kernel's generator to reseed from it (RNDRESEEDCRNG), so no two restores produce the same random numbers.
+# (The pinned host key signs with Ed25519, whose signatures need no randomness: a restore cannot weaken it.)
+# Then mount the payload share and report what a restored host is checked by.
+SETTLE = r"""
+if [ "$1" = restored ]; then
+    date -s "@$2" >/dev/null || echo "xfb-settle: cannot set the clock" >&2
+    printf '%s' "$3" > /dev/urandom
+    perl -e 'open(my $f, ">", "/dev/urandom") or die "$!"; ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!"' \
+        || exit 1
+fi
+mkdir -p """ + SHARE_MOUNT + r"""
+mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose """ + SHARE_TAG + " " + SHARE_MOUNT + r""" || exit 1
+xl info
+"""
 
 
 def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _opt(path: Path) -> str:
+    """A path as a QEMU option value: a comma there would end the value, and ",," stands for one."""
+    return str(path).replace(",", ",,")
 
 
 def free_port() -> int:
@@ -91,22 +120,28 @@ def choose_accel(wanted: str, xen: Path, workdir: Path) -> tuple[str, str]:
 
 
 class NestedHost:
-    """`host` is the config's host section (a dict), so two scenarios with the same host settings share one."""
+    """`host` is the config's host section (a dict), so two scenarios with the same host settings share one.
+    With a cache and host.snapshot on, the host is restored from a snapshot of an earlier boot when there is a
+    usable one, and a boot saves one when there is none (snapshot.py)."""
 
-    def __init__(self, host: dict, artifacts: HostArtifacts, log_dir: Path):
-        self.host, self.art, self.log_dir = host, artifacts, Path(log_dir)
+    def __init__(self, host: dict, artifacts: HostArtifacts, log_dir: Path, cache: Cache | None = None):
+        self.host, self.art, self.log_dir, self.cache = host, artifacts, Path(log_dir), cache
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.child: pexpect.spawn | None = None
         self.qmp: QEMUMonitorProtocol | None = None
         for stale in prune_stale(TMP_PREFIX):  # left by a harness that was SIGKILLed
             say(f"removed {stale}, left by a harness that no longer runs")
         self.tmp = private_tmpdir(TMP_PREFIX)
+        self.share = Share(self.tmp / "share", SHARE_MOUNT)
+        self.share.local.mkdir()
         self.serial_log = self.log_dir / "serial.log"
         self.recent: collections.deque[str] = collections.deque(maxlen=60)
         self.drain: threading.Thread | None = None
         self.description = ""
         self.accel = ""
         self.ssh_port = 0
+        self.started_by = ""  # how this host came up, for the report: restored from a snapshot, or booted
+        self._first: SSHSession | None = None  # the connection that proved SSH, handed to the first dom0()
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> "NestedHost":
@@ -120,7 +155,7 @@ class NestedHost:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def command(self, accel: str, ssh_port: int) -> list[str]:
+    def command(self, accel: str, ssh_port: int, incoming: bool = False) -> list[str]:
         h, a = self.host, self.art
         for p in (a.dom0_kernel, a.dom0_initrd):
             if "," in str(p):
@@ -136,40 +171,170 @@ class NestedHost:
         return [
             QEMU, "-accel", accel, "-cpu", cpu, "-m", str(h["memory_mb"]), "-smp", str(h["cpus"]),
             "-display", "none", "-no-reboot", "-monitor", "none", "-serial", "stdio",
-            "-qmp", f"unix:{self.tmp / 'qmp.sock'},server=on,wait=off",
+            "-qmp", f"unix:{_opt(self.tmp / 'qmp.sock')},server=on,wait=off",
             "-kernel", str(a.xen), "-append", xen_args,
             "-initrd", f"{a.dom0_kernel} {dom0_args},{a.dom0_initrd}",
-            # snapshot=on: dom0 may write to its disk, but the cached image is never modified.
-            "-drive", f"file={a.dom0_image},if=virtio,format=raw,snapshot=on",
+            # dom0 mounts its root read-only, so the cached image is never written, and every snapshot of a
+            # booted dom0 stays true to it.
+            "-drive", f"file={_opt(a.dom0_image)},if=virtio,format=raw,readonly=on",
+            # Guest payloads, read-only; dom0 mounts it after boot or restore (a mounted 9p share blocks migration).
+            "-fsdev", f"local,id={SHARE_TAG},path={_opt(self.share.local)},security_model=none,readonly=on",
+            "-device", f"virtio-9p-pci,fsdev={SHARE_TAG},mount_tag={SHARE_TAG}",
             # SSH is the only way in, on 127.0.0.1 only; guests' VNC and QMP are forwarded through it.
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
             "-device", "virtio-net-pci,netdev=net0",
+            *(["-incoming", "defer"] if incoming else []),
         ]
 
     def start(self) -> None:
         self.accel, why = choose_accel(self.host["accel"], self.art.xen, self.tmp)
         say(f"accelerator: {why}")
+        self.description = f"nested: {qemu_version()} ({self.accel.upper()}), Xen {self.art.xen_version}"
+        inputs = None
+        if self.cache is not None and self.host["snapshot"]:
+            inputs = snapshot.snapshot_inputs(self.host, self.art, self.accel, qemu_version())
+            entry = self.cache.find(snapshot.ENTRY, inputs)
+            if entry is not None:
+                why_not = snapshot.unusable(entry, self.art)
+                if not why_not:
+                    try:
+                        with step("restore Xen and dom0"):
+                            self._restore(entry)
+                        self.started_by = f"restored from snapshot {entry.name} (saved {snapshot.age(entry)} ago)"
+                        say(f"host {self.started_by}")
+                        return
+                    except HostError as e:
+                        why_not = f"the restore failed: {e.message}"  # the console is in serial.log
+                        self._stop_qemu()
+                say(f"not restoring snapshot {entry.name}: {why_not}; booting instead, and saving a new one")
+                self.cache.discard(entry)
+        self._boot(inputs)
+
+    def _boot(self, snapshot_inputs: dict | None) -> None:
+        """Boot Xen and dom0; with snapshot_inputs, save a snapshot of it into the cache on the way."""
         self.ssh_port = free_port()
         cmd = self.command(self.accel, self.ssh_port)
-        (self.log_dir / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
-        self.description = f"nested: {qemu_version()} ({self.accel.upper()}), Xen {self.art.xen_version}"
         deadline = time.monotonic() + self.host["boot_timeout"]
         with step("boot Xen and dom0"):
-            # pexpect puts QEMU in a session of its own, so Ctrl-C reaches only the harness, which then
-            # shuts QEMU down in order.
-            self.child = pexpect.spawn(cmd[0], cmd[1:], encoding="utf-8", codec_errors="replace",
-                                       preexec_fn=_die_with_parent, timeout=None, maxread=65536)
-            self.child.logfile_read = open(self.serial_log, "w", buffering=1)
-            (self.log_dir / "qemu.pid").write_text(f"{self.child.pid}\n")  # lets tests prove it is gone
+            self._spawn(cmd)
             self._wait_ready(deadline, cmd)
-            self.drain = threading.Thread(target=self._drain, daemon=True, name="serial-drain")
-            self.drain.start()
-            # Prove SSH answers within the boot deadline; each dom0() opens its own connection.
-            self.dom0(deadline=deadline).ssh.close()
-        self.qmp = QEMUMonitorProtocol(str(self.tmp / "qmp.sock"))
+            self._start_drain()
+            self._connect_qmp(deadline)
+            saving = (self.cache.saving(snapshot.ENTRY, snapshot_inputs) if snapshot_inputs is not None
+                      else contextlib.nullcontext(None))
+            saved = False
+            with saving as entry:
+                if entry is not None:  # else another run is saving one right now, or no snapshots wanted
+                    saved = self._save_state(entry / snapshot.STATE, deadline)
+                # Prove SSH within the boot deadline; the connection serves the first dom0().
+                facts = self._settle(deadline, restored=False)
+                if saved:
+                    snapshot.write_meta(entry, self.art, facts)
+        self.started_by = f"booted, saved snapshot {self.cache.path(snapshot.ENTRY, snapshot_inputs).name}" \
+            if saved else "booted"
+
+    def _restore(self, entry: Path) -> None:
+        """Start QEMU paused for an incoming migration, feed it the saved state, and check the dom0 it gives."""
+        self.ssh_port = free_port()
+        cmd = self.command(self.accel, self.ssh_port, incoming=True)
+        deadline = time.monotonic() + RESTORE_TIMEOUT_S
+        self._spawn(cmd)
+        self._start_drain()
+        self._connect_qmp(deadline)
+        with open(entry / snapshot.STATE, "rb") as state:
+            # The file goes to QEMU as a descriptor over QMP: no path, no shell.
+            self.qmp.send_fd_scm(state.fileno())
+            self.qmp.cmd("getfd", fdname="snapshot")
+            self.qmp.cmd("migrate-incoming", uri="fd:snapshot")
+            while (status := self._qmp_status(deadline)) == "inmigrate":
+                time.sleep(0.05)
+        if status != "paused":  # it was saved stopped, and comes back so
+            raise HostError(f"QEMU is {status!r} after loading the snapshot", self.console_tail())
+        self.qmp.cmd("cont")
+        facts = self._settle(deadline, restored=True)
+        if differ := snapshot.facts_differ(snapshot.saved_facts(entry), facts):
+            raise HostError(f"the restored host is not the one saved: {differ}")
+
+    def _spawn(self, cmd: list[str]) -> None:
+        (self.log_dir / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
+        # pexpect puts QEMU in a session of its own, so Ctrl-C reaches only the harness, which then shuts QEMU
+        # down in order.
+        self.child = pexpect.spawn(cmd[0], cmd[1:], encoding="utf-8", codec_errors="replace",
+                                   preexec_fn=_die_with_parent, timeout=None, maxread=65536)
+        self.child.logfile_read = open(self.serial_log, "a", buffering=1)
+        (self.log_dir / "qemu.pid").write_text(f"{self.child.pid}\n")  # lets tests prove it is gone
+
+    def _connect_qmp(self, deadline: float) -> None:
+        """QEMU creates the socket as it starts: wait for it (or for QEMU's death)."""
+        sock = self.tmp / "qmp.sock"
+        while not sock.exists():
+            if not self.child.isalive():
+                raise HostError("QEMU exited as it started", self.console_tail())
+            if time.monotonic() > deadline:
+                raise HostError("QEMU's QMP socket did not appear", self.console_tail())
+            time.sleep(0.02)
+        self.qmp = QEMUMonitorProtocol(str(sock))
         self.qmp.connect()
         self.qmp.settimeout(30)
 
+    def _qmp_status(self, deadline: float) -> str:
+        if time.monotonic() > deadline:
+            raise HostError(f"QEMU did not load the snapshot within {RESTORE_TIMEOUT_S} s", self.console_tail())
+        try:
+            return self.qmp.cmd("query-status")["status"]
+        except Exception as e:  # QEMU exits when a migration stream turns out bad
+            time.sleep(0.2)  # let its last words reach the console log
+            said = "; ".join(line.split(": ", 1)[-1] for line in self.recent if line.startswith(QEMU))
+            raise HostError(f"QEMU stopped while loading the snapshot ({said or type(e).__name__})",
+                            self.console_tail()) from None
+
+    def _save_state(self, path: Path, deadline: float) -> bool:
+        """Stop the VM, write its migration stream to path, and let it go on: it is the host this run uses.
+        A failure costs the snapshot (nothing is left at path), not the run."""
+        try:
+            with step("save a snapshot of the booted host"):
+                self.qmp.cmd("stop")
+                # The default bandwidth limit (128 MiB/s) is for live migration over a network; this is a file.
+                self.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 64 << 30})
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # dom0's RAM holds its keys
+                try:
+                    self.qmp.send_fd_scm(fd)
+                    self.qmp.cmd("getfd", fdname="snapshot")
+                finally:
+                    os.close(fd)
+                self.qmp.cmd("migrate", uri="fd:snapshot")
+                while (info := self.qmp.cmd("query-migrate")).get("status") not in ("completed", "failed",
+                                                                                   "cancelled"):
+                    if time.monotonic() > deadline:
+                        self.qmp.cmd("migrate_cancel")
+                        raise HostError("it did not finish within the boot deadline")
+                    time.sleep(0.05)
+                if info["status"] != "completed":
+                    raise HostError(info.get("error-desc", info["status"]))
+            return True
+        except (HostError, QMPError) as e:
+            say(f"could not save a snapshot ({e}); going on without one")
+            path.unlink(missing_ok=True)
+            return False
+        finally:
+            if self.qmp is not None and self.qmp.cmd("query-status")["status"] != "running":
+                self.qmp.cmd("cont")
+
+    def _settle(self, deadline: float, restored: bool) -> dict:
+        """The first SSH connection: prove dom0 answers with its pinned key, set it up (SETTLE), and return its
+        facts from `xl info`. The connection is kept for the first dom0()."""
+        ssh = SSHSession("127.0.0.1", self.ssh_port, "root", self.art.ssh_client_key, self.known_hosts())
+        ssh.connect(deadline)
+        try:
+            out = ssh.exec(["sh", "-c", SETTLE, "sh", "restored" if restored else "booted", str(int(time.time())),
+                            secrets.token_hex(64)], timeout=max(deadline - time.monotonic(), 5), check=False)
+            if out.rc != 0:
+                raise HostError(f"setting up dom0 failed (exit {out.rc}): {out.stderr.strip()[-500:]}")
+        except BaseException:
+            ssh.close()
+            raise
+        self._first = ssh
+        return snapshot.parse_facts(out.stdout)
     def known_hosts(self) -> Path:
         """dom0's host key, pinned at build time, for the port this boot forwards."""
         path = self.tmp / "known_hosts"
@@ -177,10 +342,14 @@ class NestedHost:
         return path
 
     def dom0(self, workdir: str = "/tmp", deadline: float | None = None) -> Dom0:
-        """A fresh SSH connection into dom0, the same way `host.kind: ssh` reaches a real host."""
-        ssh = SSHSession("127.0.0.1", self.ssh_port, "root", self.art.ssh_client_key, self.known_hosts())
-        ssh.connect(deadline or time.monotonic() + 60)
-        return Dom0(ssh, self.description, workdir, console_tail=self.console_tail)
+        """A fresh SSH connection into dom0 (the first one: the connection start() proved SSH with), the same way
+        `host.kind: ssh` reaches a real host; guest payloads go through the share."""
+        ssh, self._first = self._first, None
+        if ssh is None:
+            ssh = SSHSession("127.0.0.1", self.ssh_port, "root", self.art.ssh_client_key, self.known_hosts())
+            ssh.connect(deadline or time.monotonic() + 60)
+        return Dom0(ssh, self.description, workdir, console_tail=self.console_tail, share=self.share,
+                    disposable=True)
 
     def _wait_ready(self, deadline: float, cmd: list[str]) -> None:
         while True:
@@ -215,6 +384,10 @@ class NestedHost:
             except pexpect.TIMEOUT:
                 return
 
+    def _start_drain(self) -> None:
+        self.drain = threading.Thread(target=self._drain, daemon=True, name="serial-drain")
+        self.drain.start()
+
     def _drain(self) -> None:
         """After boot nobody waits on the serial console, but it must be read: QEMU stalls on a full pty."""
         while self.child is not None and self.child.isalive():
@@ -229,7 +402,14 @@ class NestedHost:
                 return
 
     def close(self) -> None:
-        """Always safe, always complete: QMP, QEMU itself and our temp dir, whatever state we are in."""
+        """Always safe, always complete: SSH, QMP, QEMU itself and our temp dir, whatever state we are in."""
+        if self._first is not None:
+            self._first.close()
+            self._first = None
+        self._stop_qemu()
+        remove_tree(self.tmp)
+
+    def _stop_qemu(self) -> None:
         if self.child is not None:
             if self.child.isalive() and self.qmp is not None:
                 try:
@@ -252,7 +432,7 @@ class NestedHost:
             except Exception:
                 pass
             self.qmp = None
-        remove_tree(self.tmp)
+        (self.tmp / "qmp.sock").unlink(missing_ok=True)
 
     def console_tail(self, lines: int = 30) -> str:
         return "\n".join(list(self.recent)[-lines:])
