@@ -135,11 +135,9 @@ class Guest:
         self.stop()
 
     def start(self) -> Geometry:
-        self.slot = self.host.new_guest()
-        config = f"{self.slot.dir}/guest.cfg"
-        self.host.put_bytes(xl_config(self.cfg, self.slot.name, self.kernel, self.initrd).encode(), config)
         created = time.monotonic()
-        self.console = self.host.console(["xl", "create", "-c", config], self.run_dir / "guest-console.log")
+        self.slot, self.console = self.host.start_guest(
+            lambda name: xl_config(self.cfg, name, self.kernel, self.initrd), self.run_dir / "guest-console.log")
         deadline = time.monotonic() + self.cfg["guest.boot_timeout"]
         while True:
             msg = self._next_message(deadline - time.monotonic(), "the writer's READY line (guest.boot_timeout)")

@@ -4,6 +4,7 @@ import fcntl
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -414,3 +415,140 @@ def test_format_entries():
         "total                         369.6 MiB          3 entries",
     ])
     assert format_entries([], now=now).splitlines()[-1].split() == ["total", "0", "B", "0", "entries"]
+
+
+# -- entries made by the caller's own work (a snapshot of a running VM): path, find, saving, discard ----------------
+SNAP = {"artifacts": {"xen": "xen-0123456789abcdef"}, "qemu": "7.2.15", "accel": "tcg"}
+
+
+def test_path_is_where_the_entry_would_be_and_makes_nothing(tmp_path):
+    cache = Cache(tmp_path)
+    assert cache.path("host-snapshot", SNAP) == tmp_path / f"host-snapshot-{key_of(SNAP)}"
+    assert list(tmp_path.iterdir()) == [] and cache.used == set()
+
+
+def test_find_a_missing_entry_is_none_and_not_used(tmp_path):
+    cache = Cache(tmp_path)
+    (tmp_path / f".tmp-host-snapshot-{key_of(SNAP)}").mkdir()  # one being made is not there yet
+    assert cache.find("host-snapshot", SNAP) is None
+    assert cache.used == set()
+
+
+def test_find_a_complete_entry_marks_it_used(tmp_path):
+    made = Cache(tmp_path).entry("host-snapshot", SNAP, Builder())  # another run made it
+    cache = Cache(tmp_path)
+    assert cache.find("host-snapshot", dict(SNAP)) == made
+    assert cache.used == {made}
+
+
+def test_saving_commits_what_the_block_put_in_with_its_inputs(tmp_path):
+    cache = Cache(tmp_path)
+    with cache.saving("host-snapshot", SNAP) as tmp:
+        assert tmp.is_dir() and tmp.parent == tmp_path and tmp.name.startswith(".tmp-host-snapshot-")
+        (tmp / "state.bin").write_bytes(b"stream")
+        assert cache.find("host-snapshot", SNAP) is None  # not there before the block ends
+    final = cache.path("host-snapshot", SNAP)
+    assert (final / "state.bin").read_bytes() == b"stream"
+    assert json.loads((final / "inputs.json").read_text()) == SNAP
+    assert leftovers(tmp_path) == [] and cache.used == {final}
+    assert Cache(tmp_path).find("host-snapshot", SNAP) == final
+
+
+def test_saving_an_empty_block_gives_up_and_leaves_nothing(tmp_path):
+    cache = Cache(tmp_path)
+    with cache.saving("host-snapshot", SNAP) as tmp:
+        assert tmp is not None  # e.g. saving the VM's state failed and removed its file
+    assert not tmp.exists() and entries(tmp_path) == [] and leftovers(tmp_path) == []
+    with cache.saving("host-snapshot", SNAP) as again:  # the lock was released: the next run may save one
+        assert again is not None
+        (again / "state.bin").write_bytes(b"x")
+    assert cache.find("host-snapshot", SNAP) is not None
+
+
+def test_a_given_up_entry_is_not_used(tmp_path):
+    cache = Cache(tmp_path)
+    with cache.saving("host-snapshot", SNAP):
+        pass
+    assert cache.used == set()
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("settle failed"), KeyboardInterrupt()], ids=["exception", "interrupt"])
+def test_saving_removes_its_directory_and_reraises(tmp_path, exc):
+    cache = Cache(tmp_path)
+    with pytest.raises(type(exc)):
+        with cache.saving("host-snapshot", SNAP) as tmp:
+            (tmp / "state.bin").write_bytes(b"half a stream")
+            raise exc
+    assert not tmp.exists() and entries(tmp_path) == [] and leftovers(tmp_path) == []
+    assert cache.used == set()
+    with cache.saving("host-snapshot", SNAP) as again:
+        assert again is not None  # the lock was released
+
+
+def test_saving_yields_none_when_the_entry_exists(tmp_path):
+    made = Cache(tmp_path).entry("host-snapshot", SNAP, Builder("first"))
+    with Cache(tmp_path).saving("host-snapshot", SNAP) as tmp:
+        assert tmp is None
+    assert (made / "artifact").read_text() == "first" and leftovers(tmp_path) == []
+
+
+def test_saving_yields_none_while_another_run_holds_the_lock(tmp_path):
+    cache = Cache(tmp_path)
+    with open(tmp_path / ".host-snapshot.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run is saving one right now
+        started = time.monotonic()
+        with cache.saving("host-snapshot", SNAP) as tmp:
+            assert tmp is None
+        assert time.monotonic() - started < 1  # it does not wait for the other run
+        with cache.saving("other-name", SNAP) as other:  # only that name's lock counts
+            assert other is not None
+            (other / "f").write_text("x")
+    assert entries(tmp_path) == [f"other-name-{key_of(SNAP)}"] and leftovers(tmp_path) == []
+
+
+def test_saving_yields_none_while_another_process_saves(tmp_path):
+    """The other run is a real process, in its own saving() block until told to end it."""
+    script = ("import sys; from pathlib import Path; from harness.artifacts.cache import Cache\n"
+              "with Cache(Path(sys.argv[1])).saving('host-snapshot', {'k': 1}) as tmp:\n"
+              "    print(tmp is not None, flush=True); sys.stdin.read(); (tmp / 'state.bin').write_text('theirs')\n")
+    other = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    try:
+        assert other.stdout.readline() == "True\n"
+        with Cache(tmp_path).saving("host-snapshot", {"k": 1}) as tmp:
+            assert tmp is None
+    finally:
+        other.communicate("", timeout=10)
+    assert other.returncode == 0
+    assert (Cache(tmp_path).path("host-snapshot", {"k": 1}) / "state.bin").read_text() == "theirs"
+
+
+def test_discard_removes_the_entry_and_leaves_no_tmp(tmp_path):
+    cache = Cache(tmp_path)
+    entry = cache.entry("host-snapshot", SNAP, Builder())
+    (entry / "deep" / "er").mkdir(parents=True)
+    (entry / "deep" / "er" / "state.bin").write_bytes(b"x" * 10000)
+    kept = cache.entry("host-snapshot", {"other": 1}, Builder())
+    cache.discard(entry)
+    assert not entry.exists() and kept.is_dir()
+    assert leftovers(tmp_path) == [] and cache.used == {kept}
+    assert cache.find("host-snapshot", SNAP) is None
+
+
+def test_discard_leaves_an_entry_whose_name_another_run_holds(tmp_path):
+    cache = Cache(tmp_path)
+    entry = cache.entry("host-snapshot", SNAP, Builder())
+    with open(tmp_path / ".host-snapshot.lock", "w") as lock:  # the name, parsed from the dashed entry name
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache.discard(entry)
+    assert entry.is_dir() and leftovers(tmp_path) == []
+    assert entry not in cache.used
+
+
+def test_discard_of_an_entry_already_gone_does_nothing(tmp_path):
+    first, second = Cache(tmp_path), Cache(tmp_path)
+    entry = first.entry("host-snapshot", SNAP, Builder())
+    assert second.find("host-snapshot", SNAP) == entry  # both runs found it broken
+    first.discard(entry)
+    second.discard(entry)
+    assert entries(tmp_path) == [] and second.used == set()

@@ -752,3 +752,82 @@ def test_guest_kernel_combinations_that_are_fine(tmp_path, guest, top):
     cfg = load(guest_file(folder, guest, **top))
     for k in guest:
         assert cfg[f"guest.{k}"], k
+
+
+# --- host.snapshot, host.share_dir, host.share_mount ----------------------------------------------------------------
+
+
+def host_config(tmp_path: Path, host: dict) -> Path:
+    """A scenario with the given host section, written by YAML itself (any string)."""
+    (tmp_path / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    p = tmp_path / "scenario.yaml"
+    p.write_text(yaml.safe_dump({"host": host, "apt": {"sources": "test.sources"}}))
+    return p
+
+
+def test_snapshot_is_on_by_default_and_takes_a_bool(tmp_path, sources):
+    assert load(write_config(tmp_path, "rounds: 2\n"))["host.snapshot"] is True
+    assert load(host_config(tmp_path, {"snapshot": False}))["host.snapshot"] is False
+
+
+@pytest.mark.parametrize("value", [1, 0, "false", "no", None, [True]])
+def test_snapshot_that_is_not_a_bool_is_an_error(tmp_path, value):
+    p = host_config(tmp_path, {"snapshot": value})
+    err = load_error(p)
+    assert err.key == "host.snapshot" and "expected true or false" in str(err), str(err)
+
+
+def test_share_dir_and_share_mount_together(tmp_path):
+    (tmp_path / "share").mkdir()
+    cfg = load(host_config(tmp_path, {"kind": "ssh", "address": "127.0.0.1", "share_dir": "share",
+                                      "share_mount": "/run/xfb-share"}))
+    assert cfg["host.share_dir"] == str(tmp_path / "share")  # relative to the config file
+    assert cfg["host.share_mount"] == "/run/xfb-share"
+    assert (defaults()["host"]["share_dir"], defaults()["host"]["share_mount"]) == ("", "")
+
+
+@pytest.mark.parametrize("given, missing", [({"share_dir": "share"}, "host.share_mount"),
+                                            ({"share_mount": "/run/xfb-share"}, "host.share_dir")])
+def test_share_dir_and_share_mount_alone_are_an_error_naming_the_other(tmp_path, given, missing):
+    (tmp_path / "share").mkdir()
+    err = load_error(host_config(tmp_path, given))
+    assert err.key == missing and "host.share_dir and host.share_mount together" in str(err), str(err)
+
+
+@pytest.mark.parametrize("mount", ["run/xfb-share", "", "/run/a\"b", "/run/a\\b"])
+def test_share_mount_xl_cannot_take_is_an_error(tmp_path, mount):
+    (tmp_path / "share").mkdir()
+    err = load_error(host_config(tmp_path, {"share_dir": "share", "share_mount": mount}))
+    if mount:
+        assert err.key == "host.share_mount" and "absolute path without quotes" in str(err), str(err)
+    else:  # "" is no mount at all
+        assert err.key == "host.share_mount" and "together" in str(err), str(err)
+
+
+def test_share_mount_on_two_lines_is_an_error(tmp_path):
+    (tmp_path / "share").mkdir()
+    err = load_error(host_config(tmp_path, {"share_dir": "share", "share_mount": "/run/a\nb"}))
+    assert err.key == "host.share_mount" and "single line" in str(err)
+
+
+@pytest.mark.parametrize("make", [None, "file"], ids=["missing", "a-file"])
+def test_share_dir_must_be_an_existing_directory(tmp_path, make):
+    if make == "file":
+        (tmp_path / "share").write_text("not a directory\n")
+    err = load_error(host_config(tmp_path, {"share_dir": "share", "share_mount": "/run/xfb-share"}))
+    assert err.key == "host.share_dir" and "expected an existing directory" in str(err)
+    assert str(tmp_path / "share") in str(err)
+
+
+def test_a_host_file_with_a_share_is_checked_as_the_host_file(tmp_path):
+    """What `host up` writes: its share beside the address; a mistake in it is the host file's."""
+    (tmp_path / "share").mkdir()
+    scenario = write_config(tmp_path, "rounds: 3\n")
+    host = tmp_path / "host.yaml"
+    host.write_text(yaml.safe_dump({"host": {"kind": "ssh", "address": "127.0.0.1", "share_dir": "share",
+                                             "share_mount": "/run/xfb-share"}}))
+    cfg = load(scenario, host)
+    assert (cfg["host.share_dir"], cfg["host.share_mount"]) == (str(tmp_path / "share"), "/run/xfb-share")
+    host.write_text(yaml.safe_dump({"host": {"kind": "ssh", "address": "127.0.0.1", "share_dir": "share"}}))
+    err = load_error(scenario, host)
+    assert err.source == str(host) and err.key == "host.share_mount"

@@ -12,16 +12,20 @@ import inspect
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from harness.hosts import connect_ssh
 from harness.hosts.base import HostError
-from harness.hosts.dom0 import GUARD, GUARD_NAME, LEFTOVERS, PREFIX, Dom0, clean, leftovers
+from harness.hosts.dom0 import GUARD, GUARD_NAME, LEFTOVERS, PREFIX, Dom0, Share, clean, leftovers
 from harness.hosts.nested import free_port
 from harness.hosts.ssh import SSHSession
 from tests.sshd import SSHD, LocalSSHD, wait_for
@@ -51,6 +55,7 @@ class StandInXL:
 
     def __init__(self, directory: Path):
         self.bin, self.state, self.log = directory / "bin", directory / "state", directory / "calls"
+        self.gate = directory / "hold"  # while it exists, destroy waits (a destroy that takes its time)
         self.bin.mkdir()
         self.state.mkdir()
         script = self.bin / "xl"
@@ -61,7 +66,8 @@ printf '%s\\n' "$*" >> {shlex.quote(str(self.log))}
 echo "Failed to read config file: /etc/xen/xl.conf: No such file or directory" >&2
 case $1 in
 domid) [ -e "$state/$2" ] || {{ echo "Error: Domain '$2' does not exist." >&2; exit 1; }}; echo 7 ;;
-destroy) [ -e "$state/$2" ] && rm -f -- "$state/$2" ;;
+destroy) while [ -e {shlex.quote(str(self.gate))} ]; do sleep 0.02; done
+    [ -e "$state/$2" ] && rm -f -- "$state/$2" ;;
 *) echo "stand-in xl: unexpected $1" >&2; exit 2 ;;
 esac
 """)
@@ -71,6 +77,16 @@ esac
         for f in self.state.iterdir():
             f.unlink()
         self.log.write_text("")
+        self.gate.unlink(missing_ok=True)
+
+    @contextmanager
+    def holding_destroy(self) -> Iterator[None]:
+        """`xl destroy` does not finish inside this block."""
+        self.gate.touch()
+        try:
+            yield
+        finally:
+            self.gate.unlink(missing_ok=True)
 
     def create(self, *names: str) -> None:
         for name in names:
@@ -121,8 +137,8 @@ def opened():
             return sessions[-1]
 
         @staticmethod
-        def dom0(server: LocalSSHD, workdir: Path | str) -> Dom0:
-            dom0 = Dom0(connect(server), "test host", str(workdir))
+        def dom0(server: LocalSSHD, workdir: Path | str, **kwargs) -> Dom0:
+            dom0 = Dom0(connect(server), "test host", str(workdir), **kwargs)
             dom0s.append(dom0)
             dom0.create_session()
             return dom0
@@ -217,7 +233,7 @@ def test_upload_arrives_intact_and_only_once(sshd, opened, tmp_path, monkeypatch
     before = os.stat(remote)
 
     sent = []
-    for method in ("exec", "put_bytes"):  # every way SSHSession sends a file
+    for method in ("exec", "start"):  # every way SSHSession sends a file
         real = getattr(dom0.ssh, method)
         monkeypatch.setattr(dom0.ssh, method, lambda *a, real=real, **k: sent.append(a) or real(*a, **k))
     again = tmp_path / "copy"  # the same content under another name: still the first copy
@@ -230,6 +246,117 @@ def test_upload_arrives_intact_and_only_once(sshd, opened, tmp_path, monkeypatch
     other = tmp_path / "other"
     other.write_bytes(data[:-1])
     assert dom0.upload(other) != remote and len(sent) == 1
+
+
+def spy_on_remote(dom0: Dom0, monkeypatch) -> list:
+    """Every way a Dom0 reaches the host over SSH, recorded (and still done)."""
+    sent = []
+    for method in ("exec", "start", "console", "get"):
+        real = getattr(dom0.ssh, method)
+        monkeypatch.setattr(dom0.ssh, method, lambda *a, real=real, m=method, **k: sent.append((m, a)) or real(*a, **k))
+    return sent
+
+
+@pytest.fixture
+def share(tmp_path) -> Share:
+    """A share directory here, and the path dom0 sees it at: another name for the same directory, as a mount."""
+    (tmp_path / "share").mkdir()
+    (tmp_path / "mnt").symlink_to(tmp_path / "share")
+    return Share(tmp_path / "share", str(tmp_path / "mnt"))
+
+
+def test_upload_through_a_share_links_the_file_and_sends_nothing(sshd, opened, tmp_path, share, monkeypatch):
+    data = os.urandom(256 * 1024)
+    local = tmp_path / "vm linux's $(kernel).bin"
+    local.write_bytes(data)
+    (tmp_path / "work").mkdir()
+    dom0 = opened.dom0(sshd, tmp_path / "work", share=share)
+    sent = spy_on_remote(dom0, monkeypatch)
+
+    remote = dom0.upload(local)
+    name = f"upload-{hashlib.sha256(data).hexdigest()[:16]}-{local.name}"
+    assert remote == f"{share.remote}/{name}"
+    assert sent == []  # no command, no transfer
+    linked = share.local / name
+    assert (linked.stat().st_ino, linked.stat().st_dev) == (local.stat().st_ino, local.stat().st_dev)
+    assert sorted(p.name for p in Path(dom0.root).iterdir()) == ["guard.pid"]  # nothing in the session directory
+    monkeypatch.undo()
+    assert dom0.exec(["sha256sum", "--", remote]).stdout.split()[0] == hashlib.sha256(data).hexdigest()  # dom0's view
+
+
+def test_upload_through_a_share_once_per_content(sshd, opened, tmp_path, share, monkeypatch):
+    local = tmp_path / "vmlinux"
+    local.write_bytes(b"kernel" * 1000)
+    (tmp_path / "work").mkdir()
+    dom0 = opened.dom0(sshd, tmp_path / "work", share=share)
+    sent = spy_on_remote(dom0, monkeypatch)
+    remote = dom0.upload(local)
+    copy = tmp_path / "initrd"  # the same bytes under another name: the first upload
+    copy.write_bytes(local.read_bytes())
+    assert dom0.upload(local) == dom0.upload(copy) == remote
+    other = tmp_path / "other"
+    other.write_bytes(b"other")
+    assert dom0.upload(other) != remote
+    assert len(list(share.local.iterdir())) == 2 and sent == []
+
+    later = opened.dom0(sshd, tmp_path / "work", share=share)  # another session on the same host
+    before = os.stat(share.local / Path(remote).name)
+    assert later.upload(local) == remote
+    after = os.stat(share.local / Path(remote).name)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_upload_through_a_share_on_another_file_system_copies(sshd, opened, tmp_path, share, monkeypatch):
+    local = tmp_path / "vmlinux"
+    local.write_bytes(b"kernel" * 1000)
+    (tmp_path / "work").mkdir()
+    dom0 = opened.dom0(sshd, tmp_path / "work", share=share)
+
+    def cross_device(src, dst, *a, **k):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    remote = dom0.upload(local)
+    copied = share.local / Path(remote).name
+    assert copied.read_bytes() == local.read_bytes() and copied.stat().st_ino != local.stat().st_ino
+
+
+def test_a_copy_cut_short_is_not_reused_by_a_later_session(sshd, opened, tmp_path, share, monkeypatch):
+    data = os.urandom(64 * 1024)
+    local = tmp_path / "vmlinux"
+    local.write_bytes(data)
+    (tmp_path / "work").mkdir()
+
+    def cross_device(src, dst, *a, **k):  # the share in /tmp (tmpfs), payloads in ~/.cache
+        raise OSError(18, "Invalid cross-device link")
+
+    def interrupted(src, dst, *a, **k):  # Ctrl-C while copying a 66 MB vmlinux
+        Path(dst).write_bytes(Path(src).read_bytes()[:1000])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "link", cross_device)
+    monkeypatch.setattr(shutil, "copyfile", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        opened.dom0(sshd, tmp_path / "work", share=share).upload(local)
+    monkeypatch.undo()
+    remote = opened.dom0(sshd, tmp_path / "work", share=share).upload(local)  # the next run on that `host up`
+    assert (share.local / Path(remote).name).read_bytes() == data
+
+
+def test_connect_ssh_gives_the_config_share_to_its_dom0(sshd, tmp_path):
+    host = {"address": "127.0.0.1", "port": sshd.port, "user": sshd.user, "key": str(sshd.client_keys["ed25519"]),
+            "known_hosts": str(sshd.dir / "known_hosts"), "workdir": str(tmp_path), "share_dir": str(tmp_path),
+            "share_mount": "/run/xfb-share/"}
+    dom0 = connect_ssh(host)
+    try:
+        assert dom0.share == Share(tmp_path, "/run/xfb-share") and not dom0.disposable
+    finally:
+        dom0.ssh.close()
+    dom0 = connect_ssh({**host, "share_dir": "", "share_mount": ""})
+    try:
+        assert dom0.share is None
+    finally:
+        dom0.ssh.close()
 
 
 # -- the guard ---------------------------------------------------------------------------------------------------
@@ -309,6 +436,59 @@ def test_guard_and_end_guest_destroy_only_our_registered_domains(sshd_xl, xl, op
     assert not Path(dom0.root).exists()
     assert not xl.exists(b.name) and xl.exists("Domain-0") and xl.exists(f"{PREFIX}someone-else-1")
     assert xl.calls() == [f"domid {a.name}", f"domid {b.name}", f"destroy {b.name}", f"domid {c.name}"]
+
+
+def destroying(xl: StandInXL, name: str) -> bool:
+    return f"destroy {name}" in xl.calls()
+
+
+def test_end_guest_returns_before_the_domain_is_gone_and_wait_ended_waits(sshd_xl, xl, opened, tmp_path):
+    dom0 = opened.dom0(sshd_xl, tmp_path)
+    slot = dom0.new_guest()
+    xl.create(slot.name)
+    with xl.holding_destroy():
+        dom0.end_guest(slot)  # returns although `xl destroy` cannot finish
+        assert wait_for(lambda: destroying(xl, slot.name), 5)
+        assert xl.exists(slot.name) and Path(slot.dir).is_dir()
+        waiter = threading.Thread(target=dom0.wait_ended, daemon=True)
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive()  # still destroying
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert not xl.exists(slot.name) and not Path(slot.dir).exists()
+    dom0.wait_ended()  # nothing left to wait for
+
+
+def test_the_next_guest_waits_for_the_one_before_to_be_gone(sshd_xl, xl, opened, tmp_path):
+    dom0 = opened.dom0(sshd_xl, tmp_path)
+    first = dom0.new_guest()
+    xl.create(first.name)
+    got = []
+    with xl.holding_destroy():
+        dom0.end_guest(first)
+        assert wait_for(lambda: destroying(xl, first.name), 5)
+        nexter = threading.Thread(target=lambda: got.append(dom0.new_guest()), daemon=True)
+        nexter.start()
+        nexter.join(0.5)
+        assert got == []  # its memory is not free yet
+    nexter.join(10)
+    assert not xl.exists(first.name) and got and Path(got[0].dir).is_dir()
+
+
+def test_a_disposable_dom0_starts_no_guard_and_close_does_not_wait(sshd_xl, xl, opened, tmp_path):
+    dom0 = opened.dom0(sshd_xl, tmp_path, disposable=True)
+    assert dom0.guard is None and Path(dom0.root).is_dir()
+    assert list(Path(dom0.root).iterdir()) == []  # no guard.pid: no guard
+    slot = dom0.new_guest()
+    xl.create(slot.name)
+    with xl.holding_destroy():
+        dom0.end_guest(slot)
+        assert wait_for(lambda: destroying(xl, slot.name), 5)
+        started = time.monotonic()
+        close_in_time(dom0, 5)  # with the destroy held, a close that waited would hang
+        assert time.monotonic() - started < 2
+        assert dom0.ssh.transport is None
 
 
 # -- leftovers and clean -------------------------------------------------------------------------------------------

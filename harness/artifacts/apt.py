@@ -54,6 +54,7 @@ class Apt:
             "-o", "Debug::NoLocking=1",
         ]
         self._versions: dict[str, str] = {}
+        self._lists_known = ""  # the state of the lists _versions came from
 
     def update(self) -> None:
         stamp = self.dir / "lists" / ".updated"
@@ -69,7 +70,6 @@ class Apt:
                     return
                 raise
         stamp.write_text(self.sources.read_text())
-        self._versions = {}  # from the lists as they were
 
     def version(self, package: str) -> str:
         """The candidate version of package in our sources; a clear error if it does not exist."""
@@ -78,7 +78,9 @@ class Apt:
     def versions(self, packages: list[str]) -> dict[str, str]:
         """Candidate versions of several packages. One apt-cache call for those not known yet (each call costs
         about 0.3 s), and what is known is kept on disk for as long as the package lists stay the same."""
-        self._load_known()
+        lists = self._lists_state()
+        if lists != self._lists_known:  # first use, or another process updated the lists meanwhile
+            self._versions, self._lists_known = self._load_known(lists), lists
         missing = [p for p in dict.fromkeys(packages) if p not in self._versions]
         if missing:
             out = subprocess.run(["apt-cache", *self.opts, "policy", *missing], capture_output=True, text=True)
@@ -88,7 +90,8 @@ class Apt:
                 if not candidate or candidate == "(none)":
                     raise LookupError(f"package {package!r} is not available from apt sources {self.sources}")
                 self._versions[package] = candidate
-            self._save_known()
+            if self._lists_state() == lists:  # else they may be from either lists: keep them to ourselves
+                self._save_known(lists)
         return {p: self._versions[p] for p in packages}
 
     def _lists_state(self) -> str:
@@ -97,19 +100,18 @@ class Apt:
         return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(lists.iterdir())
                         if p.is_file())
 
-    def _load_known(self) -> None:
-        if self._versions:
-            return
+    def _load_known(self, lists: str) -> dict[str, str]:
         try:
             known = json.loads((self.dir / VERSIONS).read_text())
-            if known["lists"] == self._lists_state():
-                self._versions = dict(known["versions"])
+            if known["lists"] == lists:
+                return dict(known["versions"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
+        return {}
 
-    def _save_known(self) -> None:
+    def _save_known(self, lists: str) -> None:
         tmp = self.dir / f".{VERSIONS}.{os.getpid()}"
-        tmp.write_text(json.dumps({"lists": self._lists_state(), "versions": self._versions}))
+        tmp.write_text(json.dumps({"lists": lists, "versions": self._versions}))
         tmp.replace(self.dir / VERSIONS)
 
     def depends(self, package: str) -> list[str]:

@@ -124,15 +124,18 @@ class Cache:
                 yield tmp
                 if not any(tmp.iterdir()):
                     raise _GivenUp
-        self.used.add(final)
+        if final.is_dir():
+            self.used.add(final)
 
     def discard(self, path: Path) -> None:
         """Remove an entry found broken (e.g. a truncated snapshot), unless its name is being made right now."""
-        name = _entry_name(path)["name"]
-        with self._lock(name, wait=False) as locked:
-            if locked and path.is_dir():
-                self._retire(name, path)
         self.used.discard(path)
+        match = _entry_name(path)
+        if match is None:  # gone already (another run discarded it)
+            return
+        with self._lock(match["name"], wait=False) as locked:
+            if locked and path.is_dir():
+                self._retire(match["name"], path)
 
     def _retire(self, name: str, path: Path) -> None:
         # Renamed first, atomically: interrupted, it is a .tmp- leftover, never a half-removed entry.

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 from ..config import workdir_problem
 from ..progress import say
-from .base import ExecResult, HostError
+from .base import Console, ExecResult, HostError
 from .preflight import PROBE, Preflight, judge
 from .ssh import SSHSession
 
@@ -64,6 +64,8 @@ for dir in "$1"/""" + PREFIX + r"""*; do
 done
 """
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+# $1 = a guest's domain name, $2 = its directory, $3 = the session's `domains` file: the guard's list.
+REGISTER = 'mkdir -- "$2" && printf "%s\\n" "$1" >> "$3"'
 
 
 @dataclass(frozen=True)
@@ -90,14 +92,14 @@ def session_id() -> str:
 class Dom0:
     def __init__(self, ssh: SSHSession, description: str, workdir: str,
                  console_tail: Callable[[int], str] | None = None, share: Share | None = None,
-                 disposable: bool = False):
+                 disposable: bool = False, probe: str | None = None):
         """disposable: the host goes away with this run (a nested host we booted), so the end of the session
-        does not wait for cleanup inside it."""
+        does not wait for cleanup inside it. probe: the preflight probe's output if it was run already."""
         if problem := workdir_problem(workdir):
             raise HostError(f"host.workdir {workdir!r}: expected {problem} (it goes into xl's configuration file)")
         self.ssh, self.description, self.workdir = ssh, description, workdir.rstrip("/")  # "/" -> "": no "//"
         self._console_tail = console_tail
-        self.share, self.disposable = share, disposable
+        self.share, self.disposable, self._probe = share, disposable, probe
         self._ending: list = []  # `xl destroy`s under way (end_guest), waited for before the next guest
         self.session = session_id()
         self.root = f"{self.workdir}/{PREFIX}{self.session}"
@@ -115,8 +117,11 @@ class Dom0:
 
     def check(self, need_memory_mb: int) -> Preflight:
         workdir = self.workdir or "/"
-        probe = self.ssh.exec(["sh", "-c", PROBE, "sh", workdir], timeout=60, check=False)
-        self.preflight = judge(probe.stdout + probe.stderr, need_memory_mb, workdir, self.description)
+        if self._probe is None:
+            probe = self.ssh.exec(["sh", "-c", PROBE, "sh", workdir], timeout=60, check=False)
+            self._probe = probe.stdout + probe.stderr
+        self.preflight = judge(self._probe, need_memory_mb, workdir, self.description)
+        self._probe = None  # a later check() looks again
         for line in self.preflight.report().splitlines():
             say(f"preflight: {line}")
         if not self.preflight.ok:
@@ -167,12 +172,23 @@ class Dom0:
     # -- guests -----------------------------------------------------------------------------------------------
     def new_guest(self) -> GuestSlot:
         """A fresh name and directory, registered with the guard before the domain can exist."""
+        slot = self._next_slot()
+        self.exec(["sh", "-c", REGISTER, "sh", slot.name, slot.dir, f"{self.root}/domains"])
+        return slot
+
+    def start_guest(self, xl_config: Callable[[str], str], log: Path) -> tuple[GuestSlot, Console]:
+        """new_guest(), then its xl configuration (xl_config(name)) written into its directory and `xl create -c`
+        started on it, with its console: one command, where each costs a round trip into a TCG dom0."""
+        slot = self._next_slot()
+        script = REGISTER + ' && printf "%s" "$4" > "$2/guest.cfg" && exec xl create -c "$2/guest.cfg"'
+        console = self.ssh.console(["sh", "-c", script, "sh", slot.name, slot.dir, f"{self.root}/domains",
+                                    xl_config(slot.name)], log)
+        return slot, console
+
+    def _next_slot(self) -> GuestSlot:
         self.wait_ended()  # the memory of the guest before
         n = next(self._numbers)
-        slot = GuestSlot(f"{PREFIX}{self.session}-{n}", f"{self.root}/guest-{n}")
-        self.exec(["sh", "-c", 'mkdir -- "$2" && printf "%s\\n" "$1" >> "$3"', "sh", slot.name, slot.dir,
-                   f"{self.root}/domains"])
-        return slot
+        return GuestSlot(f"{PREFIX}{self.session}-{n}", f"{self.root}/guest-{n}")
 
     def end_guest(self, slot: GuestSlot) -> None:
         """Destroy the guest's domain if it exists and remove its directory (the guard would, at the end).
@@ -215,14 +231,8 @@ class Dom0:
              ) -> ExecResult:
         return self.ssh.exec(argv, timeout=timeout, check=check, stdin=stdin)
 
-    def put_bytes(self, data: bytes, remote: str) -> None:
-        self.ssh.put_bytes(data, remote)
-
     def get(self, remote: str, local: Path) -> None:
         self.ssh.get(remote, local)
-
-    def console(self, argv: list[str], log: Path):
-        return self.ssh.console(argv, log)
 
     @contextmanager
     def forward_tcp(self, port: int, address: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
@@ -251,12 +261,15 @@ class Dom0:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
+    """dst appears complete or not at all (its name says its content: one that exists is the right one)."""
     if dst.exists():
         return
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
     try:
-        os.link(src, dst)
+        os.link(src, tmp)
     except OSError:  # another file system
-        shutil.copyfile(src, dst)
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def leftovers(ssh: SSHSession, workdir: str) -> list[tuple[str, bool, list[str]]]:

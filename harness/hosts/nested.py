@@ -32,6 +32,7 @@ from ..progress import say, step
 from . import snapshot
 from .base import HostError
 from .dom0 import Dom0, Share
+from .preflight import PROBE
 from .ssh import SSHSession
 
 QEMU = "qemu-system-x86_64"
@@ -45,13 +46,15 @@ PR_SET_PDEATHSIG = 1
 # state could as well corrupt the device model's pixel copies, so the oracle must not run with it.
 TCG_CPU = "max,xsave=off,avx=off,avx2=off"
 SHARE_TAG, SHARE_MOUNT = "xfbshare", "/run/xfb-share"
+WORKDIR = "/tmp"  # where runs keep their files in a nested dom0 (tmpfs)
 RESTORE_TIMEOUT_S = 30  # from QEMU's start to a dom0 that answers: a restore takes 2 s, a boot follows otherwise
 # Run in dom0 over the first SSH connection, before anything else. $1: "restored" or "booted"; $2: the time
 # here (epoch seconds); $3: fresh random bytes from here (hex). A restored dom0 wakes with the clock and the
 # random pool of the moment the snapshot was taken: set the one, and mix new bytes into the other and force the
 # kernel's generator to reseed from it (RNDRESEEDCRNG), so no two restores produce the same random numbers.
 # (The pinned host key signs with Ed25519, whose signatures need no randomness: a restore cannot weaken it.)
-# Then mount the payload share and report what a restored host is checked by.
+# Then mount the payload share, and run the preflight probe (its `xl info` is what a restored host is checked by;
+# the first dom0() gets its output, which saves a round trip).
 SETTLE = r"""
 if [ "$1" = restored ]; then
     date -s "@$2" >/dev/null || echo "xfb-settle: cannot set the clock" >&2
@@ -61,8 +64,8 @@ if [ "$1" = restored ]; then
 fi
 mkdir -p """ + SHARE_MOUNT + r"""
 mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose """ + SHARE_TAG + " " + SHARE_MOUNT + r""" || exit 1
-xl info
-"""
+shift 3
+""" + PROBE
 
 
 def _die_with_parent() -> None:
@@ -142,6 +145,7 @@ class NestedHost:
         self.ssh_port = 0
         self.started_by = ""  # how this host came up, for the report: restored from a snapshot, or booted
         self._first: SSHSession | None = None  # the connection that proved SSH, handed to the first dom0()
+        self._probe: str | None = None  # its preflight probe's output, for the first dom0()
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> "NestedHost":
@@ -327,13 +331,13 @@ class NestedHost:
         ssh.connect(deadline)
         try:
             out = ssh.exec(["sh", "-c", SETTLE, "sh", "restored" if restored else "booted", str(int(time.time())),
-                            secrets.token_hex(64)], timeout=max(deadline - time.monotonic(), 5), check=False)
+                            secrets.token_hex(64), WORKDIR], timeout=max(deadline - time.monotonic(), 5), check=False)
             if out.rc != 0:
                 raise HostError(f"setting up dom0 failed (exit {out.rc}): {out.stderr.strip()[-500:]}")
         except BaseException:
             ssh.close()
             raise
-        self._first = ssh
+        self._first, self._probe = ssh, out.stdout + out.stderr
         return snapshot.parse_facts(out.stdout)
     def known_hosts(self) -> Path:
         """dom0's host key, pinned at build time, for the port this boot forwards."""
@@ -341,15 +345,15 @@ class NestedHost:
         path.write_text(f"[127.0.0.1]:{self.ssh_port} {self.art.ssh_host_key_pub}\n")
         return path
 
-    def dom0(self, workdir: str = "/tmp", deadline: float | None = None) -> Dom0:
-        """A fresh SSH connection into dom0 (the first one: the connection start() proved SSH with), the same way
-        `host.kind: ssh` reaches a real host; guest payloads go through the share."""
-        ssh, self._first = self._first, None
+    def dom0(self, deadline: float | None = None) -> Dom0:
+        """A fresh SSH connection into dom0 (the first one: the connection start() proved SSH with, and its
+        preflight probe), the same way `host.kind: ssh` reaches a real host; guest payloads go through the share."""
+        ssh, probe, self._first, self._probe = self._first, self._probe, None, None
         if ssh is None:
             ssh = SSHSession("127.0.0.1", self.ssh_port, "root", self.art.ssh_client_key, self.known_hosts())
             ssh.connect(deadline or time.monotonic() + 60)
-        return Dom0(ssh, self.description, workdir, console_tail=self.console_tail, share=self.share,
-                    disposable=True)
+        return Dom0(ssh, self.description, WORKDIR, console_tail=self.console_tail, share=self.share,
+                    disposable=True, probe=probe)
 
     def _wait_ready(self, deadline: float, cmd: list[str]) -> None:
         while True:

@@ -19,7 +19,7 @@ import re
 import time
 from pathlib import Path
 
-from ..artifacts.cache import hash_files
+from ..artifacts.cache import Cache, hash_files
 from ..artifacts.host import HostArtifacts
 
 ENTRY = "host-snapshot"
@@ -35,6 +35,12 @@ def snapshot_inputs(host: dict, art: HostArtifacts, accel: str, qemu: str) -> di
     the accelerator, the machine settings and this recipe."""
     return {"artifacts": {name: Path(getattr(art, name)).parent.name for name in ARTIFACTS},
             "qemu": qemu, "accel": accel, "machine": {k: host[k] for k in MACHINE_KEYS}, "recipe": RECIPE}
+
+
+def saved_for(cache: Cache, host: dict, art: HostArtifacts, qemu: str) -> list[Path]:
+    """The snapshots a nested host with these settings and artifacts would restore (either accelerator); finding
+    them marks them used, so that `cache prune` keeps them."""
+    return [p for accel in ("tcg", "kvm") if (p := cache.find(ENTRY, snapshot_inputs(host, art, accel, qemu)))]
 
 
 def fingerprints(art: HostArtifacts) -> dict[str, list]:

@@ -209,12 +209,6 @@ class SSHSession:
         with self._sftp(f"copying {remote} to {local}") as sftp:
             sftp.get(remote, str(local))
 
-    @deferring
-    def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None:
-        with self._sftp(f"writing {remote}") as sftp, sftp.open(remote, "wb") as f:
-            f.chmod(mode)  # before the data goes in
-            f.write(data)
-
     # -- forwarding ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def forward_tcp(self, remote_host: str, remote_port: int) -> Iterator[tuple[str, int]]:

@@ -64,11 +64,17 @@ def assert_cleaned_up(out, stderr, tmpdirs_before: set[str]):
     assert nested_tmpdirs() <= tmpdirs_before, "the nested host's temp dir was left behind"
 
 
-@pytest.mark.parametrize("marker", ["boot Xen and dom0 ...", "start guest ...", "round 2:"],
-                         ids=["during-boot", "during-guest-start", "during-writer"])
-def test_ctrl_c_stops_everything(tmp_path, marker):
+@pytest.mark.parametrize("marker, boot, wait_s", [("boot Xen and dom0 ...", True, 1.5),
+                                                   ("restore Xen and dom0 ...", False, 0.3),
+                                                   ("start guest ...", False, 1.5), ("round 2:", False, 1.5)],
+                         ids=["during-boot", "during-restore", "during-guest-start", "during-writer"])
+def test_ctrl_c_stops_everything(tmp_path, marker, boot, wait_s):
     before = nested_tmpdirs()
-    rc, out, stderr = interrupt_when(tmp_path, marker, signal.SIGINT)
+    extra = ()
+    if boot:  # a host that boots rather than being restored from its snapshot
+        (tmp_path / "boot.yaml").write_text("host:\n  kind: nested\n  snapshot: false\n")
+        extra = ("--host", str(tmp_path / "boot.yaml"))
+    rc, out, stderr = interrupt_when(tmp_path, marker, signal.SIGINT, extra=extra, wait_s=wait_s)
     assert rc == 2, stderr[-2000:]
     res = json.loads((out / "result.json").read_text())
     assert res["verdict"] == "ERROR" and "interrupted" in res["reason"]
@@ -100,7 +106,7 @@ def test_ctrl_c_while_building_the_dom0_image_leaves_nothing_mounted(tmp_path):
 
 def test_boot_timeout_is_an_error_with_console_lines(tmp_path):
     cfg = tmp_path / "short.yaml"
-    cfg.write_text("host:\n  boot_timeout: 4\n")
+    cfg.write_text("host:\n  boot_timeout: 4\n  snapshot: false\n")  # a boot, not a restore
     out = tmp_path / "run"
     before = nested_tmpdirs()
     proc = run_cli("run", str(cfg), "--output", str(out))
