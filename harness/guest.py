@@ -1,5 +1,6 @@
-"""The test guest: a PV domU with a vfb, started with `xl create -c` so its console is ours from the first line,
-and the writer on that console driven round by round (lockstep; see harness/protocol.py).
+"""The test guest: a PV domU with a vfb, started with `xl create` and its console attached (xenconsoled keeps
+every line from the first), and the writer on that console driven round by round (lockstep; see
+harness/protocol.py).
 
 A guest lives in a slot its host gives it (a domain name and a directory unique to the run), so one host runs
 many guests one after another, and nothing of one guest is seen by the next."""

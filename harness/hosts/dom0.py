@@ -177,10 +177,13 @@ class Dom0:
         return slot
 
     def start_guest(self, xl_config: Callable[[str], str], log: Path) -> tuple[GuestSlot, Console]:
-        """new_guest(), then its xl configuration (xl_config(name)) written into its directory and `xl create -c`
-        started on it, with its console: one command, where each costs a round trip into a TCG dom0."""
+        """new_guest(), then its xl configuration (xl_config(name)) written into its directory, `xl create`, and
+        its console: one command, where each costs a round trip into a TCG dom0. Not `xl create -c`, whose
+        console child sleeps a second before it attaches while the domain waits paused; xenconsoled keeps what
+        the guest prints until a console attaches, so nothing is lost."""
         slot = self._next_slot()
-        script = REGISTER + ' && printf "%s" "$4" > "$2/guest.cfg" && exec xl create -c "$2/guest.cfg"'
+        script = REGISTER + (' && printf "%s" "$4" > "$2/guest.cfg" && xl create "$2/guest.cfg" && '
+                             'exec xl console "$1"')
         console = self.ssh.console(["sh", "-c", script, "sh", slot.name, slot.dir, f"{self.root}/domains",
                                     xl_config(slot.name)], log)
         return slot, console
