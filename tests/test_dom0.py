@@ -68,6 +68,10 @@ case $1 in
 domid) [ -e "$state/$2" ] || {{ echo "Error: Domain '$2' does not exist." >&2; exit 1; }}; echo 7 ;;
 destroy) while [ -e {shlex.quote(str(self.gate))} ]; do sleep 0.02; done
     [ -e "$state/$2" ] && rm -f -- "$state/$2" ;;
+create) name=$(sed -n 's/^name = "\\(.*\\)"$/\\1/p' "$2")
+    grep -qx "$name" "$(dirname "$2")/../domains" || {{ echo "not registered: $name" >&2; exit 3; }}
+    touch "$state/$name" ;;
+console) [ -e "$state/$2" ] || exit 1; echo "console of $2"; exec cat ;;
 *) echo "stand-in xl: unexpected $1" >&2; exit 2 ;;
 esac
 """)
@@ -587,3 +591,33 @@ def test_guard_and_clean_never_list_domains():
     assert {name: xl_subcommands(text) for name, text in texts.items()} == {
         "GUARD": {"domid", "destroy"}, "LEFTOVERS": {"domid"}, "clean": {"destroy"}, "end_guest": {"domid", "destroy"}}
     assert not any(re.search(r"\bxl\b.*\blist\b", text) for text in texts.values())
+
+
+def test_start_guest_registers_writes_the_config_creates_then_attaches_the_console(sshd_xl, xl, opened, tmp_path):
+    """One command: the domain's name in `domains` (the guard's list) before `xl create`, the configuration
+    written as given, then `xl console` on the new domain, whose lines reach our console log."""
+    workdir = tmp_path / "a b;c $(touch PWNED)"
+    workdir.mkdir()
+    dom0 = opened.dom0(sshd_xl, workdir)
+    texts = {}
+
+    def config(name: str) -> str:
+        texts[name] = f'name = "{name}"\nextra = "it\'s $(not) `run`"\n'
+        return texts[name]
+
+    def next_line() -> str | None:  # the console is a pty: xl's complaint about its xl.conf comes through too
+        while (line := console.read_line(20)) is not None and "xl.conf" in line:
+            pass
+        return line
+
+    slot, console = dom0.start_guest(config, tmp_path / "console.log")
+    try:
+        assert next_line() == f"console of {slot.name}"
+        console.send_line("hello")
+        assert next_line() == "hello"
+    finally:
+        console.close()
+    assert (Path(slot.dir) / "guest.cfg").read_text() == texts[slot.name]
+    assert (Path(dom0.root) / "domains").read_text() == f"{slot.name}\n"
+    assert [c.split()[0] for c in xl.calls()] == ["create", "console"] and xl.exists(slot.name)
+    assert not list(tmp_path.rglob("PWNED"))

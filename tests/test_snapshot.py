@@ -16,41 +16,10 @@ from harness.hosts import snapshot
 from harness.hosts.snapshot import (ARTIFACTS, MACHINE_KEYS, META, STATE, age, facts_differ, parse_facts, saved_facts,
                                     snapshot_inputs, unusable, write_meta)
 
+from .test_preflight import XL_INFO
+
 QEMU = "QEMU emulator version 7.2.15 (Debian 1:7.2+dfsg-7+deb12u13)"
-FACTS = {"xen_version": "4.17.5", "free_memory_mb": "986"}
-# What `xl info` prints in a nested dom0 (Xen 4.17, Debian 12), abridged only in hw_caps and cc_* lines.
-XL_INFO = """\
-host                   : xfb-dom0
-release                : 6.1.0-56-amd64
-version                : #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2 (2026-01-01)
-machine                : x86_64
-nr_cpus                : 2
-max_cpu_id             : 1
-nr_nodes               : 1
-cores_per_socket       : 1
-threads_per_core       : 1
-cpu_mhz                : 2495.998
-hw_caps                : 178bfbff:f6d8320b:2c100800:00000121:0000000f:219c07a9:00000000:00000100
-virt_caps              : pv
-total_memory           : 2047
-free_memory            : 986
-sharing_freed_memory   : 0
-sharing_used_memory    : 0
-outstanding_claims     : 0
-free_cpus              : 0
-xen_major              : 4
-xen_minor              : 17
-xen_extra              : .5
-xen_version            : 4.17.5
-xen_caps               : xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64
-xen_scheduler          : credit2
-xen_pagesize           : 4096
-platform_params        : virt_start=0xffff800000000000
-xen_changeset          : 
-xen_commandline        : placeholder console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M
-cc_compiler            : x86_64-linux-gnu-gcc (Debian 12.2.0-14) 12.2.0
-xend_config_format     : 4
-"""
+FACTS = {"xen_version": "4.17.7", "free_memory_mb": "1000"}  # of test_preflight's XL_INFO
 
 
 def fake_artifacts(root: Path, **keys: str) -> HostArtifacts:
@@ -228,9 +197,9 @@ def test_parse_facts_does_not_take_look_alike_lines():
 
 def test_facts_differ_says_what_differs():
     assert facts_differ(FACTS, dict(FACTS)) == ""
-    assert facts_differ(FACTS, {**FACTS, "free_memory_mb": "985"}) == "free_memory_mb 985 (saved: 986)"
+    assert facts_differ(FACTS, {**FACTS, "free_memory_mb": "985"}) == "free_memory_mb 985 (saved: 1000)"
     assert facts_differ(FACTS, {"xen_version": "4.17.6", "free_memory_mb": None}) == \
-        "xen_version 4.17.6 (saved: 4.17.5), free_memory_mb None (saved: 986)"
+        "xen_version 4.17.6 (saved: 4.17.7), free_memory_mb None (saved: 1000)"
     assert facts_differ(FACTS, {**FACTS, "extra": "x"}) == ""  # only what was saved is checked
 
 
