@@ -207,8 +207,9 @@ class NestedHost:
                         self.started_by = f"restored from snapshot {entry.name} (saved {snapshot.age(entry)} ago)"
                         say(f"host {self.started_by}")
                         return
-                    except HostError as e:
-                        why_not = f"the restore failed: {e.message}"  # the console is in serial.log
+                    except (HostError, QMPError) as e:
+                        why_not = f"the restore failed: {getattr(e, 'message', e)}"  # the console: serial.log
+                        self._close_first()
                         self._stop_qemu()
                 say(f"not restoring snapshot {entry.name}: {why_not}; booting instead, and saving a new one")
                 self.cache.discard(entry)
@@ -407,11 +408,14 @@ class NestedHost:
 
     def close(self) -> None:
         """Always safe, always complete: SSH, QMP, QEMU itself and our temp dir, whatever state we are in."""
-        if self._first is not None:
-            self._first.close()
-            self._first = None
+        self._close_first()
         self._stop_qemu()
         remove_tree(self.tmp)
+
+    def _close_first(self) -> None:
+        if self._first is not None:
+            self._first.close()
+            self._first, self._probe = None, None
 
     def _stop_qemu(self) -> None:
         if self.child is not None:

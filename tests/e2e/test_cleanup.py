@@ -74,6 +74,10 @@ def test_ctrl_c_stops_everything(tmp_path, marker, boot, wait_s):
     if boot:  # a host that boots rather than being restored from its snapshot
         (tmp_path / "boot.yaml").write_text("host:\n  kind: nested\n  snapshot: false\n")
         extra = ("--host", str(tmp_path / "boot.yaml"))
+    elif marker.startswith("restore"):  # a snapshot to restore (in an empty cache, this run boots and saves it)
+        (tmp_path / "one.yaml").write_text("rounds: 1\n")
+        first = run_cli("run", str(tmp_path / "one.yaml"), "--output", str(tmp_path / "first"))
+        assert first.returncode == 0, first.stderr[-2000:]
     rc, out, stderr = interrupt_when(tmp_path, marker, signal.SIGINT, extra=extra, wait_s=wait_s)
     assert rc == 2, stderr[-2000:]
     res = json.loads((out / "result.json").read_text())
