@@ -78,6 +78,16 @@ def test_snapshot_inputs_change_with_qemu_and_accel(art):
     assert snapshot_inputs(host, art, "tcg", QEMU.replace("7.2.15", "7.2.16")) != base
 
 
+def test_a_kvm_snapshot_is_keyed_by_this_machines_cpu_too(art, monkeypatch):
+    """Under KVM the guest sees the host's CPU (-cpu host), which the migration stream does not carry."""
+    host = defaults()["host"]
+    assert "host_cpu" not in snapshot_inputs(host, art, "tcg", QEMU)
+    kvm = snapshot_inputs(host, art, "kvm", QEMU)
+    assert kvm["host_cpu"] == snapshot.host_cpu()
+    monkeypatch.setattr(snapshot, "host_cpu", lambda: "another cpu")
+    assert snapshot_inputs(host, art, "kvm", QEMU) != kvm
+
+
 @pytest.mark.parametrize("key, value", [("memory_mb", 4096), ("cpus", 4), ("dom0_memory_mb", 768),
                                         ("xen_cmdline", "loglvl=all")])
 def test_snapshot_inputs_change_with_each_machine_setting(art, key, value):

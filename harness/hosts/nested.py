@@ -84,7 +84,10 @@ def free_port() -> int:
 
 
 def qemu_version() -> str:
-    out = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout
+    try:
+        out = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout
+    except FileNotFoundError:  # e.g. `cache prune` on a machine that only builds
+        return "unknown"
     return out.splitlines()[0] if out else "unknown"
 
 
@@ -199,18 +202,20 @@ class NestedHost:
             inputs = snapshot.snapshot_inputs(self.host, self.art, self.accel, qemu_version())
             entry = self.cache.find(snapshot.ENTRY, inputs)
             if entry is not None:
-                why_not = snapshot.unusable(entry, self.art)
-                if not why_not:
-                    try:
+                try:
+                    why_not = snapshot.unusable(entry, self.art)
+                    if not why_not:
+                        saved = f"{entry.name} (saved {snapshot.age(entry)} ago)"  # read now: it may go meanwhile
                         with step("restore Xen and dom0"):
                             self._restore(entry)
-                        self.started_by = f"restored from snapshot {entry.name} (saved {snapshot.age(entry)} ago)"
+                        self.started_by = f"restored from snapshot {saved}"
                         say(f"host {self.started_by}")
                         return
-                    except (HostError, QMPError) as e:
-                        why_not = f"the restore failed: {getattr(e, 'message', e)}"  # the console: serial.log
-                        self._close_first()
-                        self._stop_qemu()
+                except Exception as e:  # whatever it was, a boot follows (an interrupt still stops the run)
+                    text = e.message if isinstance(e, HostError) else f"{type(e).__name__}: {e}"
+                    why_not = f"the restore failed: {text}"  # the console is in serial.log
+                    self._close_first()
+                    self._stop_qemu()
                 say(f"not restoring snapshot {entry.name}: {why_not}; booting instead, and saving a new one")
                 self.cache.discard(entry)
         self._boot(inputs)
@@ -234,7 +239,12 @@ class NestedHost:
                 # Prove SSH within the boot deadline; the connection serves the first dom0().
                 facts = self._settle(deadline, restored=False)
                 if saved:
-                    snapshot.write_meta(entry, self.art, facts)
+                    try:
+                        snapshot.write_meta(entry, self.art, facts)
+                    except OSError as e:  # e.g. a full disk: the snapshot is lost, not the run
+                        say(f"could not save a snapshot ({e}); going on without one")
+                        (entry / snapshot.STATE).unlink(missing_ok=True)
+                        saved = False
         self.started_by = f"booted, saved snapshot {self.cache.path(snapshot.ENTRY, snapshot_inputs).name}" \
             if saved else "booted"
 
@@ -317,13 +327,21 @@ class NestedHost:
                 if info["status"] != "completed":
                     raise HostError(info.get("error-desc", info["status"]))
             return True
-        except (HostError, QMPError) as e:
+        except (HostError, QMPError, OSError, TimeoutError) as e:
             say(f"could not save a snapshot ({e}); going on without one")
             path.unlink(missing_ok=True)
             return False
         finally:
-            if self.qmp is not None and self.qmp.cmd("query-status")["status"] != "running":
-                self.qmp.cmd("cont")
+            self._resume(deadline)
+
+    def _resume(self, deadline: float) -> None:
+        """After a save: the VM runs on (a failure here is the host's, and ends the run as an ERROR)."""
+        while (status := self.qmp.cmd("query-status")["status"]) == "finish-migrate":
+            if time.monotonic() > deadline:
+                raise HostError("QEMU did not leave finish-migrate after saving the snapshot")
+            time.sleep(0.02)
+        if status != "running":
+            self.qmp.cmd("cont")
 
     def _settle(self, deadline: float, restored: bool) -> dict:
         """The first SSH connection: prove dom0 answers with its pinned key, set it up (SETTLE), and return its
@@ -390,16 +408,17 @@ class NestedHost:
                 return
 
     def _start_drain(self) -> None:
-        self.drain = threading.Thread(target=self._drain, daemon=True, name="serial-drain")
+        self.drain = threading.Thread(target=self._drain, args=(self.child,), daemon=True, name="serial-drain")
         self.drain.start()
 
-    def _drain(self) -> None:
-        """After boot nobody waits on the serial console, but it must be read: QEMU stalls on a full pty."""
-        while self.child is not None and self.child.isalive():
+    def _drain(self, child: pexpect.spawn) -> None:
+        """After boot nobody waits on the serial console, but it must be read: QEMU stalls on a full pty. This
+        QEMU's only: after a failed restore, the boot's QEMU has a drain of its own."""
+        while child.isalive():
             try:
-                self.child.expect(["\n", pexpect.EOF], timeout=1)
-                self.recent.append(self.child.before.strip("\r"))
-                if self.child.match is pexpect.EOF:
+                child.expect(["\n", pexpect.EOF], timeout=1)
+                self.recent.append(child.before.strip("\r"))
+                if child.match is pexpect.EOF:
                     return
             except pexpect.TIMEOUT:
                 continue
@@ -431,6 +450,9 @@ class NestedHost:
             if self.child.isalive():
                 self.child.terminate(force=True)
             self.child.close(force=True)
+            if self.drain is not None:
+                self.drain.join(2)
+                self.drain = None
             if self.child.logfile_read:
                 self.child.logfile_read.close()
             self.child = None

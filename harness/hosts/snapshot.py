@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -33,8 +34,19 @@ ARTIFACTS = ("xen", "dom0_kernel", "dom0_initrd", "dom0_image")
 def snapshot_inputs(host: dict, art: HostArtifacts, accel: str, qemu: str) -> dict:
     """What the snapshot's cache key is made of: each host artifact by its own entry's key, the outer QEMU,
     the accelerator, the machine settings and this recipe."""
-    return {"artifacts": {name: Path(getattr(art, name)).parent.name for name in ARTIFACTS},
-            "qemu": qemu, "accel": accel, "machine": {k: host[k] for k in MACHINE_KEYS}, "recipe": RECIPE}
+    inputs = {"artifacts": {name: Path(getattr(art, name)).parent.name for name in ARTIFACTS},
+              "qemu": qemu, "accel": accel, "machine": {k: host[k] for k in MACHINE_KEYS}, "recipe": RECIPE}
+    if accel == "kvm":  # `-cpu host`: the CPU the snapshot ran on is not in its stream, and must not change
+        inputs["host_cpu"] = host_cpu()
+    return inputs
+
+
+def host_cpu() -> str:
+    """This machine's CPU as KVM passes it through (model, flags, microcode) and its kernel, hashed."""
+    first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    wanted = [line for line in first.splitlines() if line.split(":")[0].strip() in ("model name", "flags",
+                                                                                    "microcode")]
+    return hashlib.sha256("\n".join(wanted + [os.uname().release]).encode()).hexdigest()[:16]
 
 
 def saved_for(cache: Cache, host: dict, art: HostArtifacts, qemu: str) -> list[Path]:
