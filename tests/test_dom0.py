@@ -25,7 +25,7 @@ import pytest
 
 from harness.hosts import connect_ssh
 from harness.hosts.base import HostError
-from harness.hosts.dom0 import GUARD, GUARD_NAME, LEFTOVERS, PREFIX, Dom0, Share, clean, leftovers
+from harness.hosts.dom0 import GUARD, GUARD_NAME, LEFTOVERS, PREFIX, REGISTER, Dom0, GuestSlot, Share, clean, leftovers
 from harness.hosts.nested import free_port
 from harness.hosts.ssh import SSHSession
 from tests.sshd import SSHD, LocalSSHD, wait_for
@@ -154,6 +154,13 @@ def opened():
         s.close()
 
 
+def register(dom0: Dom0) -> GuestSlot:
+    """A guest's slot registered with the guard, with no domain yet: what start_guest does before `xl create`."""
+    slot = dom0._next_slot()
+    dom0.exec(["sh", "-c", REGISTER, "sh", slot.name, slot.dir, f"{dom0.root}/domains"])
+    return slot
+
+
 def remote_exists(ssh: SSHSession, path: str) -> bool:
     return ssh.exec(["test", "-e", path], check=False).rc == 0
 
@@ -188,7 +195,7 @@ def test_session_and_guests_in_a_workdir_full_of_shell_syntax(sshd, opened, tmp_
     assert root.stat().st_mode & 0o777 == 0o700
     assert sorted(p.name for p in root.iterdir()) == ["guard.pid"]
 
-    first, second = dom0.new_guest(), dom0.new_guest()
+    first, second = register(dom0), register(dom0)
     assert (first.name, first.dir) == (f"{PREFIX}{dom0.session}-1", f"{dom0.root}/guest-1")
     assert (second.name, second.dir) == (f"{PREFIX}{dom0.session}-2", f"{dom0.root}/guest-2")
     assert Path(first.dir).is_dir() and Path(second.dir).is_dir()
@@ -369,7 +376,7 @@ def test_guard_is_named_and_close_removes_the_session(sshd, opened, tmp_path):
     other = opened.ssh(sshd)
     pid = int((Path(dom0.root) / "guard.pid").read_text())
     assert GUARD_NAME.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-    dom0.new_guest()
+    register(dom0)
     dom0.upload(Path(__file__))
     dom0.close()
     assert not remote_exists(other, dom0.root)
@@ -406,7 +413,7 @@ def close_in_time(dom0: Dom0, seconds: float = 10) -> None:
 def test_guard_cleans_up_by_itself_when_the_connection_drops(sshd_xl, xl, opened, tmp_path, drop, capsys):
     dom0 = opened.dom0(sshd_xl, tmp_path)
     other = opened.ssh(sshd_xl)
-    running, gone = dom0.new_guest(), dom0.new_guest()
+    running, gone = register(dom0), register(dom0)
     xl.create(running.name, "Domain-0", "someone-elses")
     guard = int((Path(dom0.root) / "guard.pid").read_text())
     assert remote_exists(other, dom0.root) and xl.calls() == []
@@ -426,7 +433,7 @@ def test_guard_cleans_up_by_itself_when_the_connection_drops(sshd_xl, xl, opened
 
 def test_guard_and_end_guest_destroy_only_our_registered_domains(sshd_xl, xl, opened, tmp_path):
     dom0 = opened.dom0(sshd_xl, tmp_path)
-    a, b, c = dom0.new_guest(), dom0.new_guest(), dom0.new_guest()
+    a, b, c = register(dom0), register(dom0), register(dom0)
     xl.create(a.name, b.name, "Domain-0", f"{PREFIX}someone-else-1")
     dom0.end_guest(a)
     dom0.wait_ended()
@@ -448,7 +455,7 @@ def destroying(xl: StandInXL, name: str) -> bool:
 
 def test_end_guest_returns_before_the_domain_is_gone_and_wait_ended_waits(sshd_xl, xl, opened, tmp_path):
     dom0 = opened.dom0(sshd_xl, tmp_path)
-    slot = dom0.new_guest()
+    slot = register(dom0)
     xl.create(slot.name)
     with xl.holding_destroy():
         dom0.end_guest(slot)  # returns although `xl destroy` cannot finish
@@ -466,13 +473,13 @@ def test_end_guest_returns_before_the_domain_is_gone_and_wait_ended_waits(sshd_x
 
 def test_the_next_guest_waits_for_the_one_before_to_be_gone(sshd_xl, xl, opened, tmp_path):
     dom0 = opened.dom0(sshd_xl, tmp_path)
-    first = dom0.new_guest()
+    first = register(dom0)
     xl.create(first.name)
     got = []
     with xl.holding_destroy():
         dom0.end_guest(first)
         assert wait_for(lambda: destroying(xl, first.name), 5)
-        nexter = threading.Thread(target=lambda: got.append(dom0.new_guest()), daemon=True)
+        nexter = threading.Thread(target=lambda: got.append(register(dom0)), daemon=True)
         nexter.start()
         nexter.join(0.5)
         assert got == []  # its memory is not free yet
@@ -484,7 +491,7 @@ def test_a_disposable_dom0_starts_no_guard_and_close_does_not_wait(sshd_xl, xl, 
     dom0 = opened.dom0(sshd_xl, tmp_path, disposable=True)
     assert dom0.guard is None and Path(dom0.root).is_dir()
     assert list(Path(dom0.root).iterdir()) == []  # no guard.pid: no guard
-    slot = dom0.new_guest()
+    slot = register(dom0)
     xl.create(slot.name)
     with xl.holding_destroy():
         dom0.end_guest(slot)
@@ -524,7 +531,7 @@ def test_clean_removes_dead_sessions_keeps_live_ones_and_touches_nothing_else(ss
     dead_pid = dead_session(workdir, f"{PREFIX}dead-2", vanished.pid)  # its guard is long gone
     no_pid = dead_session(workdir, f"{PREFIX}dead 3", None)  # the guard never started
     live = opened.dom0(sshd, workdir)
-    live_slot = live.new_guest()
+    live_slot = register(live)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "precious").write_text("keep")

@@ -170,15 +170,10 @@ class Dom0:
         self.close()
 
     # -- guests -----------------------------------------------------------------------------------------------
-    def new_guest(self) -> GuestSlot:
-        """A fresh name and directory, registered with the guard before the domain can exist."""
-        slot = self._next_slot()
-        self.exec(["sh", "-c", REGISTER, "sh", slot.name, slot.dir, f"{self.root}/domains"])
-        return slot
-
     def start_guest(self, xl_config: Callable[[str], str], log: Path) -> tuple[GuestSlot, Console]:
-        """new_guest(), then its xl configuration (xl_config(name)) written into its directory, `xl create`, and
-        its console: one command, where each costs a round trip into a TCG dom0. Not `xl create -c`, whose
+        """A fresh name and directory, registered with the guard before the domain can exist, then its xl
+        configuration (xl_config(name)) written into it, `xl create`, and its console: one command, where each
+        costs a round trip into a TCG dom0. Not `xl create -c`, whose
         console child sleeps a second before it attaches while the domain waits paused; xenconsoled keeps what
         the guest prints until a console attaches, so nothing is lost."""
         slot = self._next_slot()
@@ -195,7 +190,7 @@ class Dom0:
 
     def end_guest(self, slot: GuestSlot) -> None:
         """Destroy the guest's domain if it exists and remove its directory (the guard would, at the end).
-        Returns at once: destroying takes seconds (the device model goes too), and the next new_guest() or
+        Returns at once: destroying takes seconds (the device model goes too), and the next guest's slot or
         close() waits for it."""
         self._ending.append(self.ssh.start(["sh", "-c", 'xl domid "$1" >/dev/null 2>&1 && xl destroy "$1"; '
                                             'rm -rf -- "$2"', "sh", slot.name, slot.dir]))

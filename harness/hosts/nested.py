@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import secrets
@@ -83,6 +84,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@functools.cache  # the snapshot key, the description and the report each want it: one `--version` a run
 def qemu_version() -> str:
     try:
         out = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout
@@ -346,8 +348,7 @@ class NestedHost:
     def _settle(self, deadline: float, restored: bool) -> dict:
         """The first SSH connection: prove dom0 answers with its pinned key, set it up (SETTLE), and return its
         facts from `xl info`. The connection is kept for the first dom0()."""
-        ssh = SSHSession("127.0.0.1", self.ssh_port, "root", self.art.ssh_client_key, self.known_hosts())
-        ssh.connect(deadline)
+        ssh = self._connect(deadline)
         try:
             out = ssh.exec(["sh", "-c", SETTLE, "sh", "restored" if restored else "booted", str(int(time.time())),
                             secrets.token_hex(64), WORKDIR], timeout=max(deadline - time.monotonic(), 5), check=False)
@@ -358,19 +359,25 @@ class NestedHost:
             raise
         self._first, self._probe = ssh, out.stdout + out.stderr
         return snapshot.parse_facts(out.stdout)
+
+    def _connect(self, deadline: float) -> SSHSession:
+        """An SSH connection into dom0, its host key checked against the pinned one."""
+        ssh = SSHSession("127.0.0.1", self.ssh_port, "root", self.art.ssh_client_key, self.known_hosts())
+        ssh.connect(deadline)
+        return ssh
+
     def known_hosts(self) -> Path:
         """dom0's host key, pinned at build time, for the port this boot forwards."""
         path = self.tmp / "known_hosts"
         path.write_text(f"[127.0.0.1]:{self.ssh_port} {self.art.ssh_host_key_pub}\n")
         return path
 
-    def dom0(self, deadline: float | None = None) -> Dom0:
+    def dom0(self) -> Dom0:
         """A fresh SSH connection into dom0 (the first one: the connection start() proved SSH with, and its
         preflight probe), the same way `host.kind: ssh` reaches a real host; guest payloads go through the share."""
         ssh, probe, self._first, self._probe = self._first, self._probe, None, None
         if ssh is None:
-            ssh = SSHSession("127.0.0.1", self.ssh_port, "root", self.art.ssh_client_key, self.known_hosts())
-            ssh.connect(deadline or time.monotonic() + 60)
+            ssh = self._connect(time.monotonic() + 60)
         return Dom0(ssh, self.description, WORKDIR, console_tail=self.console_tail, share=self.share,
                     disposable=True, probe=probe)
 
