@@ -4,7 +4,8 @@
 #   docker build -t xenfb-harness .
 #   docker run --rm --privileged -v xfb-cache:/root/.cache xenfb-harness            # the default run
 #   docker run --rm --privileged -v xfb-cache:/root/.cache xenfb-harness scripts/test
-FROM debian:12
+# Fully qualified: podman (unlike docker) has no default registry for a short name like debian:12.
+FROM docker.io/library/debian:12
 COPY . /src
 WORKDIR /src
 RUN scripts/install && rm -rf /var/lib/apt/lists/*

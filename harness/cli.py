@@ -1,4 +1,4 @@
-"""Command line: `xenfb-harness run|build|keys|host|cache`. Also `python -m harness`."""
+"""Command line: `xenfb-harness run|matrix|merge|bisect|build|keys|host|cache`. Also `python -m harness`."""
 from __future__ import annotations
 
 import argparse
@@ -79,6 +79,36 @@ closing" among harmless patches):
   xenfb-harness bisect configs/source-6.1-upstream.yaml --patches guest-kernels/fbdev-lastclose --runs-per-step 2
 """
 
+MATRIX_DESCRIPTION = """\
+Run every cell of a matrix: a base scenario, axes whose values change some of its keys (frontend, writer, guest
+kernel, Xen release, seed...), exclusions, and the verdict each cell is expected to give. A cell is green when
+its verdict is the expected one: the legacy frontend with a widened race window is expected to FAIL, so a gate
+is green when the known-bad frontend fails as it should. Cells that share host settings run on one host, each
+in a fresh guest. The file's format: the docstring of harness/matrix.py, or configs/matrix.yaml.
+"""
+
+MATRIX_EPILOG = """\
+exit codes: 0 every cell gave its expected verdict; 1 some cell did not (summary.json says which and why);
+2 a bad matrix file.
+
+output (OUTPUT, default runs/matrix-<name>-<time>):
+  summary.json   every cell: its verdict, expected verdict, green or red and why, timings, run directory
+  junit.xml      a test suite per cell, a test case per round and one for the cell's verdict
+  report.html    the verdict grid, expected vs actual, with links to each cell's own report
+  cells/<cell>/  each cell's run directory (result.json, junit.xml, report.html, images, console log), and
+                 scenario.yaml: the cell as a scenario of its own, to run again with `xenfb-harness run`
+  hosts/<n>/     the hosts' logs
+
+sharding (CI runners in parallel): --shard I/N runs the I-th of N disjoint, balanced parts; every runner
+computes the same parts from the same matrix (and the same --times file, if any). Then:
+  xenfb-harness merge --output all shard-1 shard-2      # one summary, junit.xml and report.html
+
+examples:
+  xenfb-harness matrix configs/matrix.yaml
+  xenfb-harness matrix configs/matrix.yaml --list --shard 1/2     # which cells shard 1 of 2 runs
+  xenfb-harness matrix configs/matrix.yaml --shard 2/2 --times last/summary.json --output shard-2
+"""
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
@@ -119,6 +149,21 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--git-bisect-codes", action="store_true",
                      help="exit as `git bisect run` expects: 0 when every run PASSed, 1 when any FAILed, 125 (skip) "
                           "otherwise, e.g. an ERROR such as a kernel that did not build or boot")
+    matrix = sub.add_parser("matrix", help="run every cell of a matrix and check each against its expected verdict",
+                            description=MATRIX_DESCRIPTION, epilog=MATRIX_EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    matrix.add_argument("matrix", type=Path, help="matrix YAML, e.g. configs/matrix.yaml")
+    matrix.add_argument("--shard", default=None, metavar="I/N", help="run only the I-th of N parts (1-based)")
+    matrix.add_argument("--times", type=Path, default=None, metavar="SUMMARY",
+                        help="an earlier summary.json whose cell times balance the shards (default: equal counts)")
+    matrix.add_argument("--list", action="store_true", help="print the cells (of the shard) and run nothing")
+    matrix.add_argument("--output", type=Path, default=None, help="output directory (see below)")
+    matrix.add_argument("--host", type=Path, default=None, metavar="FILE", help="as for run: every cell on it")
+    matrix.add_argument("--accept-new-host-key", action="store_true", help="as for run")
+    _cache_arg(matrix)
+    merge = sub.add_parser("merge", help="merge the outputs of a matrix's shards into one summary and report")
+    merge.add_argument("dirs", nargs="+", type=Path, metavar="SHARD_DIR", help="output directories of `matrix`")
+    merge.add_argument("--output", type=Path, required=True, help="where the merged summary and reports go")
     bisect = sub.add_parser("bisect", help="find the first patch of a series that turns PASS into FAIL",
                             description=BISECT_DESCRIPTION, epilog=BISECT_EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,8 +212,11 @@ def _load(path: str | None, host_file: Path | None = None) -> config.Config:
     return config.load(path, host_file)
 
 
-def _shipped_configs() -> list[str]:
-    return sorted(str(p) for p in DEFAULT_CONFIG.parent.glob("*.yaml"))
+def _shipped_configs() -> list[config.Config]:
+    """Every shipped scenario and every cell of every shipped matrix: what `cache prune` keeps by default."""
+    from .matrix import load_matrix
+    scenarios, matrices = config.shipped(DEFAULT_CONFIG.parent)
+    return [config.load(p) for p in scenarios] + [c.cfg for m in matrices for c in load_matrix(m).cells]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,14 +237,19 @@ def _main(args) -> int:
         if args.command == "host" and args.host_command == "down":
             from .hostservice import down
             return down(args.state)
+        if args.command == "merge":
+            return _merge(args)
+        if args.command == "matrix":
+            return _matrix(args)
         if args.command == "host" and args.host_command == "clean":
             return _clean(_load(None, args.host), args.accept_new_host_key)
         given = getattr(args, "config", None)  # `cache list` takes none
         names = given if isinstance(given, list) else [given]
         if args.command == "cache" and args.cache_command == "prune" and not given:
-            names = _shipped_configs()
-        cfgs = [_load(name, getattr(args, "host", None) if args.command in ("run", "bisect") else None)
-                for name in (names or [None])]
+            cfgs = _shipped_configs()
+        else:
+            cfgs = [_load(name, getattr(args, "host", None) if args.command in ("run", "bisect") else None)
+                    for name in (names or [None])]
         if args.command == "bisect":
             return _bisect(args, cfgs[0])
     except config.ConfigError as e:
@@ -258,6 +311,52 @@ def _run(args, cfgs: list[config.Config], cache: Cache) -> int:
     if args.git_bisect_codes:  # any FAIL is bad, even beside an ERROR: the worst verdict would say ERROR
         return EXIT_CODES[FAIL] if FAIL in verdicts else max(EXIT_CODES[v] for v in verdicts)
     return max(EXIT_CODES[v] for v in verdicts)
+
+
+def _matrix(args) -> int:
+    from .matrix import exit_code, load_matrix, parse_shard, run_matrix, shard, times_from
+    matrix = load_matrix(args.matrix, args.host)  # a ConfigError: exit 2 with the file, key and what was expected
+    cells, label = matrix.cells, None
+    if args.shard:
+        try:
+            i, n = parse_shard(args.shard)
+            times = times_from(args.times) if args.times else None
+        except (ValueError, OSError, KeyError) as e:
+            print(f"xenfb-harness: matrix: {'--times' if args.times and not isinstance(e, ValueError) else '--shard'}"
+                  f": {e}", file=sys.stderr)
+            return EXIT_CODES[ERROR]
+        cells, label = shard(cells, i, n, times), args.shard
+    if args.list:
+        print("\n".join(c.id for c in cells))
+        return 0
+    out = args.output or Path("runs") / f"matrix-{matrix.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cache = Cache(args.cache_dir or default_cache_dir())
+
+    def report(result, job) -> None:
+        cell = next(c for c in cells if job.run_dir.name == c.slug)
+        mark = "green" if result.verdict == cell.expected else "RED"
+        print(f"{mark:5s} {cell.id}: {result.verdict} (expected {cell.expected}); "
+              f"{result.reason.splitlines()[0] if result.reason else ''}", flush=True)
+
+    summary = run_matrix(matrix, cells, out, cache, args.accept_new_host_key, label, report)
+    t = summary["totals"]
+    print(f"matrix {matrix.name}{f' shard {label}' if label else ''}: {t['green']} of {t['cells']} cells green, "
+          f"{t['red']} red; {summary['timings']['total']:.0f} s")
+    print(f"report: {out / 'report.html'}")
+    return exit_code(summary)
+
+
+def _merge(args) -> int:
+    from .matrix import exit_code, merge
+    try:
+        summary = merge(args.dirs, args.output)
+    except ValueError as e:
+        print(f"xenfb-harness: merge: {e}", file=sys.stderr)
+        return EXIT_CODES[ERROR]
+    t = summary["totals"]
+    print(f"matrix {summary['name']}: {t['green']} of {t['cells']} cells green, {t['red']} red")
+    print(f"report: {args.output / 'report.html'}")
+    return exit_code(summary)
 
 
 def _bisect(args, cfg: config.Config) -> int:

@@ -382,6 +382,13 @@ def _check_kernel(source: str, data: dict) -> None:
                           f"frontend {data['frontend']!r} is a module built against it")
 
 
+def shipped(configs_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The scenario files and the matrix files (named matrix*.yaml) in a configs directory."""
+    files = sorted(configs_dir.glob("*.yaml"))
+    matrices = [f for f in files if f.name.startswith("matrix")]
+    return [f for f in files if f not in matrices], matrices
+
+
 @dataclass(frozen=True)
 class Config:
     source: str  # the scenario file, or "(defaults)"
@@ -415,15 +422,44 @@ def _read(path: str | os.PathLike) -> tuple[str, dict, Path]:
     return source, ({} if loaded is None else loaded), p.resolve().parent  # empty: all defaults; [] or 0 is not
 
 
-def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = None) -> Config:
+def nest(dotted: dict[str, Any]) -> dict:
+    """{"writer.kind": "xorg"} -> {"writer": {"kind": "xorg"}}: how matrices and the pytest plugin name keys."""
+    out: dict = {}
+    for key, value in dotted.items():
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{key}: {part} is given both as a value and as a section")
+        node[last] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Settings laid over a scenario file's (a matrix cell's, a pytest test's), checked like the file's own."""
+    values: dict  # nested, as in a scenario file
+    source: str  # where they come from, for errors: e.g. "configs/matrix.yaml, cell frontend=legacy"
+    base: Path  # what relative paths among them are relative to
+
+
+def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = None,
+         overrides: Overrides | None = None) -> Config:
     """Load and validate a scenario file; None gives the defaults alone. `host_file` is a config fragment with
-    only a `host:` section (e.g. the host.yaml `host up` writes) that replaces the scenario's host settings."""
+    only a `host:` section (e.g. the host.yaml `host up` writes) that replaces the scenario's host settings.
+    `overrides` replace the file's values key by key."""
     data = defaults()
     loaded: dict = {}
     source, base = "(defaults)", Path.cwd()
     if path is not None:
         source, loaded, base = _read(path)
         _merge(source, SCHEMA, loaded, data, "", base)
+    if overrides is not None:
+        _merge(overrides.source, SCHEMA, overrides.values, data, "", overrides.base)
+        if "sources" in (overrides.values.get("apt") or {}):
+            loaded = {**loaded, "apt": {**(loaded.get("apt") or {}), "sources": overrides.values["apt"]["sources"]}}
+    checked = source if overrides is None else f"{source} with {overrides.source}"  # what errors below name
     if host_file is not None:
         host_source, host_data, host_base = _read(host_file)
         if not isinstance(host_data, dict) or set(host_data) - {"host"}:
@@ -432,7 +468,7 @@ def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = N
         _merge(host_source, {"host": SCHEMA["host"]}, host_data, data, "", host_base)
     else:
         host_source = ""
-    host, where = data["host"], host_source or source
+    host, where = data["host"], host_source or checked
     if host["kind"] == "ssh" and not host["address"]:
         raise ConfigError(where, "host.address", "expected the dom0's address when host.kind is 'ssh'")
     if problem := workdir_problem(host["workdir"]):
@@ -445,26 +481,26 @@ def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = N
     if data["writer"]["kind"] == "xorg":
         for key in ("mappings", "workers"):
             if data["writer"][key] != 1:
-                raise ConfigError(source, f"writer.{key}", "expected 1 with writer.kind 'xorg' (the X server "
+                raise ConfigError(checked, f"writer.{key}", "expected 1 with writer.kind 'xorg' (the X server "
                                   "maps the framebuffer, and one X client draws)")
     if data["frontend"] == "module":
         module = data["module"]
         if not module["source"]:
-            raise ConfigError(source, "module.source", "expected your module's source directory when frontend is "
+            raise ConfigError(checked, "module.source", "expected your module's source directory when frontend is "
                               "'module'")
         if not MODULE_NAME.fullmatch(module["name"]):
-            raise ConfigError(source, "module.name", f"expected the module's name ([A-Za-z0-9_]+) when frontend is "
+            raise ConfigError(checked, "module.name", f"expected the module's name ([A-Za-z0-9_]+) when frontend is "
                               f"'module', got {module['name']!r}")
     if not MODULE_PARAMS.fullmatch(data["module"]["params"]):
-        raise ConfigError(source, "module.params", "expected name=value words of [A-Za-z0-9_.,:=-], separated by "
+        raise ConfigError(checked, "module.params", "expected name=value words of [A-Za-z0-9_.,:=-], separated by "
                           f"single spaces, got {data['module']['params']!r}")
-    _check_kernel(source, data)
+    _check_kernel(checked, data)
     if data["writer"]["kind"] == "command" and not data["command"]["run"].strip():
-        raise ConfigError(source, "command.run", "expected the workload's shell command when writer.kind is "
+        raise ConfigError(checked, "command.run", "expected the workload's shell command when writer.kind is "
                           "'command'")
     if data["writer"]["workers"] > 1 and data["writer"]["mode"] != "sparse":
-        raise ConfigError(source, "writer.workers", "expected 1 unless writer.mode is 'sparse' (mixed rounds "
+        raise ConfigError(checked, "writer.workers", "expected 1 unless writer.mode is 'sparse' (mixed rounds "
                           "overlap, so the order of their writes decides the frame)")
     if "sources" not in (loaded.get("apt") or {}):  # the default path must exist too, and say so if not
-        _check(source, "apt.sources", SCHEMA["apt"]["sources"], data["apt"]["sources"], base)
+        _check(checked, "apt.sources", SCHEMA["apt"]["sources"], data["apt"]["sources"], base)
     return Config(source, data, host_source)

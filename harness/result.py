@@ -143,8 +143,11 @@ class Result:
 
 
 def write(result: Result, run_dir: Path) -> None:
+    """result.json, junit.xml and report.html (the page a person reads: harness/report_html.py)."""
+    from .report_html import write_run_page
     (run_dir / "result.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
     write_junit(result, run_dir / "junit.xml")
+    write_run_page(run_dir)
 
 
 def _xml_text(s: str) -> str:

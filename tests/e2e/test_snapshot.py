@@ -15,6 +15,8 @@ import pytest
 
 from .conftest import ROOT, Run, harness_cmd, nested_tmpdirs, pid_alive, run_scenario, verdict_of
 
+pytestmark = pytest.mark.e2e
+
 STARTED = re.compile(r"(restored from|booted, saved) snapshot (host-snapshot-[0-9a-f]{16})")
 
 
