@@ -157,6 +157,10 @@ def parser() -> argparse.ArgumentParser:
     matrix.add_argument("--times", type=Path, default=None, metavar="SUMMARY",
                         help="an earlier summary.json whose cell times balance the shards (default: equal counts)")
     matrix.add_argument("--list", action="store_true", help="print the cells (of the shard) and run nothing")
+    matrix.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="hosts side by side, for cells with different host settings (default: one per 4 "
+                             "cores; a nested host keeps 2 busy)")
+    matrix.add_argument("--group", type=int, default=None, help=argparse.SUPPRESS)  # one host group, for --jobs
     matrix.add_argument("--output", type=Path, default=None, help="output directory (see below)")
     matrix.add_argument("--host", type=Path, default=None, metavar="FILE", help="as for run: every cell on it")
     matrix.add_argument("--accept-new-host-key", action="store_true", help="as for run")
@@ -314,7 +318,8 @@ def _run(args, cfgs: list[config.Config], cache: Cache) -> int:
 
 
 def _matrix(args) -> int:
-    from .matrix import exit_code, load_matrix, parse_shard, run_matrix, shard, times_from
+    from .matrix import default_jobs, exit_code, host_groups, load_matrix, parse_shard, run_group, run_matrix, shard, \
+        times_from
     matrix = load_matrix(args.matrix, args.host)  # a ConfigError: exit 2 with the file, key and what was expected
     cells, label = matrix.cells, None
     if args.shard:
@@ -338,7 +343,16 @@ def _matrix(args) -> int:
         print(f"{mark:5s} {cell.id}: {result.verdict} (expected {cell.expected}); "
               f"{result.reason.splitlines()[0] if result.reason else ''}", flush=True)
 
-    summary = run_matrix(matrix, cells, out, cache, args.accept_new_host_key, label, report)
+    if args.group is not None:  # a child of --jobs: one host group of this same selection
+        run_group(matrix, host_groups(cells), args.group, out, cache, args.accept_new_host_key, report)
+        return 0
+    jobs = args.jobs or default_jobs()
+    child = [sys.executable, "-m", "harness", "matrix", str(args.matrix), "--output", str(out),
+             *(["--shard", args.shard] if args.shard else []), *(["--times", str(args.times)] if args.times else []),
+             *(["--host", str(args.host)] if args.host else []),
+             *(["--accept-new-host-key"] if args.accept_new_host_key else []),
+             *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else [])]
+    summary = run_matrix(matrix, cells, out, cache, args.accept_new_host_key, label, report, jobs, child)
     t = summary["totals"]
     print(f"matrix {matrix.name}{f' shard {label}' if label else ''}: {t['green']} of {t['cells']} cells green, "
           f"{t['red']} red; {summary['timings']['total']:.0f} s")

@@ -150,7 +150,7 @@ def write(result: Result, run_dir: Path) -> None:
     write_run_page(run_dir)
 
 
-def _xml_text(s: str) -> str:
+def xml_text(s: str) -> str:
     """XML 1.0 forbids most control characters; tool output (colour codes) carries them."""
     return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", lambda m: f"\\x{ord(m.group()):02x}", s)
 
@@ -170,7 +170,7 @@ def write_junit(result: Result, path: Path) -> None:
             f.text = json.dumps({"rects": r.rects, "pages": r.pages, "images": r.images}, indent=1)
     if result.verdict == ERROR:
         case = ET.SubElement(suite, "testcase", classname=result.frontend, name="stack")
-        reason = _xml_text(result.reason)
+        reason = xml_text(result.reason)
         ET.SubElement(case, "error", message=reason.splitlines()[0] if reason else "error").text = reason
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 

@@ -15,6 +15,7 @@ from .config import Config, runs_x_server
 from .frontends import frontend, module_frontend
 from .geometry import Rect
 from .guest import Guest, save_workload_log, save_xorg_config, writer_params
+from .hosts.base import HostError
 from .hosts.dom0 import Dom0
 from .images import diff_image, load_ppm, save_png
 from .progress import record, say, step
@@ -109,6 +110,21 @@ class RoundLog:
         return rr
 
 
+def matcher(expected, geometry, exclude):
+    """Does a frame of the backend's view equal the expected one? A view of another size does not (yet): the
+    backend may take the frontend's size a moment after the guest starts drawing."""
+    return lambda frame: frame.shape == expected.shape and compare(expected, frame, geometry, exclude).ok
+
+
+def judge(expected, seen, geometry, exclude):
+    """The round's comparison, once the view has settled; a view still of another size compares nothing."""
+    if seen.shape != expected.shape:
+        raise HostError(f"the backend's screen is {seen.shape[1]}x{seen.shape[0]} after the quiet time, but the "
+                        f"guest's framebuffer is {geometry.width}x{geometry.height}: the backend never took the "
+                        f"frontend's size, so nothing can be compared")
+    return compare(expected, seen, geometry, exclude)
+
+
 def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Result, run_dir: Path) -> None:
     """Our writer's rounds: each draws a seeded frame we know; the backend's view and guest memory must both be it."""
     seed = cfg["seed"]
@@ -121,8 +137,8 @@ def _rounds(cfg: Config, guest: Guest, capture: Capture, geometry, result: Resul
         t0 = time.monotonic()
         expected = pattern.expected_rgb(geometry, seed, r + 1, params=params)
         guest.go(r, seed)  # DONE: from now until the round is judged, nothing in the guest draws
-        settled = capture.settle(lambda frame: compare(expected, frame, geometry, exclude).ok, quiet_s)
-        seen = compare(expected, settled.frame, geometry, exclude)
+        settled = capture.settle(matcher(expected, geometry, exclude), quiet_s)
+        seen = judge(expected, settled.frame, geometry, exclude)
         # Taken now, while the guest is quiet; fetched and checked while the next round runs.
         dump = capture.screendump(run_dir / f"round-{r:03d}-screendump.ppm")
         rr = log.add(r, t0, expected, settled, seen)
@@ -161,8 +177,8 @@ def _command_rounds(cfg: Config, guest: Guest, capture: Capture, geometry, resul
         guest.freeze(r)  # DONE: nothing in guest userspace runs until the round is judged
         base = run_dir / f"round-{r:03d}"
         expected = load_ppm(capture.screendump(Path(f"{base}-guest-memory.ppm")).result())
-        settled = capture.settle(lambda frame: compare(expected, frame, geometry, exclude).ok, quiet_s)
-        seen = compare(expected, settled.frame, geometry, exclude)
+        settled = capture.settle(matcher(expected, geometry, exclude), quiet_s)
+        seen = judge(expected, settled.frame, geometry, exclude)
         after = load_ppm(capture.screendump(Path(f"{base}-guest-memory-after.ppm")).result())
         changed = compare(expected, after, geometry, exclude)
         drawn = compare(previous, expected, geometry, exclude).missed_pixels if previous is not None else None

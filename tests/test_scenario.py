@@ -244,3 +244,16 @@ def test_guest_memory_that_changes_while_frozen_stops_the_run_with_an_error(run)
     assert (run_dir / "round-002-guest-memory-changed.png").exists()
     assert result.verdict == ERROR and "round 2" in result.reason and "never became quiet" in result.reason
     assert ("freeze", 3) not in guest.calls
+
+
+def test_a_view_of_another_size_is_waited_for_then_named():
+    """A backend may take the frontend's size a moment late: until it has, a frame does not match (no exception
+    that would end the round early); once the round settles still at another size, the error says both sizes."""
+    geometry = Geometry(800, 600, 32, 3200, Channel(16, 8), Channel(8, 8), Channel(0, 8))
+    expected = np.zeros((600, 800, 3), np.uint8)
+    small = np.zeros((480, 640, 3), np.uint8)
+    matches = scenario.matcher(expected, geometry, [])
+    assert matches(small) is False and matches(expected.copy()) is True
+    with pytest.raises(scenario.HostError, match="640x480 after the quiet time.*800x600"):
+        scenario.judge(expected, small, geometry, [])
+    assert scenario.judge(expected, expected.copy(), geometry, []).ok

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from harness.artifacts.common import sources_for_suite
-from harness.artifacts.payload import kbuild_package, kernel_image
+from harness.artifacts.common import kernel_image
+from harness.artifacts.payload import kbuild_package
 
 DEB822 = """Types: deb
 URIs: http://mirror.example/debian
@@ -63,20 +64,20 @@ class FakeApt:
 
 
 def test_a_versioned_image_is_itself():
-    assert kernel_image(FakeApt({}), "linux-image-6.1.0-56-amd64") == "linux-image-6.1.0-56-amd64"
+    assert kernel_image(FakeApt({}), "linux-image-6.1.0-56-amd64", "guest.kernel_package") == "linux-image-6.1.0-56-amd64"
 
 
 def test_a_metapackage_stands_for_the_image_it_depends_on():
     apt = FakeApt({"linux-image-amd64": ["linux-image-6.12.118+deb13-amd64"],
                    "linux-image-rt-amd64": ["linux-image-6.1.0-56-rt-amd64", "firmware-whatever"]})
-    assert kernel_image(apt, "linux-image-amd64") == "linux-image-6.12.118+deb13-amd64"
-    assert kernel_image(apt, "linux-image-rt-amd64") == "linux-image-6.1.0-56-rt-amd64"
+    assert kernel_image(apt, "linux-image-amd64", "guest.kernel_package") == "linux-image-6.12.118+deb13-amd64"
+    assert kernel_image(apt, "linux-image-rt-amd64", "guest.kernel_package") == "linux-image-6.1.0-56-rt-amd64"
 
 
 def test_a_metapackage_without_one_image_is_refused():
     apt = FakeApt({"linux-image-amd64": []})
     with pytest.raises(LookupError, match="linux-image-amd64"):
-        kernel_image(apt, "linux-image-amd64")
+        kernel_image(apt, "linux-image-amd64", "guest.kernel_package")
 
 
 class VersionsApt:

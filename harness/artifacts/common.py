@@ -42,6 +42,16 @@ def _suite_of(token: str) -> str:
     return re.split(r"[-/]", token, maxsplit=1)[0]
 
 
+def sources_codename(text: str) -> str:
+    """The release an apt sources file (deb822 or one-line) is for: the codename of the first suite it names."""
+    for line in text.splitlines():
+        m = re.match(r"\s*Suites:\s*(\S+)", line, re.I) or re.match(
+            r"\s*deb(?:-src)?\s+(?:\[[^\]]*\]\s+)?\S+\s+(\S+)", line)
+        if m:
+            return _suite_of(m[1])
+    raise ValueError("the apt sources name no suite")
+
+
 def sources_for_suite(text: str, suite: str) -> str:
     """An apt sources file (deb822 or one-line) with its release's codename replaced by `suite` in every suite name
     (bookworm, bookworm-updates, bookworm-security -> bullseye, bullseye-updates, bullseye-security): the same
@@ -106,7 +116,7 @@ def xen_series(package: str) -> str:
 def _busybox(apt: Apt, dest: Path) -> Path:
     """busybox-static extracted under dest/bb (the caller removes it); returns the binary."""
     tree = apt.extract(BUSYBOX, dest / "bb")
-    return tree / "bin" / "busybox"
+    return next(p for p in (tree / "bin" / "busybox", tree / "usr/bin/busybox") if p.exists())  # merged /usr
 
 
 def _start_initramfs(cpio: CpioWriter, busybox: Path, directories: tuple[str, ...]) -> None:
@@ -128,6 +138,20 @@ def _binutils() -> str:
     """The linker's version line: part of the key of every kernel we link."""
     out = subprocess.run(["ld", "--version"], capture_output=True, text=True)
     return out.stdout.splitlines()[0] if out.stdout else "unknown"
+
+
+def kernel_image(apt: Apt, package: str, key: str) -> str:
+    """The linux-image package that holds the kernel: `package` itself, or, for a metapackage (linux-image-amd64,
+    linux-image-rt-amd64...), the versioned image it depends on."""
+    seen = [package]
+    while not re.match(r"linux-image-\d", package):  # versioned images have their version first
+        images = [d for d in apt.depends(package) if d.startswith("linux-image-")]
+        if len(images) != 1:
+            raise LookupError(f"{key} {seen[0]!r}: expected a linux-image package or a metapackage "
+                              f"that depends on one, but {package!r} depends on {images or 'no linux-image'}")
+        package = images[0]
+        seen.append(package)
+    return package
 
 
 def _kernel(cache: Cache, apt: Apt, package: str, modules: list[str], log: Path) -> Path:

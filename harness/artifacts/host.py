@@ -17,8 +17,8 @@ from ..config import Config
 from ..progress import run, step
 from .apt import Apt
 from .cache import Cache, hash_files
-from .common import (BUSYBOX, FILES, HERE, _busybox, _kernel, _start_initramfs, apt_for, recipe_hash,
-                     xen_series)
+from .common import (BUSYBOX, FILES, HERE, _busybox, _kernel, _start_initramfs, apt_for, kernel_image,
+                     recipe_hash, sources_codename, xen_series)
 from .cpio import CpioWriter
 
 # 9p, 9pnet_virtio: the share guest payloads reach a nested dom0 through (hosts/nested.py).
@@ -96,7 +96,7 @@ def _dom0_image(cache: Cache, apt: Apt, inp: dict, series: str, log: Path) -> Pa
         root = out / "rootfs"
         with step("mmdebstrap dom0 root filesystem"):
             run(["mmdebstrap", "--mode=root", "--variant=essential", f"--include={','.join(packages)}",
-                 suite, str(root), str(sources)], log)
+                 suite, str(root), str(apt.sources)], log)  # the sources for that suite
         init = (FILES / "dom0-init").read_text().replace("@XEN_VERSION@", series)
         (root / "usr/local/sbin/xfb-dom0-init").write_text(init)
         (root / "usr/local/sbin/xfb-dom0-init").chmod(0o755)
@@ -120,10 +120,15 @@ def _dom0_image(cache: Cache, apt: Apt, inp: dict, series: str, log: Path) -> Pa
 def build_host(cfg: Config, cache: Cache, log: Path) -> HostArtifacts:
     """Build (or find in the cache) everything the nested host boots."""
     inp = host_inputs(cfg)
-    apt = apt_for(cache, inp["apt.sources"], log)
+    # apt.suite is the host's Debian release, Xen's with it (bookworm 4.17, trixie 4.20, bullseye 4.14): the
+    # sources file's own release, or the same mirrors for another one.
+    sources = Path(inp["apt.sources"])
+    suite = "" if inp["apt.suite"] == sources_codename(sources.read_text()) else inp["apt.suite"]
+    apt = apt_for(cache, sources, log, suite)
     series = xen_series(inp["host.xen_package"])
     xen = _xen(cache, apt, inp["host.xen_package"], log)
-    dom0_kernel = _kernel(cache, apt, inp["host.dom0_kernel_package"], DOM0_MODULES, log)
+    dom0_kernel = _kernel(cache, apt, kernel_image(apt, inp["host.dom0_kernel_package"], "host.dom0_kernel_package"),
+                          DOM0_MODULES, log)
     dom0_initrd = _dom0_initrd(cache, apt, dom0_kernel, log)
     dom0 = _dom0_image(cache, apt, inp, series, log)
     versions = {p: apt.version(p) for p in (inp["host.xen_package"], inp["host.dom0_kernel_package"],

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import tarfile
@@ -26,7 +25,8 @@ from ..config import Config, runs_x_server
 from ..progress import run, step
 from .apt import Apt
 from .cache import Cache, hash_files, hash_tree
-from .common import BUSYBOX, FILES, HERE, _busybox, _gcc, _kernel, _start_initramfs, apt_for, recipe_hash
+from .common import (BUSYBOX, FILES, HERE, _busybox, _gcc, _kernel, _start_initramfs, apt_for, kernel_image,
+                     recipe_hash)
 from .cpio import CpioWriter
 from .elf import ELF_MAGIC, closure, copy_closure, is_elf
 
@@ -248,7 +248,7 @@ def guest_kernel(cfg: Config, cache: Cache, log: Path) -> GuestKernel:
                                  lambda scratch: (tree, ())) if tree else None)
         versions = {"kernel_image": cfg["guest.kernel_image"]}
     else:
-        package = kernel_image(kernel_apt, cfg["guest.kernel_package"])
+        package = kernel_image(kernel_apt, cfg["guest.kernel_package"], "guest.kernel_package")
         entry = _kernel(cache, kernel_apt, package, [], log)  # the guest loads no module of the kernel's own
         headers = _debian_headers(kernel_apt, package, (entry / "version").read_text(), log)
         versions = {package: kernel_apt.version(package)}
@@ -292,20 +292,6 @@ def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, module: Path | N
               "root": root.parent.name if root else None,
               "recipe": hash_files(FILES / "guest-init", HERE / "cpio.py"), "build": RECIPE}
     return cache.entry("guest-payload", inputs, build)
-
-
-def kernel_image(apt: Apt, package: str) -> str:
-    """The linux-image package that holds the kernel: `package` itself, or, for a metapackage (linux-image-amd64,
-    linux-image-rt-amd64...), the versioned image it depends on."""
-    seen = [package]
-    while not re.match(r"linux-image-\d", package):  # versioned images have their version first
-        images = [d for d in apt.depends(package) if d.startswith("linux-image-")]
-        if len(images) != 1:
-            raise LookupError(f"guest.kernel_package {seen[0]!r}: expected a linux-image package or a metapackage "
-                              f"that depends on one, but {package!r} depends on {images or 'no linux-image'}")
-        package = images[0]
-        seen.append(package)
-    return package
 
 
 def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
