@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.report_html import write_matrix_page, write_run_page
+from harness.report_html import write_matrix_page
 from tests import browser
 
 from .conftest import Run
@@ -20,12 +20,6 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def legacy(host_pair) -> Run:
     return host_pair[1]  # configs/legacy-race.yaml: FAILs, with round images
-
-
-def run_page(run_dir: Path) -> Path:
-    """The run's report.html; written here if the run did not write one."""
-    page = run_dir / "report.html"
-    return page if page.is_file() else write_run_page(run_dir)
 
 
 def matrix_over(run_dir: Path, out: Path) -> Path:
@@ -52,7 +46,8 @@ def matrix_over(run_dir: Path, out: Path) -> Path:
 
 def test_run_page_renders_a_real_fail(legacy):
     assert legacy.result["verdict"] == "FAIL", legacy.stderr[-3000:]
-    page = run_page(legacy.dir)
+    page = legacy.dir / "report.html"  # every run writes its page
+    assert page.is_file()
     seen = browser.check_run_page(page, legacy.dir / "report.png")
     assert (legacy.dir / "report.png").is_file(), seen
 
