@@ -1,15 +1,19 @@
 """`xenfb-harness matrix` on the real stack: the shipped frontend x writer matrix is green (the known-bad
 frontend FAILs as expected, the others PASS), its two shards together run every cell once and merge into the
-same verdicts as the unsharded run, and a cell expected to give another verdict turns the gate red."""
+same verdicts as the unsharded run, and a cell expected to give another verdict turns the gate red. With --jobs,
+two hosts run side by side, and SIGTERM stops both."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, harness_cmd, nested_tmpdirs, pid_alive, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -78,3 +82,47 @@ def test_a_cell_that_does_not_give_its_expected_verdict_is_red(shared_host, tmp_
     assert cell["why_red"].startswith("expected FAIL, got PASS")
     failures = ET.parse(tmp_path / "out" / "junit.xml").getroot().findall(".//failure")
     assert [f.get("message")[:24] for f in failures] == ["expected FAIL, got PASS:"]
+
+
+def two_hosts(tmp_path: Path) -> Path:
+    """Two cells whose host settings differ: a host each."""
+    path = tmp_path / "two-hosts.yaml"
+    path.write_text(f"base: {ROOT / 'configs' / 'default.yaml'}\nset: {{rounds: 1}}\n"
+                    "axes: {host.dom0_memory_mb: [1024, 960]}\nexpect: [{verdict: PASS}]\n")
+    return path
+
+
+def test_jobs_run_hosts_side_by_side(tmp_path):
+    before = nested_tmpdirs()
+    out = tmp_path / "out"
+    proc = run_cli("matrix", str(two_hosts(tmp_path)), "--jobs", "2", "--output", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "host group 2 of 2 started" in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [c["verdict"] for c in summary["cells"]] == ["PASS", "PASS"]
+    assert {p.name for p in (out / "hosts").iterdir()} == {"1", "2"}
+    for pid in (out / "hosts").glob("*/qemu.pid"):
+        assert not pid_alive(int(pid.read_text()))
+    assert nested_tmpdirs() <= before
+
+
+def test_sigterm_stops_every_host_of_jobs(tmp_path):
+    """SIGTERM (what CI sends on a timeout) to a matrix running hosts side by side: each child stops its host,
+    and the summary still says what happened to every cell."""
+    before = nested_tmpdirs()
+    out = tmp_path / "out"
+    proc = subprocess.Popen(harness_cmd("matrix", str(two_hosts(tmp_path)), "--jobs", "2", "--output", str(out)),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids = [out / "hosts" / k / "qemu.pid" for k in ("1", "2")]
+    deadline = time.monotonic() + 300
+    while not all(p.is_file() for p in pids) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert all(p.is_file() for p in pids), "both hosts should have started"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stdout + stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(c["verdict"] == "ERROR" and not c["ok"] for c in summary["cells"]), summary["cells"]
+    for pid in pids:
+        assert not pid_alive(int(pid.read_text()))
+    assert nested_tmpdirs() <= before
