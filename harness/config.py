@@ -409,10 +409,11 @@ class Config:
         return {"schema_version": SCHEMA_VERSION, **self.data}
 
 
-def _read(path: str | os.PathLike) -> tuple[str, dict, Path]:
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> tuple[str, Any, Path]:
+    """(source, the parsed YAML ({} for an empty file), the directory relative paths in it are relative to)."""
     source, p = str(path), Path(path)
     if not p.is_file():
-        raise ConfigError(source, "", "config file does not exist")
+        raise ConfigError(source, "", f"{what} does not exist")
     try:
         loaded = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
@@ -453,7 +454,7 @@ def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = N
     loaded: dict = {}
     source, base = "(defaults)", Path.cwd()
     if path is not None:
-        source, loaded, base = _read(path)
+        source, loaded, base = read_yaml(path)
         _merge(source, SCHEMA, loaded, data, "", base)
     if overrides is not None:
         _merge(overrides.source, SCHEMA, overrides.values, data, "", overrides.base)
@@ -461,7 +462,7 @@ def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = N
             loaded = {**loaded, "apt": {**(loaded.get("apt") or {}), "sources": overrides.values["apt"]["sources"]}}
     checked = source if overrides is None else f"{source} with {overrides.source}"  # what errors below name
     if host_file is not None:
-        host_source, host_data, host_base = _read(host_file)
+        host_source, host_data, host_base = read_yaml(host_file)
         if not isinstance(host_data, dict) or set(host_data) - {"host"}:
             raise ConfigError(host_source, "", "expected a mapping with only a 'host' section")
         data["host"] = defaults()["host"]

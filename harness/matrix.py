@@ -144,21 +144,13 @@ def _matches(matcher: dict, values: dict) -> bool:
 def load_matrix(path: str | Path, host_file: str | Path | None = None) -> Matrix:
     """The matrix and its cells, each cell's config loaded and checked: a bad key fails here, before anything
     is built or booted, naming the matrix file, the cell and the key."""
-    source, p = str(path), Path(path)
-    if not p.is_file():
-        raise ConfigError(source, "", "matrix file does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(source, "", f"not valid YAML: {e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(source, "", f"not valid UTF-8: {e}") from None
-    if not isinstance(raw, dict):
+    source, raw, here = config.read_yaml(path, "matrix file")
+    p = Path(path)
+    if not isinstance(raw, dict) or not raw:  # an empty file too
         raise ConfigError(source, "", "expected a mapping with axes, expect and optionally base, set, exclude")
     unknown = set(raw) - {"base", "set", "axes", "exclude", "expect"}
     if unknown:
         raise ConfigError(source, sorted(unknown)[0], "unknown key; expected base, set, axes, exclude, expect")
-    here = p.resolve().parent
     base = raw.get("base")
     if base is not None:
         if not isinstance(base, str) or not (here / base).is_file():

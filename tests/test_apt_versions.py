@@ -21,7 +21,7 @@ bash:
   Candidate: 5.2.15-2+b13
   Version table:
      5.2.15-2+b13 500
-        500 http://deb.debian.org/debian bookworm/main amd64 Packages
+        500 http://mirror.invalid/debian bookworm/main amd64 Packages
  *** 5.2.15-2+b8 100
         100 /var/lib/dpkg/status
 """,
@@ -31,9 +31,9 @@ libc6:
   Candidate: 2.36-9+deb12u14
   Version table:
      2.36-9+deb12u14 500
-        500 http://deb.debian.org/debian bookworm/main amd64 Packages
+        500 http://mirror.invalid/debian bookworm/main amd64 Packages
      2.36-9+deb12u7 500
-        500 http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+        500 http://mirror.invalid/debian-security bookworm-security/main amd64 Packages
 """,
     "vim-common": """\
 vim-common:
@@ -41,7 +41,7 @@ vim-common:
   Candidate: 2:9.0.1378-2+deb12u2
   Version table:
      2:9.0.1378-2+deb12u2 500
-        500 http://deb.debian.org/debian bookworm/main amd64 Packages
+        500 http://mirror.invalid/debian bookworm/main amd64 Packages
 """,
     "mail-transport-agent": """\
 mail-transport-agent:
@@ -52,7 +52,7 @@ mail-transport-agent:
 }
 EXPECTED = {"bash": "5.2.15-2+b13", "libc6": "2.36-9+deb12u14", "vim-common": "2:9.0.1378-2+deb12u2",
             "mail-transport-agent": "(none)"}
-PACKAGES = "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages.lz4"
+PACKAGES = "mirror.invalid_debian_dists_bookworm_main_binary-amd64_Packages.lz4"
 
 
 def test_candidates_of_several_packages_in_one_output():
@@ -111,7 +111,7 @@ def state(tmp_path) -> Path:
 @pytest.fixture
 def sources(tmp_path) -> Path:
     path = tmp_path / "debian.sources"
-    path.write_text("Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\n")
+    path.write_text("Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm\nComponents: main\n")
     return path
 
 
@@ -158,7 +158,7 @@ def test_changed_lists_make_a_later_run_ask_again(apt_cache, state, sources, cha
     if change == "rewritten":
         (lists / PACKAGES).write_bytes(b"Package: bash\nVersion: 5.2.15-2+b14\n")
     elif change == "new file":
-        (lists / "deb.debian.org_debian-security_dists_bookworm-security_InRelease").write_text("signed\n")
+        (lists / "mirror.invalid_debian-security_dists_bookworm-security_InRelease").write_text("signed\n")
     else:
         (lists / PACKAGES).unlink()
     assert new_apt(state, sources).versions(["bash", "libc6"]) == {"bash": "5.2.15-2+b13", "libc6": "2.36-9+deb12u14"}

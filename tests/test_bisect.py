@@ -126,7 +126,7 @@ def fake_kernel_tree(root: Path) -> Path:
 
 
 def write_base(tmp_path: Path, guest: dict | None = None, **more) -> Path:
-    (tmp_path / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    (tmp_path / "test.sources").write_text("deb http://mirror.invalid/debian bookworm main\n")
     data = {"frontend": "upstream", "rounds": 2, "apt": {"sources": "test.sources"}, **more}
     if guest is not None:
         data["guest"] = guest

@@ -34,13 +34,13 @@ def lookup(data: dict, dotted: str):
 def sources(tmp_path: Path) -> Path:
     """An apt sources file next to the scenario files, so no test depends on the host's apt setup."""
     p = tmp_path / "test.sources"
-    p.write_text("deb http://deb.debian.org/debian bookworm main\n")
+    p.write_text("deb http://mirror.invalid/debian bookworm main\n")
     return p
 
 
 def write_config(tmp_path: Path, text: str, name: str = "scenario.yaml", with_sources: bool = True) -> Path:
     if with_sources and not re.search(r"^apt:", text, re.M):
-        (tmp_path / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+        (tmp_path / "test.sources").write_text("deb http://mirror.invalid/debian bookworm main\n")
         text = text + "\napt:\n  sources: test.sources\n"
     p = tmp_path / name
     p.write_text(text)
@@ -148,7 +148,7 @@ def test_empty_file_is_all_defaults(tmp_path, sources):
 def test_relative_sources_resolve_against_config_folder(tmp_path, monkeypatch):
     sub = tmp_path / "scenarios"
     sub.mkdir()
-    (sub / "my.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    (sub / "my.sources").write_text("deb http://mirror.invalid/debian bookworm main\n")
     p = sub / "s.yaml"
     p.write_text("apt:\n  sources: my.sources\n")
     elsewhere = tmp_path / "elsewhere"
@@ -406,7 +406,7 @@ def test_a_bad_host_file_is_named_in_the_error(tmp_path):
 
 def command_file(tmp_path: Path, command: dict) -> Path:
     """A writer.kind command scenario with the given command section, written by YAML itself (any string)."""
-    (tmp_path / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    (tmp_path / "test.sources").write_text("deb http://mirror.invalid/debian bookworm main\n")
     p = tmp_path / "scenario.yaml"
     p.write_text(yaml.safe_dump({"writer": {"kind": "command"}, "command": command,
                                  "apt": {"sources": "test.sources"}}))
@@ -544,7 +544,7 @@ def kernel_tree(path: Path) -> Path:
 def guest_file(folder: Path, guest: dict, **top) -> Path:
     """A scenario in `folder` (with its own apt sources) whose guest section is `guest`."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    (folder / "test.sources").write_text("deb http://mirror.invalid/debian bookworm main\n")
     p = folder / "scenario.yaml"
     p.write_text(yaml.safe_dump({"guest": guest, "apt": {"sources": "test.sources"}, **top}))
     return p
@@ -760,7 +760,7 @@ def test_guest_kernel_combinations_that_are_fine(tmp_path, guest, top):
 
 def host_config(tmp_path: Path, host: dict) -> Path:
     """A scenario with the given host section, written by YAML itself (any string)."""
-    (tmp_path / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    (tmp_path / "test.sources").write_text("deb http://mirror.invalid/debian bookworm main\n")
     p = tmp_path / "scenario.yaml"
     p.write_text(yaml.safe_dump({"host": host, "apt": {"sources": "test.sources"}}))
     return p

@@ -23,7 +23,7 @@ def xl_of(cfg) -> str:
 
 
 def config(tmp_path, text: str):
-    (tmp_path / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    (tmp_path / "test.sources").write_text("deb http://mirror.invalid/debian bookworm main\n")
     p = tmp_path / "scenario.yaml"
     p.write_text(text + "\napt:\n  sources: test.sources\n")
     return load(p)

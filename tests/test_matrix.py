@@ -37,7 +37,7 @@ def write_matrix(d: Path, text: str, name: str = "m.yaml") -> Path:
     """A matrix file in d; unless it names its own base, its base is d/base.yaml, whose apt.sources is a file
     beside it (no test depends on the host's apt setup)."""
     d.mkdir(parents=True, exist_ok=True)
-    (d / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    (d / "test.sources").write_text("deb http://mirror.invalid/debian bookworm main\n")
     if not re.search(r"^base:", text, re.M):
         (d / "base.yaml").write_text("apt:\n  sources: test.sources\n")
         text = "base: base.yaml\n" + text
@@ -541,12 +541,12 @@ def test_base_and_paths_are_relative_to_their_files_not_the_cwd(tmp_path, monkey
     (in `set` and in axes) beside the matrix, wherever the harness runs from."""
     scen = tmp_path / "scenarios"
     scen.mkdir()
-    (scen / "scen.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    (scen / "scen.sources").write_text("deb http://mirror.invalid/debian bookworm main\n")
     (scen / "scen.yaml").write_text("rounds: 3\nseed: 9\napt:\n  sources: scen.sources\n")
     mdir = tmp_path / "matrices"
     (mdir / "sub").mkdir(parents=True)
-    (mdir / "mine.sources").write_text("deb http://deb.debian.org/debian trixie main\n")
-    (mdir / "sub" / "other.sources").write_text("deb http://deb.debian.org/debian trixie main\n")
+    (mdir / "mine.sources").write_text("deb http://mirror.invalid/debian trixie main\n")
+    (mdir / "sub" / "other.sources").write_text("deb http://mirror.invalid/debian trixie main\n")
     (mdir / "m.yaml").write_text("""\
 base: ../scenarios/scen.yaml
 set: {host.key: keys/id}
@@ -905,7 +905,7 @@ def test_one_host_for_a_matrix_that_varies_only_the_guest(tmp_path):
 
 
 def test_cells_of_two_apt_sources_files_get_two_hosts(tmp_path):
-    (tmp_path / "other.sources").write_text("deb http://deb.debian.org/debian trixie main\n")
+    (tmp_path / "other.sources").write_text("deb http://mirror.invalid/debian trixie main\n")
     m = load_matrix(write_matrix(tmp_path, "axes:\n  src:\n    a: {seed: 1}\n    b: {apt.sources: other.sources}\n"
                                            "    c: {seed: 3}\nexpect: [{verdict: PASS}]\n"))
     assert [[c.id for c in g] for g in host_groups(m.cells)] == [["src=a", "src=c"], ["src=b"]]

@@ -30,7 +30,7 @@ from tests.test_cpio import read_newc
 def write(tmp_path: Path, data: dict, name: str = "c.yaml", sources: bool = True) -> Path:
     """A scenario file; with its own apt sources file, so that no unit test depends on the host's apt set-up."""
     if sources:
-        (tmp_path / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+        (tmp_path / "test.sources").write_text("deb http://mirror.invalid/debian bookworm main\n")
         data = {**data, "apt": {"sources": "test.sources"}}
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data))

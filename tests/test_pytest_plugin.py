@@ -152,7 +152,7 @@ def fake_host(pytester, monkeypatch) -> list:
     monkeypatch.setattr(run, "build_payload", lambda cfg, cache, log: "payload")
     monkeypatch.setattr(signals, "received", None)  # the Ctrl-C below is remembered there: not for later tests
     monkeypatch.setenv("XENFB_HARNESS_CACHE", str(pytester.path / "cache"))
-    pytester.makefile(".sources", test="deb http://deb.debian.org/debian bookworm main\n")
+    pytester.makefile(".sources", test="deb http://mirror.invalid/debian bookworm main\n")
     pytester.makefile(".yaml", base="rounds: 2\napt:\n  sources: test.sources\n")
     return seen
 

@@ -17,7 +17,7 @@ from harness.run import Job, run_jobs
 
 
 def scenario(tmp_path: Path, name: str = "s.yaml", **data) -> config.Config:
-    (tmp_path / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    (tmp_path / "test.sources").write_text("deb http://mirror.invalid/debian bookworm main\n")
     path = tmp_path / name
     path.write_text(yaml.safe_dump({"rounds": 2, "apt": {"sources": "test.sources"}, **data}))
     return config.load(path)

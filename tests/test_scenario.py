@@ -22,7 +22,7 @@ GEOMETRY = Geometry(8, 4, 32, 32, Channel(16, 8), Channel(8, 8), Channel(0, 8))
 
 
 def command_config(tmp_path: Path, text: str = "") -> config.Config:
-    (tmp_path / "test.sources").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    (tmp_path / "test.sources").write_text("deb http://mirror.invalid/debian bookworm main\n")
     p = tmp_path / "scenario.yaml"
     p.write_text("writer: {kind: command}\ncommand: {run: 'while :; do x11perf -rect500; done'}\n" + text
                  + "\napt:\n  sources: test.sources\n")
