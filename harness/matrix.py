@@ -38,7 +38,7 @@ import yaml
 
 from . import config
 from .config import ConfigError, Overrides
-from .result import ERROR, FAIL, PASS, xml_text
+from .result import ERROR, FAIL, PASS, missed_message, xml_text
 
 SUMMARY_SCHEMA = 1
 VERDICTS = (PASS, FAIL, ERROR)
@@ -402,11 +402,9 @@ def write_junit(out: Path, summary: dict) -> None:
             case = ET.SubElement(suite, "testcase", classname=name, name=f"round_{r['round']:03d}",
                                  time=str(r.get("duration_s", 0)))
             if r.get("missed_pixels"):
-                images = [f"{c['run_dir']}/{f}" for k, f in sorted(r.get("images", {}).items())]
-                text = (f"{r['missed_pixels']} missed pixels in pages {r.get('pages', [])[:8]}, e.g. "
-                        f"{r.get('rects', [])[:1]}; images: {', '.join(images) or 'none'}")
+                text = missed_message(r, c["run_dir"])
                 if c["verdict"] == FAIL and not c["ok"]:
-                    ET.SubElement(case, "failure", message=xml_text(text))
+                    ET.SubElement(case, "failure", message=text)
                     failures += 1
                 else:
                     ET.SubElement(case, "system-out").text = xml_text(

@@ -155,6 +155,14 @@ def xml_text(s: str) -> str:
     return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", lambda m: f"\\x{ord(m.group()):02x}", s)
 
 
+def missed_message(r: dict, run_dir: str) -> str:
+    """A JUnit failure's message for a round that missed (a round of result.json): how much, where, and the paths
+    of its images (relative to where the report is, through run_dir), not whole logs."""
+    images = [f"{run_dir}/{f}" if run_dir else f for _, f in sorted(r.get("images", {}).items())]
+    return xml_text(f"{r['missed_pixels']} missed pixels in pages {r.get('pages', [])[:8]}, e.g. "
+                    f"{r.get('rects', [])[:1]}; images: {', '.join(images) or 'none'}")
+
+
 def write_junit(result: Result, path: Path) -> None:
     """One test case per round, so CI shows where a miss happened; an ERROR is its own failing case."""
     suite = ET.Element("testsuite", name=f"xenfb-harness.{Path(result.config).stem}",
@@ -166,7 +174,7 @@ def write_junit(result: Result, path: Path) -> None:
         case = ET.SubElement(suite, "testcase", classname=f"{result.frontend}.seed{result.seed}",
                              name=f"round_{r.round:03d}", time=str(r.duration_s))
         if r.missed:
-            f = ET.SubElement(case, "failure", message=f"{r.missed_pixels} missed pixels")
+            f = ET.SubElement(case, "failure", message=missed_message(asdict(r), ""))
             f.text = json.dumps({"rects": r.rects, "pages": r.pages, "images": r.images}, indent=1)
     if result.verdict == ERROR:
         case = ET.SubElement(suite, "testcase", classname=result.frontend, name="stack")

@@ -172,6 +172,7 @@ def test_junit_failures(tmp_path):
     assert cases["round_000"].find("failure") is None and cases["round_002"].find("failure") is None
     f1, f3 = cases["round_001"].find("failure"), cases["round_003"].find("failure")
     assert "12" in f1.get("message") and "40" in f3.get("message")
+    assert f1.get("message").startswith("12 missed pixels in pages [3, 4], e.g. [{'x': 11")  # where, in CI's list
     detail = json.loads(f1.text)
     assert detail["rects"] == [{"x": 11, "y": 20, "w": 30, "h": 2}] and detail["pages"] == [3, 4]
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("4", "2", "0")
