@@ -61,6 +61,11 @@ class Cell:
         """The cell's directory name."""
         return "__".join(re.sub(r"[^A-Za-z0-9._-]", "-", f"{a}-{v}") for a, v in self.values.items())
 
+    def meta(self) -> dict:
+        """What summary.json says of the cell whether or not it ran."""
+        return {"id": self.id, "index": self.index, "slug": self.slug, "values": dict(self.values),
+                "expected": self.expected}
+
     def host_key(self) -> str:
         """Cells with the same host settings share one host."""
         return json.dumps({s: self.cfg.data[s] for s in ("host", "apt")}, sort_keys=True, default=str)
@@ -198,6 +203,9 @@ def load_matrix(path: str | Path, host_file: str | Path | None = None) -> Matrix
             nested = config.nest(copy.deepcopy(settings))  # nest shares values: no cell's may reach another
         except ValueError as e:
             raise ConfigError(source, f"cell {cell_id}", str(e)) from None
+        if host_file is not None and (key := next((k for k in settings if k.startswith("host.")), None)):
+            raise ConfigError(source, key, f"set by cell {cell_id}, but --host gives every cell its host: run "
+                              "this matrix without --host, or leave the host's keys out of it")
         cfg = config.load(base, host_file, Overrides(nested, f"{source}, cell {cell_id}", here))
         cells.append(Cell(len(cells), values, settings, expected, cfg))
     if not cells:
@@ -261,15 +269,20 @@ def host_groups(cells: list[Cell]) -> list[list[Cell]]:
     return list(groups.values())
 
 
-def cell_entry(cell: Cell, result: dict | None, run_dir: str) -> dict:
-    """A cell's line in summary.json, from its result.json (None: it never got one)."""
-    verdict = result["verdict"] if result else ERROR
-    reason = result["reason"] if result else "no result.json: the run of this cell did not end"
-    return {"id": cell.id, "index": cell.index, "slug": cell.slug, "values": dict(cell.values), "expected": cell.expected,
-            "verdict": verdict, "ok": verdict == cell.expected, "reason": reason,
-            "why_red": "" if verdict == cell.expected else f"expected {cell.expected}, got {verdict}: "
-                                                           f"{reason.splitlines()[0] if reason else ''}",
-            "timings": result.get("timings", {}) if result else {}, "run_dir": run_dir}
+def cell_entry(cell: Cell | dict, result: dict | None, run_dir: str, missing: str = "") -> dict:
+    """A cell's line in summary.json, from its result.json. None: the cell did not run to its end (`missing` says
+    why), which is red whatever was expected: an expected ERROR is one the cell gave, never one made up for it."""
+    meta = cell.meta() if isinstance(cell, Cell) else cell
+    if result is None:
+        verdict, reason = ERROR, missing or "no result.json: the run of this cell did not end"
+        ok, why = False, f"did not run to its end: {reason}"
+    else:
+        verdict = result.get("verdict", ERROR)
+        reason = result.get("reason", "result.json holds no verdict")
+        ok = verdict == meta["expected"]
+        why = "" if ok else f"expected {meta['expected']}, got {verdict}: {reason.splitlines()[0] if reason else ''}"
+    return {**meta, "verdict": verdict, "ok": ok, "reason": reason, "why_red": why,
+            "timings": (result or {}).get("timings", {}), "run_dir": run_dir}
 
 
 def totals(cells: list[dict]) -> dict:
@@ -281,12 +294,14 @@ def totals(cells: list[dict]) -> dict:
 def new_summary(matrix: Matrix, shard_label: str | None, entries: list[dict], started: str, seconds: float) -> dict:
     return {"schema_version": SUMMARY_SCHEMA, "kind": "xenfb-harness matrix", "matrix": matrix.source,
             "name": matrix.name, "axes": {a: list(v) for a, v in matrix.axes.items()}, "shard": shard_label,
+            "all_cells": [c.meta() for c in matrix.cells],  # every shard's, so a merge knows what none ran
             "started": started, "cells": entries, "totals": totals(entries), "timings": {"total": round(seconds, 1)}}
 
 
 def exit_code(summary: dict) -> int:
-    """0: every cell gave its expected verdict; 1: some did not (or none ran)."""
-    return 0 if summary["cells"] and all(c["ok"] for c in summary["cells"]) else 1
+    """0: every cell gave its expected verdict; 1: some did not. A shard may hold no cell (more shards than
+    cells): its merge is what gates, and it says what no shard ran."""
+    return 0 if all(c["ok"] for c in summary["cells"]) else 1
 
 
 def run_matrix(matrix: Matrix, cells: list[Cell], out: Path, cache, accept_new_host_key: bool = False,
@@ -299,22 +314,30 @@ def run_matrix(matrix: Matrix, cells: list[Cell], out: Path, cache, accept_new_h
     from . import signals
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
+    for c in cells:  # an earlier run's verdicts in the same --output must not pass for this run's
+        for name in ("result.json", "junit.xml", "report.html"):
+            (out / "cells" / c.slug / name).unlink(missing_ok=True)
     groups = host_groups(cells)
-    if jobs > 1 and len(groups) > 1 and child_cmd:
-        try:
+    broke = ""
+    try:
+        if jobs > 1 and len(groups) > 1 and child_cmd:
             run_side_by_side(child_cmd, len(groups), jobs, out)
-        except KeyboardInterrupt:
-            pass  # every child has stopped; the cells they did not end get an ERROR entry below
-    else:
-        for k in range(1, len(groups) + 1):
-            if signals.received:
-                break  # the cells not started get an ERROR entry below
-            run_group(matrix, groups, k, out, cache, accept_new_host_key, on_result)
-    unended = {"verdict": ERROR, "reason": f"interrupted by {signals.received} before this cell ended"
-               } if signals.received else None
-    entries = [cell_entry(c, _result(out / "cells" / c.slug) or unended, f"cells/{c.slug}") for c in cells]
-    summary = new_summary(matrix, shard_label, entries, started, time.monotonic() - t0)
-    write_reports(out, summary)
+        else:
+            for k in range(1, len(groups) + 1):
+                if signals.received:
+                    break
+                run_group(matrix, groups, k, out, cache, accept_new_host_key, on_result)
+    except KeyboardInterrupt:
+        pass  # every host and child has stopped; the cells that did not end are red below
+    except Exception as e:  # the reports still say what happened to every cell; then the error goes on
+        broke = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        why = (f"interrupted by {signals.received} before this cell ended" if signals.received else
+               f"the matrix run broke: {broke}" if broke else "")
+        entries = [cell_entry(c, _result(out / "cells" / c.slug), f"cells/{c.slug}", why) for c in cells]
+        summary = new_summary(matrix, shard_label, entries, started, time.monotonic() - t0)
+        write_reports(out, summary)
     return summary
 
 
@@ -371,14 +394,15 @@ def run_side_by_side(child_cmd: list[str], groups: int, jobs: int, out: Path) ->
 def default_jobs() -> int:
     """Host groups side by side by default: one per 4 cores. A nested host is QEMU with host.cpus (2) TCG
     threads; on this project's 2-core machine two at once took 113 s against 70 s one after the other."""
-    return max(1, (os.cpu_count() or 1) // 4)
+    return max(1, len(os.sched_getaffinity(0)) // 4)  # the cores this process may use, not the machine's
 
 
 def _result(run_dir: Path) -> dict | None:
     try:
-        return json.loads((run_dir / "result.json").read_text())
+        result = json.loads((run_dir / "result.json").read_text())
     except (OSError, ValueError):
         return None
+    return result if isinstance(result, dict) else None
 
 
 def write_reports(out: Path, summary: dict) -> None:
@@ -395,11 +419,12 @@ def write_junit(out: Path, summary: dict) -> None:
     suites = ET.Element("testsuites", name=f"xenfb-harness.{summary['name']}")
     for c in summary["cells"]:
         name = f"{summary['name']}.{c['id']}"
-        result = _result(out / c["run_dir"]) or {}
+        classname = f"{summary['name']}.{c['id'].replace('.', '_')}"  # tools split a class name at its last dot
+        result = (_result(out / c["run_dir"]) if c["run_dir"] else None) or {}
         suite = ET.SubElement(suites, "testsuite", name=name, time=str(c["timings"].get("total", 0)))
         failures = 0
         for r in result.get("rounds", []):
-            case = ET.SubElement(suite, "testcase", classname=name, name=f"round_{r['round']:03d}",
+            case = ET.SubElement(suite, "testcase", classname=classname, name=f"round_{r['round']:03d}",
                                  time=str(r.get("duration_s", 0)))
             if r.get("missed_pixels"):
                 text = missed_message(r, c["run_dir"])
@@ -409,7 +434,7 @@ def write_junit(out: Path, summary: dict) -> None:
                 else:
                     ET.SubElement(case, "system-out").text = xml_text(
                         f"{text} (expected: this cell should {c['expected']})")
-        case = ET.SubElement(suite, "testcase", classname=name, name="verdict", time=str(c["timings"].get("total", 0)))
+        case = ET.SubElement(suite, "testcase", classname=classname, name="verdict", time=str(c["timings"].get("total", 0)))
         if not c["ok"]:
             why = xml_text(c["why_red"])
             ET.SubElement(case, "failure", message=why[:500]).text = f"{why}\nrun directory: {c['run_dir']}"
@@ -440,14 +465,15 @@ def merge(dirs: list[Path], out: Path) -> dict:
             if c["id"] in seen:
                 raise ValueError(f"cell {c['id']} is in both {seen[c['id']]} and {d}")
             seen[c["id"]] = d
-            entries.append({**c, "run_dir": os.path.relpath(d / c["run_dir"], out)})
-    try:
-        matrix = load_matrix(first["matrix"])
-        for cell in matrix.cells:
-            if cell.id not in seen:
-                entries.append(cell_entry(cell, {"verdict": ERROR, "reason": "not run by any shard"}, ""))
-    except (ConfigError, OSError):
-        matrix = None  # the matrix file is not here: merge what there is
+            entries.append({**c, "run_dir": os.path.relpath(d / c["run_dir"], out) if c["run_dir"] else ""})
+        if s.get("all_cells") != first.get("all_cells"):
+            raise ValueError(f"{d}: a shard of another version of matrix {s['name']!r} than {parts[0][0]}'s")
+    if "all_cells" not in first:
+        raise ValueError(f"{parts[0][0]}: its summary.json does not list the matrix's cells (written by an older "
+                         "xenfb-harness?), so a cell no shard ran could not be told")
+    for meta in first["all_cells"]:
+        if meta["id"] not in seen:
+            entries.append(cell_entry(meta, None, "", "not run by any shard"))
     entries.sort(key=lambda c: c["index"])
     summary = {**first, "shard": None, "merged_from": [str(d) for d in dirs], "cells": entries,
                "totals": totals(entries),

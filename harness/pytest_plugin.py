@@ -106,7 +106,10 @@ def xenfb_run(xen_host, request, tmp_path_factory):
 
     def run(**overrides):
         __tracebackhide__ = True  # a ConfigError's traceback ends at the test's call, not in here or config.py
-        values = config.nest({key.replace("__", "."): value for key, value in overrides.items()})
+        try:
+            values = config.nest({key.replace("__", "."): value for key, value in overrides.items()})
+        except ValueError as e:  # e.g. writer="x" beside writer__kind="y"
+            raise config.ConfigError(source, "", str(e)) from None
         if "host" in values:  # with --xenfb-host they would be replaced silently; without, one host serves all
             raise config.ConfigError(source, "host", "expected no host settings: the session's host "
                                      "(--xenfb-config, --xenfb-host) serves every test")

@@ -49,7 +49,7 @@ background-repeat:no-repeat;image-rendering:pixelated;overflow:hidden}
 .cell.notrun{background:#e4e4e4;color:#888}
 .cell .v{font-weight:bold;font-size:15px;display:block} .cell .x{font-size:12px}
 .banner{padding:6px 10px;color:#fff;font-weight:bold;display:inline-block;border-radius:3px}
-.banner.ok{background:#2e8b3e} .banner.bad{background:#d03030}
+.banner{background:#888} .banner.ok{background:#2e8b3e} .banner.bad{background:#d03030}
 .muted{color:#777}
 """
 
@@ -406,9 +406,10 @@ def render_matrix(summary: dict, out_dir: Path) -> str:
         "red": sum(_cell_state(c) == "bad" for c in cells),
         **{v: sum(c.get("verdict") == v for c in cells) for v in ("PASS", "FAIL", "ERROR")}}
     red = totals.get("red", 0)
-    banner = (f'<span class="banner bad">{e(red)} of {e(totals.get("cells", len(cells)))} cells not as expected'
-              f"</span>" if red else
-              f'<span class="banner ok">all {e(totals.get("cells", len(cells)))} cells as expected</span>')
+    count = totals.get("cells", len(cells))
+    banner = (f'<span class="banner bad">{e(red)} of {e(count)} cells not as expected</span>' if red else
+              '<span class="banner">no cell in this shard</span>' if not count else
+              f'<span class="banner ok">all {e(count)} cells as expected</span>')
     facts = {"matrix": summary.get("matrix", ""), "shard": summary.get("shard") or "all cells",
              "started": summary.get("started", ""),
              "cells": (f'{totals.get("cells", "?")}: {totals.get("green", "?")} green, {totals.get("red", "?")} red'

@@ -147,7 +147,10 @@ def write(result: Result, run_dir: Path) -> None:
     from .report_html import write_run_page
     (run_dir / "result.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
     write_junit(result, run_dir / "junit.xml")
-    write_run_page(run_dir)
+    try:
+        write_run_page(run_dir)
+    except Exception as e:  # the page is for people; the verdict is in result.json whatever happens to it
+        (run_dir / "report-error.txt").write_text(f"report.html could not be written: {type(e).__name__}: {e}\n")
 
 
 def xml_text(s: str) -> str:

@@ -20,7 +20,7 @@ from PIL import Image
 from harness import cli
 from harness.config import SCHEMA, ConfigError, shipped
 from harness.matrix import (cell_entry, exit_code, host_groups, load_matrix, merge, new_summary, parse_shard,
-                            shard, times_from, totals, write_junit, write_reports)
+                            run_matrix, shard, times_from, totals, write_junit, write_reports)
 from harness.result import ERROR, FAIL, PASS, Result, RoundResult, write
 
 REPO = Path(__file__).resolve().parent.parent
@@ -602,15 +602,24 @@ def test_an_invalid_value_in_an_axis_names_matrix_cell_and_key(tmp_path, axes, c
 def test_host_file_replaces_every_cells_host(tmp_path):
     host = tmp_path / "host.yaml"
     host.write_text("host:\n  kind: ssh\n  address: 192.0.2.1\n")
-    p = write_matrix(tmp_path, "axes:\n  host.memory_mb: [1024, 4096]\nexpect: [{verdict: PASS}]\n")
+    p = write_matrix(tmp_path, "axes:\n  seed: [1, 2]\nexpect: [{verdict: PASS}]\n")
     m = load_matrix(p, host)
     assert [c.cfg["host.kind"] for c in m.cells] == ["ssh", "ssh"]
     assert all(c.cfg.host_source == str(host) for c in m.cells)
     assert len(host_groups(m.cells)) == 1
-    assert len(host_groups(load_matrix(p).cells)) == 2
     bad = tmp_path / "bad-host.yaml"
     bad.write_text("rounds: 3\n")
     assert load_error(p, bad).source == str(bad)
+
+
+def test_host_file_with_host_keys_in_the_matrix_is_refused(tmp_path):
+    """--host would silently replace what the cells set for their host (a cell named xen=4.20 on a 4.17 host)."""
+    host = tmp_path / "host.yaml"
+    host.write_text("host:\n  kind: ssh\n  address: 192.0.2.1\n")
+    p = write_matrix(tmp_path, "axes:\n  host.memory_mb: [1024, 4096]\nexpect: [{verdict: PASS}]\n")
+    assert len(host_groups(load_matrix(p).cells)) == 2
+    err = load_error(p, host)
+    assert (err.source, err.key) == (str(p), "host.memory_mb") and "--host" in str(err)
 
 
 # --- Cell.id and Cell.slug -------------------------------------------------------------------------------------------
@@ -955,7 +964,7 @@ def test_summary_of_green_and_red_cells(tmp_path, four_way):
     assert by[red_fail]["why_red"].startswith("expected PASS, got FAIL: 2 of 3 rounds show missed updates")
     assert by[red_pass]["why_red"].startswith("expected FAIL, got PASS: all 3 rounds matched")
     assert by[red_none]["verdict"] == ERROR and by[red_none]["timings"] == {}
-    assert by[red_none]["why_red"] == "expected FAIL, got ERROR: no result.json: the run of this cell did not end"
+    assert by[red_none]["why_red"] == "did not run to its end: no result.json: the run of this cell did not end"
     assert "\n" not in by["frontend=legacy-race,seed=1,writer=mmap"]["why_red"]
     assert summary["totals"] == {"cells": 7, "green": 4, "red": 3, PASS: 3, FAIL: 3, ERROR: 1}
     assert exit_code(summary) == 1
@@ -965,7 +974,11 @@ def test_an_error_expected_is_green(tmp_path):
     m = load_matrix(write_matrix(tmp_path, "axes: {seed: [1, 2]}\nexpect:\n  - when: {seed: 1}\n"
                                            "    verdict: ERROR\n  - verdict: PASS\n"))
     a, b = m.cells
-    assert cell_entry(a, None, "")["ok"] is True
+    assert cell_entry(a, {"verdict": ERROR, "reason": "the backend's screen is 640x480"}, "x")["ok"] is True
+    # An ERROR made up for a cell that never ran (no result.json, no shard ran it) is never the one expected.
+    never = cell_entry(a, None, "", "not run by any shard")
+    assert (never["verdict"], never["ok"], never["why_red"]) == (ERROR, False, "did not run to its end: not run by "
+                                                                 "any shard")
     entry = cell_entry(b, {"verdict": ERROR, "reason": "TimeoutError: boot\nlast lines", "timings": {"total": 3}},
                        "cells/x")
     assert (entry["ok"], entry["why_red"], entry["reason"]) == (False, "expected PASS, got ERROR: TimeoutError: boot",
@@ -981,7 +994,7 @@ def test_exit_code(tmp_path, four_way):
     assert exit_code(fake_output(tmp_path / "red", four_way, four_way.cells, one_red)) == 1
     empty = new_summary(four_way, None, [], "", 0)
     assert empty["totals"] == {"cells": 0, "green": 0, "red": 0, PASS: 0, FAIL: 0, ERROR: 0}
-    assert exit_code(empty) == 1  # nothing ran: nothing is green
+    assert exit_code(empty) == 0  # a shard with no cell (more shards than cells): its merge gates
 
 
 def test_totals():
@@ -1173,17 +1186,27 @@ def test_merge_with_a_shard_missing(tmp_path, four_way, sharded):
             assert (tmp_path / "merged" / c["run_dir"] / "result.json").is_file()
         else:
             assert (c["verdict"], c["reason"], c["ok"]) == (ERROR, "not run by any shard", False)
-            assert c["why_red"].endswith("got ERROR: not run by any shard")
+            assert c["why_red"] == "did not run to its end: not run by any shard"
     assert merged["totals"]["cells"] == 7 and merged["totals"]["red"] >= 7 - len(mine)
     assert exit_code(merged) == 1
     names = [s.get("name") for s in junit(tmp_path / "merged" / "junit.xml").iter("testsuite")]
     assert names == [f"four.{c.id}" for c in four_way.cells]
 
 
-def test_merge_when_the_matrix_file_is_gone(tmp_path, four_way, sharded):
+def test_merge_needs_no_matrix_file(tmp_path, four_way, sharded):
+    """The shards' summaries list every cell of the matrix: a merge elsewhere still knows what no shard ran."""
     Path(four_way.source).unlink()
     merged = merge([tmp_path / "shard-1"], tmp_path / "merged")
-    assert [c["id"] for c in merged["cells"]] == ids(shard(four_way.cells, 1, 2))
+    assert [c["id"] for c in merged["cells"]] == ids(four_way.cells) and exit_code(merged) == 1
+
+
+def test_merge_of_a_summary_without_the_matrix_cells_is_refused(tmp_path, four_way, sharded):
+    path = tmp_path / "shard-1" / "summary.json"
+    old = json.loads(path.read_text())
+    del old["all_cells"]
+    path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="does not list the matrix's cells"):
+        merge([tmp_path / "shard-1"], tmp_path / "merged")
 
 
 def test_merge_of_green_shards_is_green(tmp_path, four_way):
@@ -1296,3 +1319,20 @@ def test_cli_merge_errors(tmp_path, capfd, main, four_way, sharded):
     code = main(["merge", str(tmp_path / "shard-1"), str(tmp_path / "shard-1"), "--output", str(tmp_path / "m")])
     err = capfd.readouterr().err
     assert code == 2 and "merge" in err and "in both" in err
+
+
+def test_a_run_counts_only_its_own_results_and_a_crashed_child_is_red(tmp_path):
+    """run_matrix with hosts side by side whose children die at once (here `true`, which writes nothing): every
+    cell is red, also the one whose directory still held a green result.json from an earlier run, and also the
+    one expected to ERROR (an ERROR made up for a cell that never ran is never the expected one)."""
+    p = write_matrix(tmp_path, "axes:\n  host.memory_mb: [1024, 4096]\nexpect:\n  - when: {host.memory_mb: 4096}\n"
+                               "    verdict: ERROR\n  - verdict: PASS\n")
+    m = load_matrix(p)
+    out = tmp_path / "out"
+    stale = out / "cells" / m.cells[0].slug
+    stale.mkdir(parents=True)
+    (stale / "result.json").write_text(json.dumps({"verdict": PASS, "reason": "an earlier run"}))
+    summary = run_matrix(m, m.cells, out, cache=None, jobs=2, child_cmd=["true"])
+    assert [(c["verdict"], c["ok"]) for c in summary["cells"]] == [(ERROR, False), (ERROR, False)]
+    assert exit_code(summary) == 1 and (out / "summary.json").is_file() and (out / "report.html").is_file()
+    assert not (stale / "result.json").exists()

@@ -7,6 +7,7 @@ the guest recipe rebuilds no host entry and the other way round.
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import re
 import shutil
@@ -94,14 +95,17 @@ def apt_for(cache: Cache, sources: str | Path, log: Path, suite: str = "") -> Ap
         if not any(r == root for r, _ in _APTS):
             cache.prune_stale_tmp()
         state = root / (f"apt-{suite}" if suite else "apt")
-        if suite:  # Apt copies the file it is given; it keeps the name's suffix, which says the format
-            state.mkdir(parents=True, exist_ok=True)
-            rewritten = state / ("harness.sources" if sources.name.endswith(".sources") else "harness.list")
-            rewritten.write_text(sources_for_suite(ident[1], suite))
-            sources = rewritten
-        # A new Apt rewrites the private sources under its state directory: one per cache root and suite at a time.
-        apt = Apt(state, sources, log)
-        apt.update()
+        state.mkdir(parents=True, exist_ok=True)
+        # A new Apt rewrites the private sources under its state directory, and updates its lists: one per cache
+        # root and suite at a time, in this process (the lock above) and across processes (matrix --jobs).
+        with open(state / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if suite:  # Apt copies the file it is given; it keeps the name's suffix, which says the format
+                rewritten = state / ("harness.sources" if sources.name.endswith(".sources") else "harness.list")
+                rewritten.write_text(sources_for_suite(ident[1], suite))
+                sources = rewritten
+            apt = Apt(state, sources, log)
+            apt.update()
         _APTS[(root, suite)] = (ident, time.monotonic(), apt)
         return apt
 
