@@ -39,6 +39,9 @@ def pytest_addoption(parser):
                          "session)")
     group.addoption("--xenfb-output", metavar="DIR", default=None,
                     help="where xenfb_run's run directories go (default: <pytest's basetemp>/xenfb)")
+    group.addoption("--xenfb-accept-new-host-key", action="store_true", default=False,
+                    help="ssh hosts: accept and remember an unknown host key, as `xenfb-harness run "
+                         "--accept-new-host-key` (default: refused); a changed key is never accepted")
 
 
 def pytest_configure(config):
@@ -84,7 +87,8 @@ def xen_host(pytestconfig, tmp_path_factory):
     if main:
         signals.install()
     try:
-        with HostSession(cfg, Cache(default_cache_dir()), output / "host", False, cfg["guest.memory_mb"]) as session:
+        accept = pytestconfig.getoption("xenfb_accept_new_host_key")
+        with HostSession(cfg, Cache(default_cache_dir()), output / "host", accept, cfg["guest.memory_mb"]) as session:
             yield session
     finally:
         for s, handler in previous.items():

@@ -41,7 +41,7 @@ def test_a_run_without_the_fixtures_starts_nothing(pytester, monkeypatch):
 def test_options_are_in_help(pytester):
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(["*xenfb-harness*", "*--xenfb-config=FILE*", "*--xenfb-host=FILE*",
-                                 "*--xenfb-output=DIR*"])
+                                 "*--xenfb-output=DIR*", "*--xenfb-accept-new-host-key*"])
 
 
 def test_marker_is_registered_and_added_to_tests_that_need_a_host(pytester):
