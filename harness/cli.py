@@ -324,11 +324,12 @@ def _matrix(args) -> int:
     cells, label = matrix.cells, None
     if args.shard:
         try:
+            option = "--shard"
             i, n = parse_shard(args.shard)
+            option = "--times"
             times = times_from(args.times) if args.times else None
         except (ValueError, OSError, KeyError) as e:
-            print(f"xenfb-harness: matrix: {'--times' if args.times and not isinstance(e, ValueError) else '--shard'}"
-                  f": {e}", file=sys.stderr)
+            print(f"xenfb-harness: matrix: {option}: {e}", file=sys.stderr)
             return EXIT_CODES[ERROR]
         cells, label = shard(cells, i, n, times), args.shard
     if args.list:

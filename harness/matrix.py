@@ -54,7 +54,7 @@ class Cell:
 
     @property
     def id(self) -> str:
-        return ",".join(f"{axis}={label}" for axis, label in self.values.items())
+        return cell_id(self.values)
 
     @property
     def slug(self) -> str:
@@ -77,6 +77,11 @@ class Matrix:
     name: str
     axes: dict  # axis -> {label: {dotted key: value}}
     cells: list[Cell]
+
+
+def cell_id(values: dict) -> str:
+    """A cell's name: its axes' labels, "frontend=legacy,writer=mmap"."""
+    return ",".join(f"{axis}={label}" for axis, label in values.items())
 
 
 def _label(value: Any) -> str:
@@ -186,27 +191,27 @@ def load_matrix(path: str | Path, host_file: str | Path | None = None) -> Matrix
         values = {axis: label for axis, (label, _) in zip(axes, combo)}
         if any(_matches(e, values) for e in excludes):
             continue
-        cell_id = ",".join(f"{a}={v}" for a, v in values.items())
+        name = cell_id(values)
         settings, by_axis = dict(common), {}
         for axis, (label, keys) in zip(axes, combo):
             for key in keys:
                 if key in by_axis:
                     raise ConfigError(source, f"axes.{axis}.{label}", f"sets {key}, which axis {by_axis[key]} sets "
-                                      f"too (cell {cell_id})")
+                                      f"too (cell {name})")
                 by_axis[key] = axis
             settings.update(keys)
         expected = next((verdict for when, verdict in expect if _matches(when, values)), None)
         if expected is None:
-            raise ConfigError(source, "expect", f"no rule gives cell {cell_id} an expected verdict; end with a "
+            raise ConfigError(source, "expect", f"no rule gives cell {name} an expected verdict; end with a "
                               "rule without `when`")
         try:
             nested = config.nest(copy.deepcopy(settings))  # nest shares values: no cell's may reach another
         except ValueError as e:
-            raise ConfigError(source, f"cell {cell_id}", str(e)) from None
+            raise ConfigError(source, f"cell {name}", str(e)) from None
         if host_file is not None and (key := next((k for k in settings if k.startswith("host.")), None)):
-            raise ConfigError(source, key, f"set by cell {cell_id}, but --host gives every cell its host: run "
+            raise ConfigError(source, key, f"set by cell {name}, but --host gives every cell its host: run "
                               "this matrix without --host, or leave the host's keys out of it")
-        cfg = config.load(base, host_file, Overrides(nested, f"{source}, cell {cell_id}", here))
+        cfg = config.load(base, host_file, Overrides(nested, f"{source}, cell {name}", here))
         cells.append(Cell(len(cells), values, settings, expected, cfg))
     if not cells:
         raise ConfigError(source, "exclude", "excludes every cell")
@@ -434,7 +439,8 @@ def write_junit(out: Path, summary: dict) -> None:
                 else:
                     ET.SubElement(case, "system-out").text = xml_text(
                         f"{text} (expected: this cell should {c['expected']})")
-        case = ET.SubElement(suite, "testcase", classname=classname, name="verdict", time=str(c["timings"].get("total", 0)))
+        case = ET.SubElement(suite, "testcase", classname=classname, name="verdict",
+                             time=str(c["timings"].get("total", 0)))
         if not c["ok"]:
             why = xml_text(c["why_red"])
             ET.SubElement(case, "failure", message=why[:500]).text = f"{why}\nrun directory: {c['run_dir']}"
@@ -447,7 +453,7 @@ def write_junit(out: Path, summary: dict) -> None:
 
 def merge(dirs: list[Path], out: Path) -> dict:
     """One summary (and its reports) from the outputs of the shards of one matrix. A cell in two shards is an
-    error; a cell of the matrix in none is red (ERROR "not run by any shard"), when the matrix file is here."""
+    error; a cell of the matrix in none (every shard's summary lists them all) is red: "not run by any shard"."""
     parts = []
     for d in dirs:
         try:

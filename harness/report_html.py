@@ -12,9 +12,10 @@ import html
 import itertools
 import json
 import os
-import struct
 from pathlib import Path
 from urllib.parse import quote
+
+from PIL import Image
 
 # Shared look. Colours carry the verdicts: green as expected / PASS, red not / FAIL, orange ERROR, grey not run.
 CSS = """
@@ -142,16 +143,14 @@ def _kv_table(d: dict, cls: str = "") -> str:
     return f'<table class="{cls}">{rows}</table>' if rows else '<p class="muted">none</p>'
 
 
-def _png_size(path: Path) -> tuple[int, int] | None:
-    """Width and height from a PNG's IHDR chunk (stdlib only); None if it is not a readable PNG."""
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """Width and height from an image's header (Pillow reads no more); None if it is not a readable image or
+    has no area."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(24)
+        with Image.open(path) as im:
+            return im.size if all(im.size) else None
     except OSError:
         return None
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
-        return None
-    return struct.unpack(">II", head[16:24])
 
 
 def _inside(run_dir: Path, name) -> Path | None:
@@ -296,7 +295,7 @@ def _round_images(r: dict, run_dir: Path, geo: dict) -> str:
     rects = [x for x in map(_rect, _list(r.get("rects"))) if x]
     files = {k: _inside(run_dir, images[k]) for k in names}
     # The outlines' coordinates are framebuffer pixels: the image's own size, else the recorded geometry.
-    size = next((s for f in files.values() if f and (s := _png_size(f))), None)
+    size = next((s for f in files.values() if f and (s := _image_size(f))), None)
     width, height = size or (int(geo.get("width") or 1), int(geo.get("height") or 1))
 
     def pct(v: int, whole: int) -> str:

@@ -81,12 +81,14 @@ def sources_for_suite(text: str, suite: str) -> str:
 
 
 def apt_for(cache: Cache, sources: str | Path, log: Path, suite: str = "") -> Apt:
-    """The Apt for this cache and sources file (with `suite`, the same sources for that Debian release instead,
-    with apt state of its own), updated; the first call per cache also prunes stale temporary directories. Its
-    output goes to `log` (the latest caller's)."""
+    """The Apt for this cache and sources file (with `suite` other than the file's own release, the same sources
+    for that Debian release instead, with apt state of its own), updated; the first call per cache also prunes
+    stale temporary directories. Its output goes to `log` (the latest caller's)."""
     sources = Path(sources).resolve()
     root = cache.root.resolve()
     ident = (str(sources), sources.read_text())
+    if suite and suite == sources_codename(ident[1]):
+        suite = ""  # the file's own release: the same Apt as without one
     with _APTS_LOCK:
         known = _APTS.get((root, suite))
         if known and known[0] == ident and time.monotonic() - known[1] < LISTS_MAX_AGE:

@@ -18,7 +18,7 @@ from ..progress import run, step
 from .apt import Apt
 from .cache import Cache, hash_files
 from .common import (BUSYBOX, FILES, HERE, _busybox, _kernel, _start_initramfs, apt_for, kernel_image,
-                     recipe_hash, sources_codename, xen_series)
+                     recipe_hash, xen_series)
 from .cpio import CpioWriter
 
 # 9p, 9pnet_virtio: the share guest payloads reach a nested dom0 through (hosts/nested.py).
@@ -122,9 +122,7 @@ def build_host(cfg: Config, cache: Cache, log: Path) -> HostArtifacts:
     inp = host_inputs(cfg)
     # apt.suite is the host's Debian release, Xen's with it (bookworm 4.17, trixie 4.20, bullseye 4.14): the
     # sources file's own release, or the same mirrors for another one.
-    sources = Path(inp["apt.sources"])
-    suite = "" if inp["apt.suite"] == sources_codename(sources.read_text()) else inp["apt.suite"]
-    apt = apt_for(cache, sources, log, suite)
+    apt = apt_for(cache, inp["apt.sources"], log, inp["apt.suite"])
     series = xen_series(inp["host.xen_package"])
     xen = _xen(cache, apt, inp["host.xen_package"], log)
     dom0_kernel = _kernel(cache, apt, kernel_image(apt, inp["host.dom0_kernel_package"], "host.dom0_kernel_package"),

@@ -84,6 +84,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def give_up_snapshot(state: Path, why: Exception) -> None:
+    """A snapshot that could not be saved costs the snapshot, not the run: nothing of it is left."""
+    say(f"could not save a snapshot ({why}); going on without one")
+    state.unlink(missing_ok=True)
+
+
 @functools.cache  # the snapshot key, the description and the report each want it: one `--version` a run
 def qemu_version() -> str:
     try:
@@ -243,9 +249,8 @@ class NestedHost:
                 if saved:
                     try:
                         snapshot.write_meta(entry, self.art, facts)
-                    except OSError as e:  # e.g. a full disk: the snapshot is lost, not the run
-                        say(f"could not save a snapshot ({e}); going on without one")
-                        (entry / snapshot.STATE).unlink(missing_ok=True)
+                    except OSError as e:  # e.g. a full disk
+                        give_up_snapshot(entry / snapshot.STATE, e)
                         saved = False
         self.started_by = f"booted, saved snapshot {self.cache.path(snapshot.ENTRY, snapshot_inputs).name}" \
             if saved else "booted"
@@ -330,8 +335,7 @@ class NestedHost:
                     raise HostError(info.get("error-desc", info["status"]))
             return True
         except (HostError, QMPError, OSError, TimeoutError) as e:
-            say(f"could not save a snapshot ({e}); going on without one")
-            path.unlink(missing_ok=True)
+            give_up_snapshot(path, e)
             return False
         finally:
             self._resume(deadline)
