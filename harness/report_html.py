@@ -17,6 +17,8 @@ from urllib.parse import quote
 
 from PIL import Image
 
+from .matrix import cell_id
+
 # Shared look. Colours carry the verdicts: green as expected / PASS, red not / FAIL, orange ERROR, grey not run.
 CSS = """
 body{font:14px/1.4 "DejaVu Sans",sans-serif;margin:16px 24px;color:#222;background:#fff}
@@ -385,7 +387,7 @@ def render_matrix(summary: dict, out_dir: Path) -> str:
             cell = by_values.get(key)
             state = _cell_state(cell)
             not_run += state == "notrun"
-            label = str(cell.get("id", "")) if cell else ",".join(f"{a}={v}" for (a, _), v in zip(axes, key))
+            label = str(cell.get("id", "")) if cell else cell_id({a: v for (a, _), v in zip(axes, key)})
             if state == "notrun":
                 tds.append(f'<td class="cell notrun" data-cell="{e(label)}"><span class="v">–</span>'
                            f'<span class="x">not run</span></td>')
