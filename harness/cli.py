@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import faulthandler
 import signal
 import sys
@@ -45,8 +46,17 @@ examples:
   git bisect run xenfb-harness run my-kernel.yaml --repeat 3 --git-bisect-codes   # see README "Bisect"
   xenfb-harness bisect configs/source-6.1-upstream.yaml --patches guest-kernels/fbdev-lastclose
 
-Output: with one scenario, OUTPUT holds its result.json, junit.xml, images and logs; with several, or with
---repeat, each gets OUTPUT/NN-<config name>[/run-NNN]. OUTPUT/host holds the host's own logs.
+repeated runs (--repeat N, --duration TIME, --until-fail TIME): each run is a fresh guest on the same host.
+Afterwards each scenario's statistics are printed and written to OUTPUT/summary.json: runs and verdicts; the
+detection rate (FAIL among PASS and FAIL runs) with its 95% Wilson interval; rounds with misses, missed pages and
+the frontend's race hits per minute of stress (the time the rounds took), with exact 95% Poisson intervals; the
+time to the first FAIL; and a cross-check of every missed round against the module's race-hit counter.
+  xenfb-harness run configs/legacy-natural.yaml --duration 30m    # how often the natural race shows
+  xenfb-harness run configs/legacy-natural.yaml --until-fail 20m  # the first natural FAIL, or 20 minutes
+
+Output: with one scenario, OUTPUT holds its result.json, junit.xml, images and logs; with several, each gets
+OUTPUT/NN-<config name>; repeated runs go to [OUTPUT/NN-<config name>]/run-NNN. OUTPUT/host holds the host's
+own logs.
 The first run builds the artifacts (about a minute; a guest kernel built from source, about 4 more); later
 runs reuse them from the cache (XENFB_HARNESS_CACHE, else $XDG_CACHE_HOME/xenfb-harness, else ~/.cache/xenfb-harness).
 """
@@ -117,6 +127,27 @@ def _cache_arg(p: argparse.ArgumentParser) -> None:
                    help=f"artifact cache (default: {default_cache_dir()})")
 
 
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return n
+
+
+DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh])")
+
+
+def duration(text: str) -> float:
+    """'90s', '30m', '2h' or '1.5h' -> seconds."""
+    m = DURATION.fullmatch(text.strip())
+    if not m or float(m[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a time such as 90s, 30m or 2h, got {text!r}")
+    return float(m[1]) * {"s": 1, "m": 60, "h": 3600}[m[2]]
+
+
 def _config_arg(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument("config", nargs="*" if many else "?", default=None,
                    help=f"scenario YAML (default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)} "
@@ -141,11 +172,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--accept-new-host-key", action="store_true",
                      help="ssh hosts: accept and remember an unknown host key (check the fingerprint printed); "
                           "a changed key is never accepted")
-    run.add_argument("--repeat", type=int, default=1, metavar="N",
-                     help="run each scenario N times, each in a fresh guest on the same host, and print how often "
-                          "it failed, per minute of stress, with the frontend's race-hit counter beside it")
-    run.add_argument("--until-fail", action="store_true",
-                     help="stop at the first scenario that does not PASS")
+    run.add_argument("--repeat", type=positive_int, default=None, metavar="N",
+                     help="run each scenario N times, each in a fresh guest on the same host, and print the "
+                          "statistics (see 'repeated runs' below); with --duration or a budget: at most N times")
+    run.add_argument("--duration", type=duration, default=None, metavar="TIME",
+                     help="run each scenario again and again until TIME (e.g. 90s, 30m, 2h) has passed since its "
+                          "first run began (a run under way always ends), then print the statistics")
+    run.add_argument("--until-fail", nargs="?", type=duration, const=0.0, default=None, metavar="TIME",
+                     help="stop at the first run that does not PASS; with TIME (e.g. 30m), run each scenario again "
+                          "and again until it fails or TIME has passed")
     run.add_argument("--git-bisect-codes", action="store_true",
                      help="exit as `git bisect run` expects: 0 when every run PASSed, 1 when any FAILed, 125 (skip) "
                           "otherwise, e.g. an ERROR such as a kernel that did not build or boot")
@@ -223,8 +258,18 @@ def _shipped_configs() -> list[config.Config]:
     return [config.load(p) for p in scenarios] + [c.cfg for m in matrices for c in load_matrix(m).cells]
 
 
+def _bare_until_fail_last(argv: list[str]) -> list[str]:
+    """`--until-fail` takes an optional TIME, and argparse would take the config path in `--until-fail CONFIG` for
+    one: a bare `--until-fail` (what follows does not start with a digit, as a time does) moves to the end, where
+    nothing can follow it. A mistyped time ('5d') stays, for argparse to refuse."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--until-fail" and not argv[i + 1][:1].isdigit():
+            return argv[:i] + argv[i + 1:] + [arg]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_bare_until_fail_last(sys.argv[1:] if argv is None else list(argv)))
     code = _main(args)
     if getattr(args, "git_bisect_codes", False):
         return git_bisect_code([verdict for verdict, c in EXIT_CODES.items() if c == code])
@@ -288,28 +333,46 @@ def _build(cfg: config.Config, cache: Cache) -> int:
     return 0
 
 
+def _repeat(args):
+    """--repeat, --duration and --until-fail as one policy (argparse has checked each value)."""
+    from .run import Repeat
+    budget = args.until_fail or None  # --until-fail alone is 0.0: no budget
+    if budget and args.duration is not None:
+        print("xenfb-harness run: --duration and --until-fail TIME are two time budgets: give one", file=sys.stderr)
+        raise SystemExit(EXIT_CODES[ERROR])  # a usage error, as argparse's own: never 1, which says FAIL
+    budget = budget if budget else args.duration
+    count = args.repeat if args.repeat is not None else (None if budget else 1)
+    return Repeat(count=count, budget_s=budget, until_fail=args.until_fail is not None)
+
+
 def _run(args, cfgs: list[config.Config], cache: Cache) -> int:
     from .result import summary
-    from .run import Job, repeat_summary, run_jobs
+    from .run import Job, run_jobs
+    from .stats import describe, repeat_stats, write_summary
+    repeat = _repeat(args)
     out = args.output or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(cfgs[0].source).stem}"
-    jobs = []
-    for i, cfg in enumerate(cfgs):
-        base = out if len(cfgs) == 1 else out / f"{i + 1:02d}-{Path(cfg.source).stem}"
-        for k in range(args.repeat):
-            jobs.append(Job(cfg, base if args.repeat == 1 else base / f"run-{k + 1:03d}"))
+    jobs = [Job(cfg, out if len(cfgs) == 1 else out / f"{i + 1:02d}-{Path(cfg.source).stem}")
+            for i, cfg in enumerate(cfgs)]
+    by_job: dict[Path, list] = {job.run_dir: [] for job in jobs}
 
     def report(result, job) -> None:
         print(summary(result, job.run_dir), flush=True)
         if result.verdict == ERROR:
             print("\n" + textwrap.indent(result.reason, "  "), file=sys.stderr)
+        by_job[job.run_dir.parent if repeat.numbered else job.run_dir].append(result)
 
     try:
-        results = run_jobs(jobs, cache, out / "host", args.accept_new_host_key, args.until_fail, report)
+        results = run_jobs(jobs, cache, out / "host", args.accept_new_host_key, repeat, report)
     except config.ConfigError as e:
         print(f"xenfb-harness: bad config: {e}", file=sys.stderr)
         return EXIT_CODES[ERROR]
-    if len(jobs) > 1:
-        print(repeat_summary(results))
+    if repeat.numbered:
+        figures = [repeat_stats(job.cfg.source, by_job[job.run_dir]) for job in jobs]
+        for f in figures:
+            print(describe(f))
+        write_summary(out / "summary.json", figures)
+        print(f"statistics: {out / 'summary.json'}")
+    if len(results) > 1:
         print(f"run directories: {out}")
     verdicts = [r.verdict for r in results] or [ERROR]
     if args.git_bisect_codes:  # any FAIL is bad, even beside an ERROR: the worst verdict would say ERROR

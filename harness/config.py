@@ -90,14 +90,18 @@ SCHEMA: dict[str, Any] = {
         "touches": Field(DEFAULT_PARAMS.touches, "int", "sparse mode: times each page is written per round", minimum=1),
         "order": Field(DEFAULT_PARAMS.order, "enum", "sparse mode: page order within a round", choices=("random", "ascending")),
         "mappings": Field(1, "int", "map the framebuffer as this many mmap()s of consecutive chunks at their own "
-                          "file offsets (the frontend serves faults at non-zero offsets and tracks each mapping)",
-                          minimum=1, maximum=64),
+                          "file offsets (the frontend serves faults at non-zero offsets and tracks each mapping); "
+                          "0 maps every page on its own", minimum=0, maximum=65536),
         "workers": Field(1, "int", "sparse mode: split each round's pages among this many workers (page % workers "
                          "picks the worker, so the frame drawn is the same)", minimum=1, maximum=16),
         "worker_kind": Field("thread", "enum", "what a worker is: a thread of the writer, or a process forked for "
                              "the round (its mapping is fork's copy)", choices=("thread", "process")),
         "touch_gap_us": Field(0, "int", "sparse mode: pause between two touches of a page (timing only)",
                               minimum=0),
+        "final_gap_us": Field(0, "int", "sparse mode: if not 0, each page's last touch waits for a final pass: "
+                              "after the other touches and half a second, one page at a time in ascending order, "
+                              "this many microseconds apart (timing only; see README 'The natural race')",
+                              minimum=0, maximum=10_000_000),
     },
     "command": {
         "run": Field("", "str", "writer.kind 'command': the shell command line (/bin/sh -c, busybox) the guest runs "
@@ -499,6 +503,9 @@ def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = N
     if data["writer"]["kind"] == "command" and not data["command"]["run"].strip():
         raise ConfigError(checked, "command.run", "expected the workload's shell command when writer.kind is "
                           "'command'")
+    if data["writer"]["final_gap_us"] and data["writer"]["mode"] != "sparse":
+        raise ConfigError(checked, "writer.final_gap_us", "expected 0 unless writer.mode is 'sparse' (the final pass "
+                          "makes each sparse page's last touch)")
     if data["writer"]["workers"] > 1 and data["writer"]["mode"] != "sparse":
         raise ConfigError(checked, "writer.workers", "expected 1 unless writer.mode is 'sparse' (mixed rounds "
                           "overlap, so the order of their writes decides the frame)")

@@ -78,7 +78,8 @@ def xl_config(cfg: Config, name: str, kernel: str, initrd: str) -> str:
     params = writer_params(cfg)
     settings = {"xfb_writer": cfg["writer.kind"], "xfb_lifecycle": cfg["writer.lifecycle"], "xfb_mode": params.mode,
                 "xfb_pages": params.pages, "xfb_touches": params.touches, "xfb_order": params.order,
-                "xfb_touch_gap_us": cfg["writer.touch_gap_us"], "xfb_mappings": cfg["writer.mappings"],
+                "xfb_touch_gap_us": cfg["writer.touch_gap_us"], "xfb_final_gap_us": cfg["writer.final_gap_us"],
+                "xfb_mappings": cfg["writer.mappings"],
                 "xfb_workers": cfg["writer.workers"], "xfb_worker_kind": cfg["writer.worker_kind"],
                 "xfb_mapcheck": int(cfg["guest.mapping_checks"])}
     if cfg["writer.kind"] == "command":

@@ -109,14 +109,7 @@ class Result:
             self.reason = (f"{len(missed)} of {len(self.rounds)} rounds show missed updates; first in round "
                            f"{first.round}: {first.missed_pixels} pixels in pages {first.pages[:8]}, e.g. "
                            f"{first.rects[:1]}")
-            # Our module's own ground truth: race hits, or (negative controls) updates it held back on purpose. A
-            # page a race left untracked stays so, and a later round's writes to it are missed too: count them all
-            # up to the missed round.
-            unexplained, explained = [], 0
-            for r in self.rounds:
-                explained += r.counters.get("race_hits", 0) + r.counters.get("held", 0)
-                if r.missed and r.counters and not explained:
-                    unexplained.append(r.round)
+            unexplained = self.unexplained_misses()
             if unexplained:  # the module disagrees with the oracle: say so loudly
                 self.reason += (f"; WARNING: rounds {unexplained} missed with no race hit counted by the module "
                                 f"up to then")
@@ -131,6 +124,18 @@ class Result:
         else:
             self.verdict = PASS
             self.reason = f"all {len(compared)} rounds matched ({sum(r.compared_pixels for r in compared)} pixels)"
+
+    def unexplained_misses(self) -> list[int]:
+        """Rounds that missed while our module had counted nothing that explains a miss. Its own ground truth: race
+        hits, or (negative controls) updates it held back on purpose. A page a race left untracked stays so, and a
+        later round's writes to it are missed too: everything counted up to the missed round explains it. Rounds
+        without counters (another frontend) are never unexplained."""
+        unexplained, explained = [], 0
+        for r in self.rounds:
+            explained += r.counters.get("race_hits", 0) + r.counters.get("held", 0)
+            if r.missed and r.counters and not explained:
+                unexplained.append(r.round)
+        return unexplained
 
     def _drew_nothing(self) -> bool:
         measured = [r.drawn_pixels for r in self.rounds if r.drawn_pixels is not None]
@@ -190,11 +195,12 @@ def summary(result: Result, run_dir: Path) -> str:
     lines = [f"verdict: {result.verdict}  ({result.reason.splitlines()[0] if result.reason else ''})",
              f"frontend: {result.frontend}  seed: {result.seed}  host: {result.host}"]
     if result.rounds:
-        lines.append("round  missed  race hits  settle          rects (WxH+X+Y)")
+        lines.append("round  missed  pages  race hits  settle          rects (WxH+X+Y)")
         for r in result.rounds:
             rects = ", ".join(f"{x['w']}x{x['h']}+{x['x']}+{x['y']}" for x in r.rects[:3])
             hits = str(r.counters.get("race_hits", "-")) if r.counters else "-"
-            lines.append(f"{r.round:5d}  {r.missed_pixels:6d}  {hits:>9s}  {r.settle:7s}{r.settle_s:5.2f}s  {rects}")
+            lines.append(f"{r.round:5d}  {r.missed_pixels:6d}  {len(r.pages):5d}  {hits:>9s}  {r.settle:7s}"
+                         f"{r.settle_s:5.2f}s  {rects}")
     if result.counters:
         lines.append("frontend counters: " + ", ".join(f"{k}={v}" for k, v in sorted(result.counters.items())))
     elif result.guest.get("counters"):

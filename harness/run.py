@@ -97,15 +97,39 @@ class HostSession:
         return self._dom0
 
 
+@dataclass(frozen=True)
+class Repeat:
+    """How often each job runs: `count` times (None: no limit), and no new run of a job starts once `budget_s`
+    seconds have passed since its first run began (None: no limit); a run that has begun always ends. `until_fail`:
+    nothing more starts after a run that did not PASS. The runs of a job that may run more than once go to its
+    run_dir/run-NNN."""
+    count: int | None = 1
+    budget_s: float | None = None
+    until_fail: bool = False
+
+    @property
+    def numbered(self) -> bool:
+        return self.count != 1 or self.budget_s is not None
+
+    def another(self, runs: int, began: float | None) -> bool:
+        """Whether a job that has had `runs` runs, the first begun at `began` (monotonic), gets another."""
+        if self.count is not None and runs >= self.count:
+            return False
+        return began is None or self.budget_s is None or time.monotonic() - began < self.budget_s
+
+
 def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key: bool = False,
-             until_fail: bool = False, on_result=None, session: HostSession | None = None) -> list[Result]:
-    """Each job is a fresh guest on one shared host (the session's, else one for these jobs). Every job's payload
-    is built first, before any host boots (a guest kernel built from source takes minutes; a nested host would
-    idle meanwhile, and a job whose build failed needs no host). Returns a result per job started (and an ERROR
-    for each job a broken host kept from running); `on_result(result, job)` is called as each one ends."""
+             repeat: Repeat = Repeat(), on_result=None, session: HostSession | None = None) -> list[Result]:
+    """Each job runs as `repeat` says, each run a fresh guest on one shared host (the session's, else one for these
+    jobs). Every job's payload is built first, before any host boots (a guest kernel built from source takes
+    minutes; a nested host would idle meanwhile, and a job whose build failed needs no host; it gets one ERROR
+    result). Returns a result per run started (and an ERROR for the run a broken host stopped and for each job it
+    kept from starting); `on_result(result, job)` is called as each one ends, `job` being the run's own."""
     check_one_host([j.cfg for j in jobs] + ([session.cfg] if session else []))
     results: list[Result] = []
     started = time.monotonic()
+    current: Job | None = None  # the run under way
+    waiting = list(jobs)  # the jobs not begun: with the run under way, what a broken host leaves without a result
 
     def done(result: Result, job: Job, steps: dict, built_in: float = 0.0) -> None:
         """`built_in`: the seconds this job's payload took, built before the jobs began: part of its total."""
@@ -118,6 +142,13 @@ def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key:
         if on_result:
             on_result(result, job)
 
+    def run_dir(job: Job, k: int) -> Job:
+        if not repeat.numbered:
+            return job
+        own = Job(job.cfg, job.run_dir / f"run-{k + 1:03d}")
+        own.run_dir.mkdir(parents=True, exist_ok=True)
+        return own
+
     with contextlib.ExitStack() as own:
         if session is None:
             need = max(j.cfg["guest.memory_mb"] for j in jobs)
@@ -126,26 +157,34 @@ def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key:
             prepared = _prepare_all(jobs, cache)
             started = time.monotonic()
             for job, (payload, build_steps, took, broken) in zip(jobs, prepared):
-                if broken is not None:
-                    result = new_result(job.cfg)
-                    result.error = broken
-                    done(result, job, build_steps, took)
-                    if until_fail:
-                        break
-                    continue
-                dom0 = session.dom0()
-                result, steps = _one(job, payload, dom0)
-                done(result, job, {**session.timings, **build_steps, **steps}, took)
-                session.timings.clear()
-                if signals.received:
-                    raise KeyboardInterrupt(signals.received)  # the remaining jobs are not started
-                if until_fail and result.verdict != "PASS":
-                    break
+                waiting.pop(0)
+                began, k = None, 0
+                while repeat.another(k, began):
+                    this = current = run_dir(job, k)
+                    began, k = time.monotonic() if began is None else began, k + 1
+                    if broken is not None:
+                        result = new_result(job.cfg)
+                        result.error = broken
+                        done(result, this, build_steps, took)
+                        current = None
+                        if repeat.until_fail:
+                            return results
+                        break  # the same build would fail again
+                    dom0 = session.dom0()
+                    result, steps = _one(this, payload, dom0)
+                    done(result, this, {**session.timings, **build_steps, **steps}, took)
+                    current = None
+                    session.timings.clear()
+                    build_steps, took = {}, 0.0  # the build belongs to the job's first run
+                    if signals.received:
+                        raise KeyboardInterrupt(signals.received)  # the remaining jobs are not started
+                    if repeat.until_fail and result.verdict != "PASS":
+                        return results
         except (KeyboardInterrupt, Exception) as e:  # the host broke, or we were stopped
             host_dir.mkdir(parents=True, exist_ok=True)
             (host_dir / "error.txt").write_text(traceback.format_exc())
-            if not (until_fail and results and results[-1].verdict != "PASS"):
-                for job in jobs[len(results):]:
+            if not (repeat.until_fail and results and results[-1].verdict != "PASS"):
+                for job in ([current] if current else []) + [run_dir(j, 0) for j in waiting]:
                     result = new_result(job.cfg)
                     result.error = f"{HOST_BROKE}{error_text(e)}"
                     job.run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,7 +195,7 @@ def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key:
 def _prepare_all(jobs: list[Job], cache: Cache) -> list[tuple[Payload | None, dict, float, str | None]]:
     """Each job's payload, its build steps and seconds; or, for a build that failed (a patch that does not apply,
     a kernel that does not compile, a package apt does not have), the error its ERROR result gets. Jobs with the
-    same config (--repeat, a bisect step's runs) share one build, failed or not: a failure is not cached, and
+    same config (a bisect step's runs) share one build, failed or not: a failure is not cached, and
     building it again would fail again."""
     built: dict[str, tuple[Payload | None, dict, float, str | None]] = {}
     out = []
@@ -200,14 +239,3 @@ def _one(job: Job, payload: Payload, dom0: Dom0) -> tuple[Result, dict]:
         if tail and not signals.received:
             result.error += f"\n--- last host console lines ---\n{tail}"
     return result, dict(timings)
-
-
-def repeat_summary(results: list[Result]) -> str:
-    """How often a scenario failed, per minute of writer stress, with the frontend's race-hit counter."""
-    verdicts = [r.verdict for r in results]
-    fails = verdicts.count("FAIL")
-    minutes = sum(r.timings.get("rounds", 0.0) for r in results) / 60
-    hits = sum(r.counters.get("race_hits", 0) for r in results)
-    rate = f"{fails / minutes:.2f} FAIL per minute of stress" if minutes else "no stress time"
-    return (f"{len(verdicts)} runs: {fails} FAIL, {verdicts.count('PASS')} PASS, {verdicts.count(ERROR)} ERROR; "
-            f"{minutes:.1f} min of rounds, {rate}; race hits counted by the frontend: {hits}")

@@ -107,6 +107,19 @@ def test_shipped_configs_load(path):
     assert cfg["frontend"] in SCHEMA["frontend"].choices
 
 
+@needs_host_sources
+def test_the_natural_race_scenarios_share_one_stress():
+    """The legacy-fixed and upstream runs are the natural race's controls only while they draw exactly what the
+    legacy one draws, on the same guest: every key but the frontend (and its race window) is the same."""
+    cfgs = {fe: load(REPO / "configs" / f"{fe}-natural.yaml").data for fe in ("legacy", "legacy-fixed", "upstream")}
+    assert [c["frontend"] for c in cfgs.values()] == list(cfgs)
+    assert cfgs["legacy"]["legacy"]["race_window_ms"] == 0 == cfgs["legacy-fixed"]["legacy"]["race_window_ms"]
+    for c in cfgs.values():
+        del c["frontend"], c["legacy"]
+    assert cfgs["legacy"] == cfgs["legacy-fixed"] == cfgs["upstream"]
+    assert cfgs["legacy"]["writer"]["final_gap_us"] and cfgs["legacy"]["writer"]["mappings"] == 0
+
+
 def test_there_are_shipped_configs():
     scenarios, matrices = shipped(REPO / "configs")
     assert scenarios and matrices
@@ -256,7 +269,7 @@ def test_integer_at_minimum_is_fine(tmp_path, text, key, value):
 
 
 @pytest.mark.parametrize("text, key, maximum", [
-    ("writer:\n  mappings: 65", "writer.mappings", 64),
+    ("writer:\n  mappings: 65537", "writer.mappings", 65536),
     ("writer:\n  mode: sparse\n  workers: 17", "writer.workers", 16),
     ("guest:\n  vcpus: 65", "guest.vcpus", 64),
 ])
@@ -278,6 +291,14 @@ def test_workers_need_sparse_mode(tmp_path):
     cfg = load(write_config(tmp_path, "writer:\n  mode: sparse\n  workers: 2\n  worker_kind: process\n"))
     assert (cfg["writer.workers"], cfg["writer.worker_kind"]) == (2, "process")
 
+
+def test_final_pass_needs_sparse_mode(tmp_path):
+    err = load_error(write_config(tmp_path, "writer:\n  final_gap_us: 40000\n"))
+    assert err.key == "writer.final_gap_us" and "'sparse'" in str(err)
+    cfg = load(write_config(tmp_path, "writer:\n  mode: sparse\n  final_gap_us: 40000\n  mappings: 0\n"))
+    assert (cfg["writer.final_gap_us"], cfg["writer.mappings"]) == (40000, 0)
+    err = load_error(write_config(tmp_path, "writer:\n  mode: sparse\n  final_gap_us: 10000001\n"))
+    assert err.key == "writer.final_gap_us"
 
 # --- paths ----------------------------------------------------------------------------------------------------------
 
@@ -527,7 +548,7 @@ def test_describe_shows_command_runs_limit():
     assert "  command.interval_ms = 2000 (>= 10)\n" in text
     assert "  command.timing = 'random' (one of: periodic, random)\n" in text
     assert "  command.packages = []\n" in text
-    assert "  writer.mappings = 1 (1..64)\n" in text  # an int's maximum still reads as a range
+    assert "  writer.mappings = 1 (0..65536)\n" in text  # an int's maximum still reads as a range
     assert "one of: mmap, xorg, command" in text
 
 

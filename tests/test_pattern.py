@@ -415,6 +415,72 @@ def test_writer_guest_mappings_and_workers_draw_the_same_bytes(writer, tmp_path,
     assert np.array_equal(pixel_bytes(raw, g), pixel_bytes(pattern.render(g, 9, 6, params=params), g))
 
 
+@pytest.mark.parametrize("mappings, workers", [(0, 1), (0, 3), (1, 4)])
+def test_writer_final_pass_draws_the_same_bytes(writer, tmp_path, mappings, workers):
+    """--final-gap-us changes when the last touches are made, never which bytes end up drawn; --mappings 0 maps
+    each page on its own."""
+    g = GEOMETRIES["333x201x16-565-padded"]
+    params = pattern.WriterParams("sparse", 60, 3, "random")  # 60 entries in ~33 pages: most pages twice
+    fb = tmp_path / "fb"
+    fb.write_bytes(b"\x5a" * (g.height * g.stride))
+    commands = [protocol.format_go(r, 5) for r in range(3)] + [protocol.format_quit()]
+    proc = subprocess.run([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), *params.writer_args(),
+                           "--mappings", str(mappings), "--workers", str(workers), "--final-gap-us", "1000"],
+                          input="".join(commands), capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 0, proc.stdout
+    assert np.array_equal(pixel_bytes(fb.read_bytes(), g), pixel_bytes(pattern.render(g, 5, 3, params=params), g))
+
+
+def watch_round(cmd: list[str], fb: Path, seed: int, pages: dict, timeout: float = 10) -> dict[int, float]:
+    """Start the writer (cmd), have it draw round 1 of `seed` and poll `fb` meanwhile: when each page of `pages`
+    (page -> test(raw bytes of the file, page)) first passed its test. Insertion order is the order seen."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    seen: dict[int, float] = {}
+    try:
+        assert isinstance(protocol.parse_line(proc.stdout.readline()), protocol.Ready)
+        proc.stdin.write(protocol.format_go(1, seed))
+        proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while len(seen) < len(pages) and time.monotonic() < deadline:
+            raw, now = fb.read_bytes(), time.monotonic()
+            for page, test in pages.items():
+                if page not in seen and test(raw, page):
+                    seen[page] = now
+            time.sleep(0.002)
+        assert protocol.parse_line(proc.stdout.readline()).round == 1
+        proc.communicate(protocol.format_quit(), timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return seen
+
+
+def test_writer_final_pass_writes_every_other_page_last_one_at_a_time(writer, tmp_path):
+    """At 800x600x32 (stride 3200) the final pass takes the even pages: each gets its last colour only after every
+    other page has its own, in ascending order, a gap apart."""
+    g = RGB32
+    params = pattern.WriterParams("sparse", 12, 2, "random")
+    seed = 4
+    final = {}  # page -> its last colour's bytes, in drawing order: the last entry of a page wins
+    for page, colours in pattern.sparse_entries(g, seed, 1, params):
+        end = min((page + 1) * 4096, g.height * g.stride)
+        final[page] = g.pack(*colours[-1]).to_bytes(4, "little") * ((end - page * 4096) // 4)
+    last_pass = sorted(p for p in final if p % 2 == 0)
+    assert len(last_pass) >= 3 and len(final) > len(last_pass)  # seed 4 has both kinds
+    fb = tmp_path / "fb"
+    fb.write_bytes(bytes(g.height * g.stride))
+    cmd = [str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), *params.writer_args(), "--final-gap-us",
+           "150000"]
+    done_at = watch_round(cmd, fb, seed, {page: lambda raw, page, want=want: raw[page * 4096:
+                                                                                page * 4096 + len(want)] == want
+                                          for page, want in final.items()})
+    assert set(done_at) == set(final)
+    others = max(t for p, t in done_at.items() if p not in last_pass)
+    times = [done_at[p] for p in last_pass]
+    assert times[0] - others >= 0.4  # the half-second pause after the workers
+    assert times == sorted(times) and all(b - a >= 0.1 for a, b in zip(times, times[1:]))
+
+
 def test_writer_guest_rejects_more_mappings_than_pages(writer, tmp_path):
     g = GEOMETRIES[TINY]  # 84 bytes: one page
     fb = tmp_path / "fb"
@@ -574,25 +640,10 @@ def test_writer_guest_touches_pages_in_the_chosen_order(writer, tmp_path, order)
     entries = pattern.sparse_entries(g, seed, 1, params)
     fb = tmp_path / "fb"
     fb.write_bytes(bytes(g.height * g.stride))
-    proc = subprocess.Popen([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), *params.writer_args(),
-                             "--touch-gap-us", "60000"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert isinstance(protocol.parse_line(proc.stdout.readline()), protocol.Ready)
-        proc.stdin.write(protocol.format_go(1, seed))  # over the zeroed file, which is black already
-        proc.stdin.flush()
-        started, deadline = [], time.monotonic() + 5
-        while len(started) < 3 and time.monotonic() < deadline:
-            raw = fb.read_bytes()
-            for page, _ in entries:
-                if page not in started and any(raw[page * 4096: (page + 1) * 4096]):
-                    started.append(page)
-            time.sleep(0.002)
-        assert protocol.parse_line(proc.stdout.readline()).round == 1
-        proc.communicate(protocol.format_quit(), timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    cmd = [str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), *params.writer_args(), "--touch-gap-us",
+           "60000"]
+    started = list(watch_round(cmd, fb, seed, {page: lambda raw, page: any(raw[page * 4096: (page + 1) * 4096])
+                                               for page, _ in entries}, timeout=5))
     assert started == [page for page, _ in entries]  # first touches, one gap apart, in the entries' order
 
 
@@ -613,8 +664,10 @@ def test_writer_guest_touches_pages_in_the_chosen_order(writer, tmp_path, order)
     (["--lifecycle", "forever"], "--lifecycle"),
     (["--tick-ms", "10"], "usage"),  # the heartbeat is gone
     (["--worker-kind", "fibre"], "--worker-kind"),
-    (["--mappings", "0"], "--mappings"),
-    (["--mappings", "65"], "--mappings"),
+    (["--mappings", "65537"], "--mappings"),
+    (["--mode", "sparse", "--final-gap-us", "5"], "guest mode only"),
+    (["--final-gap-us", "5"], "needs --mode sparse"),
+    (["--mode", "sparse", "--final-gap-us", "10000001"], "--final-gap-us"),
     (["--workers", "17"], "--workers"),
     (["--workers", "2"], "needs --mode sparse"),
 ])

@@ -4,16 +4,18 @@ open_host is a stand-in that records its calls."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from harness import config, run
+from harness import config, progress, run, signals
 from harness.artifacts.cache import Cache
-from harness.result import ERROR, PASS, RoundResult
-from harness.run import Job, run_jobs
+from harness.result import ERROR, FAIL, PASS, RoundResult
+from harness.run import Job, Repeat, run_jobs
 
 
 def scenario(tmp_path: Path, name: str = "s.yaml", **data) -> config.Config:
@@ -120,6 +122,270 @@ def test_until_fail_stops_at_a_build_that_failed(tmp_path, monkeypatch, events):
     monkeypatch.setattr(run, "build_payload", lambda cfg, cache, log: (_ for _ in ()).throw(RuntimeError("no")))
     cfg = scenario(tmp_path)
     jobs = [Job(cfg, tmp_path / f"run-{i}") for i in range(3)]
-    results = run_jobs(jobs, Cache(tmp_path / "cache"), tmp_path / "host", until_fail=True)
+    results = run_jobs(jobs, Cache(tmp_path / "cache"), tmp_path / "host", repeat=Repeat(until_fail=True))
     assert [r.verdict for r in results] == [ERROR]
     assert events == []  # no host
+
+
+# --- repeated runs (Repeat) -----------------------------------------------------------------------------------------
+
+
+class Clock:
+    """time.monotonic for harness.run, moved on by the scenarios' stand-in only."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(run, "time", SimpleNamespace(monotonic=c))
+    return c
+
+
+def building(monkeypatch, events, broken: tuple = ()) -> None:
+    """build_payload's stand-in: records ("build", job dir name) and a build step; fails for the names in `broken`."""
+    def build_payload(cfg, cache, log):
+        events.append(("build", log.parent.name))
+        progress.record("guest payload", 3.0)
+        if log.parent.name in broken:
+            raise RuntimeError("patch 1 of 1 does not apply")
+        return "payload"
+    monkeypatch.setattr(run, "build_payload", build_payload)
+
+
+def scripted(monkeypatch, events, outcomes: dict | None = None, clock: Clock | None = None, run_s: float = 40.0):
+    """run_scenario's stand-in for repeated runs: the n-th scenario started (1-based, over all jobs) PASSes unless
+    outcomes[n] is FAIL (round 1 misses a page) or a callable, which is called (to raise). Each takes `run_s`
+    seconds of rounds, on `clock` too when given."""
+    calls = itertools.count(1)
+
+    def run_scenario(cfg, dom0, payload, run_dir, result):
+        n = next(calls)
+        events.append(("scenario", f"{run_dir.parent.name}/{run_dir.name}"))
+        if clock is not None:
+            clock.now += run_s
+        progress.record("rounds", run_s)
+        outcome = (outcomes or {}).get(n, PASS)
+        if callable(outcome):
+            outcome()
+        result.rounds = [RoundResult(i, 100, 5 if outcome == FAIL and i == 1 else 0,
+                                     pages=[3] if outcome == FAIL and i == 1 else [], at_s=10.0 * i)
+                         for i in range(cfg["rounds"] + 1)]
+        return result
+    monkeypatch.setattr(run, "run_scenario", run_scenario)
+
+
+def raises(exc: BaseException):
+    def fn():
+        raise exc
+    return fn
+
+
+def scenarios(events) -> list[str]:
+    return [e[1] for e in events if e[0] == "scenario"]
+
+
+def saved_verdict(run_dir: Path) -> str:
+    return json.loads((run_dir / "result.json").read_text())["verdict"]
+
+
+def test_repeat_numbered_and_another(clock):
+    assert not Repeat().numbered and not Repeat(until_fail=True).numbered
+    assert Repeat(count=2).numbered and Repeat(count=None).numbered and Repeat(count=1, budget_s=60).numbered
+    three = Repeat(count=3)
+    assert three.another(0, None) and three.another(2, clock.now)
+    assert not three.another(3, clock.now)
+    budget = Repeat(count=None, budget_s=100)
+    assert budget.another(0, None)
+    clock.now = 1099.9
+    assert budget.another(50, 1000.0)
+    clock.now = 1100.0
+    assert not budget.another(1, 1000.0)
+    assert not Repeat(count=2, budget_s=100).another(2, clock.now)  # the count caps a budget
+    assert not Repeat().another(1, clock.now)
+
+
+def test_repeat_count_runs_one_build_in_numbered_run_dirs(tmp_path, monkeypatch, events):
+    building(monkeypatch, events)
+    scripted(monkeypatch, events)
+    job = Job(scenario(tmp_path), tmp_path / "out")
+    reported = []
+    results = run_jobs([job], Cache(tmp_path / "cache"), tmp_path / "host", repeat=Repeat(count=3),
+                       on_result=lambda result, own: reported.append((result.verdict, own.run_dir)))
+    assert events[0] == ("build", "out") and events[1][0] == "open_host" and events[-1] == ("close_host",)
+    assert [e[0] for e in events].count("build") == 1 and [e[0] for e in events].count("open_host") == 1
+    assert scenarios(events) == ["out/run-001", "out/run-002", "out/run-003"]
+    dirs = [job.run_dir / f"run-{k:03d}" for k in (1, 2, 3)]
+    assert reported == [(PASS, d) for d in dirs]  # on_result gets the run's own job
+    assert [r.verdict for r in results] == [PASS] * 3
+    for d in dirs:
+        assert saved_verdict(d) == PASS and (d / "junit.xml").is_file()
+    assert not (job.run_dir / "result.json").exists() and not (job.run_dir / "run-004").exists()
+    assert all(r.timings["rounds"] == 40.0 for r in results)
+    assert results[0].timings["guest payload"] == 3.0  # the build belongs to the first run only
+    assert all("guest payload" not in r.timings for r in results[1:])
+
+
+def test_one_run_goes_to_the_job_dir_itself_unless_a_budget_numbers_it(tmp_path, monkeypatch, events, clock):
+    building(monkeypatch, events)
+    scripted(monkeypatch, events, clock=clock, run_s=40)
+    cfg = scenario(tmp_path)
+    once = Job(cfg, tmp_path / "once")
+    assert [r.verdict for r in run_jobs([once], Cache(tmp_path / "cache"), tmp_path / "host")] == [PASS]
+    assert saved_verdict(once.run_dir) == PASS and not (once.run_dir / "run-001").exists()
+    budgeted = Job(cfg, tmp_path / "budgeted")
+    results = run_jobs([budgeted], Cache(tmp_path / "cache"), tmp_path / "host",
+                       repeat=Repeat(count=1, budget_s=3600))
+    assert len(results) == 1 and saved_verdict(budgeted.run_dir / "run-001") == PASS
+    assert [s.split("/")[-1] for s in scenarios(events)] == ["once", "run-001"]
+
+
+def test_a_budget_stops_starting_runs_of_each_job(tmp_path, monkeypatch, events, clock):
+    building(monkeypatch, events)
+    scripted(monkeypatch, events, clock=clock, run_s=40)
+    jobs = [Job(scenario(tmp_path, "a.yaml"), tmp_path / "a"), Job(scenario(tmp_path, "b.yaml"), tmp_path / "b")]
+    results = run_jobs(jobs, Cache(tmp_path / "cache"), tmp_path / "host", repeat=Repeat(count=None, budget_s=100))
+    # runs begin at 0, 40 and 80 s of each job's budget; at 120 s it is spent; each job has a budget of its own
+    assert scenarios(events) == ["a/run-001", "a/run-002", "a/run-003", "b/run-001", "b/run-002", "b/run-003"]
+    assert [r.verdict for r in results] == [PASS] * 6
+    assert [r.timings["total"] for r in results] == [40.0] * 6
+    assert not (tmp_path / "a" / "run-004").exists() and not (tmp_path / "b" / "run-004").exists()
+
+
+def test_a_run_under_way_ends_past_the_budget(tmp_path, monkeypatch, events, clock):
+    building(monkeypatch, events)
+    scripted(monkeypatch, events, clock=clock, run_s=40)
+    job = Job(scenario(tmp_path), tmp_path / "out")
+    results = run_jobs([job], Cache(tmp_path / "cache"), tmp_path / "host", repeat=Repeat(count=None, budget_s=10))
+    assert scenarios(events) == ["out/run-001"]
+    assert [r.verdict for r in results] == [PASS] and results[0].timings["total"] == 40.0
+
+
+def test_a_count_caps_a_budget(tmp_path, monkeypatch, events, clock):
+    building(monkeypatch, events)
+    scripted(monkeypatch, events, clock=clock, run_s=40)
+    job = Job(scenario(tmp_path), tmp_path / "out")
+    results = run_jobs([job], Cache(tmp_path / "cache"), tmp_path / "host", repeat=Repeat(count=2, budget_s=1000))
+    assert scenarios(events) == ["out/run-001", "out/run-002"] and len(results) == 2
+
+
+def test_until_fail_stops_after_the_first_fail(tmp_path, monkeypatch, events):
+    building(monkeypatch, events)
+    scripted(monkeypatch, events, outcomes={2: FAIL})
+    jobs = [Job(scenario(tmp_path, "a.yaml"), tmp_path / "a"), Job(scenario(tmp_path, "b.yaml"), tmp_path / "b")]
+    results = run_jobs(jobs, Cache(tmp_path / "cache"), tmp_path / "host", repeat=Repeat(count=5, until_fail=True))
+    assert [r.verdict for r in results] == [PASS, FAIL]
+    assert scenarios(events) == ["a/run-001", "a/run-002"]  # nothing more, of this job or the next
+    assert events[-1] == ("close_host",)
+    assert saved_verdict(tmp_path / "a" / "run-002") == FAIL
+    assert not (tmp_path / "a" / "run-003").exists()
+    assert not list((tmp_path / "b").rglob("result.json"))
+    assert not (tmp_path / "host" / "error.txt").exists()
+
+
+def test_until_fail_with_a_budget_runs_until_the_fail(tmp_path, monkeypatch, events, clock):
+    building(monkeypatch, events)
+    scripted(monkeypatch, events, outcomes={4: FAIL}, clock=clock, run_s=60)
+    job = Job(scenario(tmp_path), tmp_path / "out")
+    results = run_jobs([job], Cache(tmp_path / "cache"), tmp_path / "host",
+                       repeat=Repeat(count=None, budget_s=3600, until_fail=True))
+    assert [r.verdict for r in results] == [PASS, PASS, PASS, FAIL]
+    assert scenarios(events)[-1] == "out/run-004" and not (job.run_dir / "run-005").exists()
+
+
+def test_until_fail_stops_after_an_error_too(tmp_path, monkeypatch, events):
+    building(monkeypatch, events)
+    scripted(monkeypatch, events, outcomes={2: raises(RuntimeError("xl create: guest did not boot"))})
+    job = Job(scenario(tmp_path), tmp_path / "out")
+    results = run_jobs([job], Cache(tmp_path / "cache"), tmp_path / "host", repeat=Repeat(count=5, until_fail=True))
+    assert [r.verdict for r in results] == [PASS, ERROR]
+    assert results[1].error == "RuntimeError: xl create: guest did not boot"
+    assert scenarios(events) == ["out/run-001", "out/run-002"]
+
+
+def test_a_failed_build_gets_one_error_and_is_not_repeated(tmp_path, monkeypatch, events):
+    building(monkeypatch, events, broken=("a",))
+    scripted(monkeypatch, events)
+    jobs = [Job(scenario(tmp_path, "a.yaml"), tmp_path / "a"),
+            Job(scenario(tmp_path, "b.yaml", seed=2), tmp_path / "b")]  # another config: a build of its own
+    reported = []
+    results = run_jobs(jobs, Cache(tmp_path / "cache"), tmp_path / "host", repeat=Repeat(count=3),
+                       on_result=lambda result, own: reported.append(own.run_dir.relative_to(tmp_path).as_posix()))
+    assert [e for e in events if e[0] == "build"] == [("build", "a"), ("build", "b")]
+    assert [r.verdict for r in results] == [ERROR, PASS, PASS, PASS]
+    assert results[0].error == "the guest's artifacts: RuntimeError: patch 1 of 1 does not apply"
+    assert reported == ["a/run-001", "b/run-001", "b/run-002", "b/run-003"]
+    assert scenarios(events) == ["b/run-001", "b/run-002", "b/run-003"]
+    assert saved_verdict(tmp_path / "a" / "run-001") == ERROR
+    assert not (tmp_path / "a" / "run-002").exists()
+
+
+def test_a_host_that_breaks_mid_series_gives_the_run_under_way_and_the_jobs_not_begun_errors(
+        tmp_path, monkeypatch, events):
+    class GoneDom0(FakeDom0):
+        def console_tail(self) -> str:  # the connection is dead: even the console's last lines cannot be read
+            raise ConnectionResetError("ssh connection lost")
+
+    @contextlib.contextmanager
+    def open_host(*args):
+        events.append(("open_host",))
+        yield GoneDom0()
+        events.append(("close_host",))
+    monkeypatch.setattr(run, "open_host", open_host)
+    building(monkeypatch, events)
+    scripted(monkeypatch, events, outcomes={2: raises(OSError("xl: command not found"))})
+    jobs = [Job(scenario(tmp_path, "a.yaml"), tmp_path / "a"), Job(scenario(tmp_path, "b.yaml"), tmp_path / "b"),
+            Job(scenario(tmp_path, "c.yaml"), tmp_path / "c")]
+    reported = []
+    results = run_jobs(jobs, Cache(tmp_path / "cache"), tmp_path / "host", repeat=Repeat(count=3),
+                       on_result=lambda result, own: reported.append(own.run_dir.relative_to(tmp_path).as_posix()))
+    assert scenarios(events) == ["a/run-001", "a/run-002"]
+    assert events[-1] == ("close_host",)
+    assert reported == ["a/run-001", "a/run-002", "b/run-001", "c/run-001"]
+    assert [r.verdict for r in results] == [PASS, ERROR, ERROR, ERROR]
+    assert [r.error for r in results[1:]] == ["the host: ConnectionResetError: ssh connection lost"] * 3
+    for d in ("a/run-002", "b/run-001", "c/run-001"):
+        assert saved_verdict(tmp_path / d) == ERROR
+    assert not (tmp_path / "a" / "run-003").exists() and not (tmp_path / "b" / "run-002").exists()
+    assert "ssh connection lost" in (tmp_path / "host" / "error.txt").read_text()
+
+
+def test_an_interrupt_mid_series_ends_the_run_and_gives_the_jobs_not_begun_errors(tmp_path, monkeypatch, events):
+    monkeypatch.setattr(signals, "received", None)
+
+    def interrupt():
+        signals.received = "SIGINT"
+        raise KeyboardInterrupt("SIGINT")
+    building(monkeypatch, events)
+    scripted(monkeypatch, events, outcomes={2: interrupt})
+    jobs = [Job(scenario(tmp_path, "a.yaml"), tmp_path / "a"), Job(scenario(tmp_path, "b.yaml"), tmp_path / "b")]
+    results = run_jobs(jobs, Cache(tmp_path / "cache"), tmp_path / "host", repeat=Repeat(count=3))
+    assert scenarios(events) == ["a/run-001", "a/run-002"]
+    assert [r.verdict for r in results] == [PASS, ERROR, ERROR]
+    assert results[1].error == "interrupted by SIGINT; every process we started was stopped"
+    assert results[2].error == "the host: interrupted by SIGINT; every process we started was stopped"
+    assert saved_verdict(tmp_path / "a" / "run-002") == ERROR and saved_verdict(tmp_path / "b" / "run-001") == ERROR
+    assert not (tmp_path / "a" / "run-003").exists()
+
+
+def test_an_interrupt_during_the_builds_gives_every_job_an_error(tmp_path, monkeypatch, events):
+    """Whatever breaks, every scenario gets a result.json (harness/run.py's docstring; the pytest plugin unpacks
+    exactly one result). Ctrl-C while a guest kernel builds for minutes is the likeliest interrupt of all."""
+    monkeypatch.setattr(signals, "received", None)
+
+    def build_payload(cfg, cache, log):
+        events.append(("build", log.parent.name))
+        signals.received = "SIGINT"
+        raise KeyboardInterrupt("SIGINT")
+    monkeypatch.setattr(run, "build_payload", build_payload)
+    jobs = [Job(scenario(tmp_path, "a.yaml"), tmp_path / "a"), Job(scenario(tmp_path, "b.yaml"), tmp_path / "b")]
+    results = run_jobs(jobs, Cache(tmp_path / "cache"), tmp_path / "host")
+    assert events == [("build", "a")]  # no host
+    assert [r.verdict for r in results] == [ERROR, ERROR]
+    assert all("interrupted by SIGINT" in r.error for r in results)
+    assert saved_verdict(tmp_path / "a") == ERROR and saved_verdict(tmp_path / "b") == ERROR

@@ -150,7 +150,11 @@
  * that PTE (not there yet), and the count the fault added is thrown away,
  * so the page will end up mapped but untracked.  At most one hit is
  * counted per zap.  A race hit does not prove a lost write (the writer may
- * never write that page again), it proves an untracked PTE.  Limit: with
+ * never write that page again), nor even an untracked PTE: the core
+ * unlocks the page a little after installing the PTE (after dropping the
+ * page-table lock, where a preemptible kernel may switch tasks), and a
+ * zap in that last stretch removes the PTE as it should and is counted
+ * too.  So race_hits is an upper bound of the PTEs left untracked.  Limit: with
  * several mappings of one page (forked writers), a fault on another
  * mapping of a page in the range also holds its lock; the harness's
  * workers never write one page from two mappings in a round.

@@ -14,7 +14,8 @@
  * Pattern options (both modes): [--mode mixed|sparse] [--pages 1..65536 (8)] [--touches 1..65536 (1)]
  *     [--order random|ascending]; pages, touches and order only change what "sparse" draws.
  * Guest mode:  xfb-writer [--fb /dev/fb0] [--lifecycle persistent|per-round|second-opener] [pattern options]
- *              [--touch-gap-us N (0)] [--mappings K (1)] [--workers N (1)] [--worker-kind thread|process]
+ *              [--touch-gap-us N (0)] [--final-gap-us N (0)] [--mappings K (1)] [--workers N (1)]
+ *              [--worker-kind thread|process]
  *              [--stats-dir DIR]
  *     prints "XFB READY ...", then obeys "GO <round> <seed>", "STATS" and "QUIT" lines on stdin (see
  *     harness/protocol.py). Between a DONE and the next command it draws nothing and only waits on stdin:
@@ -31,9 +32,14 @@
  *     A forked process that fails (non-zero exit or a signal) is an "XFB ERROR" and the writer exits.
  *     --touch-gap-us N sleeps N microseconds (at most 10000000) between two touches of one page in sparse mode:
  *     timing only, the bytes drawn are the same.
- *     --mappings K (1..64, default 1) maps the framebuffer as K mmap()s of consecutive page-aligned chunks, each at
- *     its own file offset, placed back to back (MAP_FIXED) so the drawing code sees one buffer: the frontend
- *     then serves faults at non-zero offsets and tracks K mappings.
+ *     --final-gap-us N (sparse mode; at most 10000000) holds back the last touch of every page whose number is a
+ *     multiple of 1 + ceil(stride / 4096) (every other page at 800x600x32; pages that far apart share no screen
+ *     row): once the workers are done and half a second has passed, those last touches are made one page at a
+ *     time, in ascending page order, N microseconds apart (the final pass). Timing only: every page still ends
+ *     in its last touch.
+ *     --mappings K (0..65536, default 1) maps the framebuffer as K mmap()s of consecutive page-aligned chunks, each
+ *     at its own file offset, placed back to back (MAP_FIXED) so the drawing code sees one buffer: the frontend
+ *     then serves faults at non-zero offsets and tracks K mappings. 0 maps each page on its own.
  *     --workers N (1..16, default 1) splits each sparse round among N threads or, with --worker-kind process,
  *     N processes forked for the round (their mappings are fork's copies). Worker k draws the entries whose
  *     page % N == k, in round order, so every page still ends in its last touch: the bytes are the same.
@@ -117,7 +123,10 @@
 #define MAX_TOUCHES 65536 /* pattern.MAX_TOUCHES */
 #define MAX_TOUCH_GAP_US 10000000
 #define MAX_STATS 32
-#define MAX_MAPPINGS 64
+#define MAX_MAPPINGS MAX_SPARSE_PAGES
+/* --final-gap-us: the pause between the last of the other touches and the first final one, long enough for the
+ * backend to have repainted everything the frontend sent for the others (its refresh lags tens of ms under TCG) */
+#define FINAL_SETTLE_US 500000
 #define MAX_WORKERS 16
 #define MAX_LINE 4096 /* the console tty's longest line; START carries a command of up to 2000 bytes as hex */
 
@@ -140,7 +149,7 @@ struct params {
     enum mode mode;
     uint64_t pages, touches;
     enum order order;
-    uint64_t touch_gap_us;
+    uint64_t touch_gap_us, final_gap_us;
     uint64_t mappings, workers;
     enum worker_kind worker_kind;
     enum lifecycle lifecycle;
@@ -283,11 +292,13 @@ static int cmp_entry(const void *pa, const void *pb)
     return a->index < b->index ? -1 : a->index > b->index; /* qsort is not stable: generation order decides */
 }
 
-/* One worker's share of a sparse round: the entries whose page % workers == worker, in round order. */
+/* One worker's share of a sparse round: the entries whose page % workers == worker, in round order. With a final
+ * pass, `last[page]` is the index of the page's last entry, whose last touch the final pass makes instead. */
 struct share {
     uint8_t *fb;
     const struct geom *g;
     const struct sparse_entry *entries;
+    const uint64_t *last;
     const struct params *pp;
     uint64_t worker;
 };
@@ -299,7 +310,8 @@ static void draw_share(const struct share *sh)
         if (e->page % sh->pp->workers != sh->worker)
             continue;
         uint64_t st = e->state;
-        for (uint64_t t = 0; t < sh->pp->touches; t++) {
+        uint64_t touches = sh->last && sh->last[e->page] == i ? sh->pp->touches - 1 : sh->pp->touches;
+        for (uint64_t t = 0; t < touches; t++) {
             uint32_t pixel = colour_pixel(sh->g, next(&st));
             if (t > 0 && sh->pp->touch_gap_us > 0)
                 sleep_us(sh->pp->touch_gap_us);
@@ -344,11 +356,49 @@ static void draw_shares(struct share *shares, const struct params *pp)
     }
 }
 
+/*
+ * The final pass (--final-gap-us) is for the pages that are final_step(g) apart: the workers leave those pages'
+ * last touches to it. Pages that far apart share no screen row (a full row lies between them), so while the
+ * final pass writes one of them, no update of a neighbour repaints any of its rows.
+ */
+static uint64_t final_step(const struct geom *g)
+{
+    return 2 + (g->stride - 1) / FB_PAGE; /* 1 + ceil(stride / page): (step - 1) pages hold at least a row */
+}
+
+/*
+ * The final pass: after the other touches and a pause, the final pages (see final_step) get their last touches,
+ * one page at a time in ascending page order, gap_us apart. A frontend that tracks writes by faults then sends
+ * one small update per page, which spans no other final page, and nothing else repaints their rows: a final
+ * page whose write it missed stays wrong on screen, instead of being repainted by a neighbour's update, as in a
+ * burst.
+ */
+static void draw_final_pass(uint8_t *fb, const struct geom *g, const struct sparse_entry *entries,
+                            const uint64_t *last, uint64_t npages, const struct params *pp)
+{
+    int first = 1;
+    sleep_us(FINAL_SETTLE_US);
+    for (uint64_t page = 0; page < npages; page += final_step(g)) {
+        if (last[page] == UINT64_MAX)
+            continue;
+        uint64_t st = entries[last[page]].state, c = 0;
+        for (uint64_t t = 0; t < pp->touches; t++)
+            c = next(&st);
+        if (!first)
+            sleep_us(pp->final_gap_us);
+        first = 0;
+        fill_page(fb, g, page, colour_pixel(g, c));
+    }
+}
+
 static void draw_sparse(uint8_t *fb, const struct geom *g, uint64_t state, uint64_t npages, const struct params *pp)
 {
     static struct sparse_entry *entries; /* kept between rounds: --pages does not change */
+    static uint64_t *last;               /* kept too: the framebuffer's page count does not change */
     struct share shares[MAX_WORKERS];
     if (!entries && !(entries = calloc(pp->pages, sizeof *entries)))
+        fatal("out of memory");
+    if (pp->final_gap_us && !last && !(last = calloc(npages, sizeof *last)))
         fatal("out of memory");
     for (uint64_t i = 0; i < pp->pages; i++) {
         entries[i].page = next(&state) % npages;
@@ -359,9 +409,18 @@ static void draw_sparse(uint8_t *fb, const struct geom *g, uint64_t state, uint6
     }
     if (pp->order == ORDER_ASCENDING)
         qsort(entries, pp->pages, sizeof *entries, cmp_entry);
+    if (last) {
+        for (uint64_t page = 0; page < npages; page++)
+            last[page] = UINT64_MAX;
+        for (uint64_t i = 0; i < pp->pages; i++)
+            if (entries[i].page % final_step(g) == 0)
+                last[entries[i].page] = i; /* the entries are in drawing order: the last one per page wins */
+    }
     for (uint64_t k = 0; k < pp->workers; k++)
-        shares[k] = (struct share){.fb = fb, .g = g, .entries = entries, .pp = pp, .worker = k};
+        shares[k] = (struct share){.fb = fb, .g = g, .entries = entries, .last = last, .pp = pp, .worker = k};
     draw_shares(shares, pp);
+    if (last)
+        draw_final_pass(fb, g, entries, last, npages, pp);
 }
 
 static void draw_round(uint8_t *fb, const struct geom *g, uint64_t seed, uint64_t round, const struct params *pp)
@@ -481,6 +540,8 @@ static int dump_mode(const char *out, const struct geom *g, uint64_t seed, uint6
 static uint8_t *map_chunks(int fd, const char *path, uint64_t smem, uint64_t mappings)
 {
     uint64_t pages = (smem + FB_PAGE - 1) / FB_PAGE;
+    if (mappings == 0)
+        mappings = pages; /* one mapping per page */
     if (mappings == 1) {
         void *fb = mmap(NULL, (size_t)smem, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (fb == MAP_FAILED)
@@ -1156,7 +1217,7 @@ static void usage(void)
           "LIFECYCLE: persistent|per-round|second-opener; "
           "PATTERN: [--mode mixed|sparse] [--pages N] [--touches N] [--order random|ascending]");
 #else
-    fatal("usage: xfb-writer [--fb PATH] [--lifecycle LIFECYCLE] [PATTERN] [--touch-gap-us N] [--mappings K] "
+    fatal("usage: xfb-writer [--fb PATH] [--lifecycle LIFECYCLE] [PATTERN] [--touch-gap-us N] [--final-gap-us N] [--mappings K] "
           "[--workers N] [--worker-kind thread|process] [--stats-dir DIR] | "
           "--workload CGROUP [--workload-log FILE] [--fb PATH] [--stats-dir DIR] | "
           "--dump OUT --geometry W,H,BPP,STRIDE,RO/RL,GO/GL,BO/BL --seed S --rounds N [PATTERN]; "
@@ -1208,6 +1269,8 @@ int main(int argc, char **argv)
             pp.touches = parse_arg_u64(opt, val, MAX_TOUCHES);
         else if (strcmp(opt, "--touch-gap-us") == 0)
             pp.touch_gap_us = parse_arg_u64(opt, val, MAX_TOUCH_GAP_US), have_guest_only = 1;
+        else if (strcmp(opt, "--final-gap-us") == 0)
+            pp.final_gap_us = parse_arg_u64(opt, val, MAX_TOUCH_GAP_US), have_guest_only = 1;
         else if (strcmp(opt, "--mappings") == 0)
             pp.mappings = parse_arg_u64(opt, val, MAX_MAPPINGS), have_guest_only = 1;
         else if (strcmp(opt, "--workers") == 0)
@@ -1247,8 +1310,10 @@ int main(int argc, char **argv)
     }
     if (pp.pages == 0 || pp.touches == 0)
         fatal("--pages and --touches must be at least 1");
-    if (pp.mappings == 0 || pp.workers == 0)
-        fatal("--mappings and --workers must be at least 1");
+    if (pp.workers == 0)
+        fatal("--workers must be at least 1");
+    if (pp.final_gap_us && pp.mode != MODE_SPARSE)
+        fatal("--final-gap-us needs --mode sparse");
     if (pp.workers > 1 && pp.mode != MODE_SPARSE)
         fatal("--workers above 1 needs --mode sparse (mixed rounds overlap, so their order matters)");
     struct geom layout;
@@ -1269,8 +1334,8 @@ int main(int argc, char **argv)
         if (!file_geom || !have_seed || !have_rounds)
             usage();
         if (have_guest_only || stats_dir)
-            fatal("--lifecycle, --touch-gap-us, --mappings, --workers, --worker-kind and --stats-dir are for guest "
-                  "mode only");
+            fatal("--lifecycle, --touch-gap-us, --final-gap-us, --mappings, --workers, --worker-kind and --stats-dir "
+                  "are for guest mode only");
         return dump_mode(dump, file_geom, seed, rounds, &pp);
     }
     baseline_path = fb_path; /* guest mode always writes the baseline with pwrite() */
