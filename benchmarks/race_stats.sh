@@ -24,7 +24,8 @@ echo "== ${configs[*]}: $time_budget each, into $out (statistics at the end)"
 "$py" -m harness run "${paths[@]}" --duration "$time_budget" --output "$out"
 for cfg in "${configs[@]}"; do
     dir=$out
-    [ ${#configs[@]} -eq 1 ] || dir=$(ls -d "$out"/[0-9][0-9]-"$cfg")
+    [ ${#configs[@]} -eq 1 ] || dir=$(ls -d "$out"/[0-9][0-9]-"$cfg" 2>/dev/null | head -1)
+    [ -d "$dir" ] || continue  # it never ran (an interrupt, a bad config)
     echo "-- $cfg: what a round cost"
     "$py" benchmarks/round_cost.py "$dir"
 done

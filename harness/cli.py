@@ -179,8 +179,8 @@ def parser() -> argparse.ArgumentParser:
                      help="run each scenario again and again until TIME (e.g. 90s, 30m, 2h) has passed since its "
                           "first run began (a run under way always ends), then print the statistics")
     run.add_argument("--until-fail", nargs="?", type=duration, const=0.0, default=None, metavar="TIME",
-                     help="stop at the first run that does not PASS; with TIME (e.g. 30m), run each scenario again "
-                          "and again until it fails or TIME has passed")
+                     help="stop at the first run that does not PASS (nothing more runs, of any scenario); with TIME "
+                          "(e.g. 30m), run each scenario again and again until it fails or TIME has passed")
     run.add_argument("--git-bisect-codes", action="store_true",
                      help="exit as `git bisect run` expects: 0 when every run PASSed, 1 when any FAILed, 125 (skip) "
                           "otherwise, e.g. an ERROR such as a kernel that did not build or boot")
@@ -263,7 +263,8 @@ def _bare_until_fail_last(argv: list[str]) -> list[str]:
     one: a bare `--until-fail` (what follows does not start with a digit, as a time does) moves to the end, where
     nothing can follow it. A mistyped time ('5d') stays, for argparse to refuse."""
     for i, arg in enumerate(argv[:-1]):
-        if arg == "--until-fail" and not argv[i + 1][:1].isdigit():
+        after = argv[i + 1]
+        if arg == "--until-fail" and (not after[:1].isdigit() or after.endswith((".yaml", ".yml"))):
             return argv[:i] + argv[i + 1:] + [arg]
     return argv
 
@@ -367,7 +368,7 @@ def _run(args, cfgs: list[config.Config], cache: Cache) -> int:
         print(f"xenfb-harness: bad config: {e}", file=sys.stderr)
         return EXIT_CODES[ERROR]
     if repeat.numbered:
-        figures = [repeat_stats(job.cfg.source, by_job[job.run_dir]) for job in jobs]
+        figures = [repeat_stats(job.cfg.source, by_job[job.run_dir], repeat.until_fail) for job in jobs]
         for f in figures:
             print(describe(f))
         write_summary(out / "summary.json", figures)

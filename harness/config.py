@@ -98,9 +98,11 @@ SCHEMA: dict[str, Any] = {
                              "the round (its mapping is fork's copy)", choices=("thread", "process")),
         "touch_gap_us": Field(0, "int", "sparse mode: pause between two touches of a page (timing only)",
                               minimum=0),
-        "final_gap_us": Field(0, "int", "sparse mode: if not 0, each page's last touch waits for a final pass: "
-                              "after the other touches and half a second, one page at a time in ascending order, "
-                              "this many microseconds apart (timing only; see README 'The natural race')",
+        "final_gap_us": Field(0, "int", "sparse mode: if not 0, the last touches of every other page (pages that "
+                              "share no screen row) wait for a final pass: after the other touches and half a "
+                              "second, one page at a time in ascending order, this many microseconds apart; it adds "
+                              "about pages/2 x this to a round, which must stay within timeouts.round (timing only; "
+                              "see README 'The natural race on screen')",
                               minimum=0, maximum=10_000_000),
     },
     "command": {
@@ -505,7 +507,7 @@ def load(path: str | os.PathLike | None, host_file: str | os.PathLike | None = N
                           "'command'")
     if data["writer"]["final_gap_us"] and data["writer"]["mode"] != "sparse":
         raise ConfigError(checked, "writer.final_gap_us", "expected 0 unless writer.mode is 'sparse' (the final pass "
-                          "makes each sparse page's last touch)")
+                          "makes sparse pages' last touches)")
     if data["writer"]["workers"] > 1 and data["writer"]["mode"] != "sparse":
         raise ConfigError(checked, "writer.workers", "expected 1 unless writer.mode is 'sparse' (mixed rounds "
                           "overlap, so the order of their writes decides the frame)")

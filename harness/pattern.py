@@ -170,6 +170,13 @@ def _colour(c: int) -> list[int]:
     return [(c >> 16) & 0xFF, (c >> 8) & 0xFF, c & 0xFF]
 
 
+def final_step(geometry: Geometry) -> int:
+    """The writer's final pass (--final-gap-us, timing only) makes the last touches of the pages whose number is a
+    multiple of this: 1 + ceil(stride / page size), so that whole pages between two of them hold a full screen
+    row and the two share no row. xfb-writer.c's final_step is its twin."""
+    return 2 + (geometry.stride - 1) // PAGE_SIZE
+
+
 def _npages(geometry: Geometry) -> int:
     return -(-geometry.height * geometry.stride // PAGE_SIZE)
 

@@ -113,6 +113,9 @@ class Result:
             if unexplained:  # the module disagrees with the oracle: say so loudly
                 self.reason += (f"; WARNING: rounds {unexplained} missed with no race hit counted by the module "
                                 f"up to then")
+            if beyond := self.pages_beyond_hits():
+                self.reason += (f"; WARNING: rounds {[b[0] for b in beyond]} missed more pages than the module "
+                                f"counted race hits in them")
         elif self._drew_nothing():
             measured = [r for r in self.rounds if r.drawn_pixels is not None]
             self.verdict = ERROR
@@ -136,6 +139,17 @@ class Result:
             if r.missed and r.counters and not explained:
                 unexplained.append(r.round)
         return unexplained
+
+    def pages_beyond_hits(self) -> list[tuple[int, int, int]]:
+        """(round, missed pages, race hits) of rounds that missed more pages than they counted race hits, where
+        that is a contradiction: each page mapped on its own (writer.mappings 0), so a zap can leave at most one
+        PTE untracked, and mapped anew each round (writer.lifecycle per-round), so none outlives its round. Any
+        other writer gets no such check (an empty list)."""
+        writer = self.effective_config.get("writer", {})
+        if writer.get("mappings") != 0 or writer.get("lifecycle") != "per-round":
+            return []
+        return [(r.round, len(r.pages), r.counters["race_hits"]) for r in self.rounds
+                if r.missed and "race_hits" in r.counters and len(r.pages) > r.counters["race_hits"]]
 
     def _drew_nothing(self) -> bool:
         measured = [r.drawn_pixels for r in self.rounds if r.drawn_pixels is not None]

@@ -33,7 +33,8 @@ class Job:
     run_dir: Path
 
 
-HOST_BROKE = "the host: "  # how a result the host's failure kept from running begins its error
+HOST_BROKE = "the host: "
+ERRORS_IN_A_ROW = 2  # a series bounded only by time ends after this many: the host or the guest is broken  # how a result the host's failure kept from running begins its error
 
 
 def error_text(exc: BaseException) -> str:
@@ -133,12 +134,13 @@ def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key:
 
     def done(result: Result, job: Job, steps: dict, built_in: float = 0.0) -> None:
         """`built_in`: the seconds this job's payload took, built before the jobs began: part of its total."""
-        nonlocal started
+        nonlocal started, current
         result.timings = dict(steps, total=round(time.monotonic() - started + built_in, 3))
         started = time.monotonic()
         result.decide()
         write(result, job.run_dir)
         results.append(result)
+        current = None  # it has its result, whatever happens next
         if on_result:
             on_result(result, job)
 
@@ -157,29 +159,33 @@ def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key:
             prepared = _prepare_all(jobs, cache)
             started = time.monotonic()
             for job, (payload, build_steps, took, broken) in zip(jobs, prepared):
-                waiting.pop(0)
-                began, k = None, 0
+                began, k, errors = None, 0, 0
                 while repeat.another(k, began):
                     this = current = run_dir(job, k)
-                    began, k = time.monotonic() if began is None else began, k + 1
+                    k += 1
+                    if waiting and waiting[0] is job:
+                        waiting.pop(0)
                     if broken is not None:
                         result = new_result(job.cfg)
                         result.error = broken
                         done(result, this, build_steps, took)
-                        current = None
                         if repeat.until_fail:
                             return results
                         break  # the same build would fail again
                     dom0 = session.dom0()
+                    began = time.monotonic() if began is None else began  # the budget starts once the host is up
                     result, steps = _one(this, payload, dom0)
                     done(result, this, {**session.timings, **build_steps, **steps}, took)
-                    current = None
                     session.timings.clear()
                     build_steps, took = {}, 0.0  # the build belongs to the job's first run
                     if signals.received:
                         raise KeyboardInterrupt(signals.received)  # the remaining jobs are not started
                     if repeat.until_fail and result.verdict != "PASS":
                         return results
+                    errors = errors + 1 if result.verdict == ERROR else 0
+                    if errors == ERRORS_IN_A_ROW and repeat.count is None:
+                        say(f"{ERRORS_IN_A_ROW} ERROR runs in a row: no more runs of {job.cfg.source}")
+                        break
         except (KeyboardInterrupt, Exception) as e:  # the host broke, or we were stopped
             host_dir.mkdir(parents=True, exist_ok=True)
             (host_dir / "error.txt").write_text(traceback.format_exc())

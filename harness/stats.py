@@ -3,13 +3,16 @@ figures a claim such as "the old frontend misses an update every few minutes" ne
 
 - detection rate: FAIL runs among the runs that were judged (PASS or FAIL; an ERROR says nothing about the
   frontend), with a Wilson score interval;
-- misses (rounds with missed updates, and missed pages) and race hits (the frontend module's counter) per minute
-  of stress (the time the rounds took), with exact Poisson (Garwood) intervals;
-- time to the first FAIL, in wall-clock time since the scenario's first run began and in stress time up to the
-  end of the first missed round;
+- misses (rounds with missed updates, and missed pages) and race hits (the frontend module's counter, summed over
+  the rounds) per minute of stress (the time the rounds of the judged runs took), with exact Poisson (Garwood)
+  intervals;
+- time to the first FAIL: the runs' own time up to the end of that run (the scenario's first run includes its
+  build and the host's start), and the stress time up to the end of its first missed round;
 - the cross-check with our module's race-hit counter: rounds that missed while the module had counted no race
-  hit (the oracle and the module disagree), and rounds that missed more pages than that round's race hits (each
-  race leaves at most one page untracked; with writer.lifecycle per-round no untracked page outlives its round).
+  hit (Result.unexplained_misses), and rounds that missed more pages than they counted race hits where that
+  cannot be (Result.pages_beyond_hits).
+A series stopped at its first FAIL (--until-fail) is not a sample of fixed size: its rates lean high, and its time
+to the first FAIL is the figure to quote; the summary says so.
 """
 from __future__ import annotations
 
@@ -72,8 +75,9 @@ class RepeatStats:
     race_hits: Rate | None  # None: the frontend has no race-hit counter
     first_fail: dict | None  # {"run", "wall_s", "stress_s"}
     unexplained_rounds: list = field(default_factory=list)  # (run number, round) missed with no race hit counted
-    # (run number, round, missed pages, race hits) of rounds that missed more pages than they counted race hits
+    # (run number, round, missed pages, race hits): Result.pages_beyond_hits of each run
     pages_beyond_hits: list = field(default_factory=list)
+    stopped_at_fail: bool = False  # --until-fail: the series ended at its first FAIL, so its rates lean high
 
     @property
     def judged(self) -> int:
@@ -95,35 +99,39 @@ class RepeatStats:
             "stress_minutes": round(self.stress_minutes, 3), "wall_minutes": round(self.wall_minutes, 3),
             "missed_rounds": self.missed_rounds.as_dict(), "missed_pages": self.missed_pages.as_dict(),
             "race_hits": self.race_hits.as_dict() if self.race_hits else None,
-            "first_fail": self.first_fail,
+            "first_fail": self.first_fail, "stopped_at_first_fail": self.stopped_at_fail,
             "unexplained_rounds": [{"run": run, "round": rnd} for run, rnd in self.unexplained_rounds],
             "pages_beyond_hits": [{"run": run, "round": rnd, "missed_pages": pages, "race_hits": hits}
                                   for run, rnd, pages, hits in self.pages_beyond_hits],
         }
 
 
-def repeat_stats(config: str, results: list[Result]) -> RepeatStats:
-    """The figures for one scenario's runs, in the order they ran."""
+def repeat_stats(config: str, results: list[Result], until_fail: bool = False) -> RepeatStats:
+    """The figures for one scenario's runs, in the order they ran. Rates count the judged runs only (PASS or FAIL:
+    an ERROR run's rounds say nothing about the frontend). `until_fail`: the series stopped at its first FAIL."""
     verdicts = {v: sum(r.verdict == v for r in results) for v in (PASS, FAIL, ERROR)}
-    stress = sum(r.timings.get("rounds", 0.0) for r in results) / 60
-    wall = sum(r.timings.get("total", 0.0) for r in results) / 60
-    missed = [rr for r in results for rr in r.rounds if rr.missed]
-    counted = [r for r in results if "race_hits" in r.counters]
+    judged = [r for r in results if r.verdict in (PASS, FAIL)]
+    stress = sum(r.timings.get("rounds", 0.0) for r in judged) / 60
+    missed = [rr for r in judged for rr in r.rounds if rr.missed]
+    counted = [r for r in judged if any("race_hits" in rr.counters for rr in r.rounds)]
+    race_hits = Rate(sum(rr.counters.get("race_hits", 0) for r in counted for rr in r.rounds),
+                     sum(r.timings.get("rounds", 0.0) for r in counted) / 60) if counted else None
     first_fail, wall_s, stress_s, unexplained, beyond = None, 0.0, 0.0, [], []
     for n, r in enumerate(results, 1):
         wall_s += r.timings.get("total", 0.0)
+        if r.verdict not in (PASS, FAIL):
+            continue
         unexplained += [(n, rnd) for rnd in r.unexplained_misses()]
-        beyond += [(n, rr.round, len(rr.pages), rr.counters["race_hits"]) for rr in r.rounds
-                   if rr.missed and "race_hits" in rr.counters and len(rr.pages) > rr.counters["race_hits"]]
+        beyond += [(n, *b) for b in r.pages_beyond_hits()]
         if first_fail is None and r.verdict == FAIL:
             first_missed = next(rr for rr in r.rounds if rr.missed)
             first_fail = {"run": n, "wall_s": round(wall_s, 1), "stress_s": round(stress_s + first_missed.at_s, 1)}
         stress_s += r.timings.get("rounds", 0.0)
     return RepeatStats(
-        config=config, runs=len(results), verdicts=verdicts, stress_minutes=stress, wall_minutes=wall,
+        config=config, runs=len(results), verdicts=verdicts, stress_minutes=stress, wall_minutes=wall_s / 60,
         missed_rounds=Rate(len(missed), stress), missed_pages=Rate(sum(len(rr.pages) for rr in missed), stress),
-        race_hits=Rate(sum(r.counters["race_hits"] for r in counted), stress) if counted else None,
-        first_fail=first_fail, unexplained_rounds=unexplained, pages_beyond_hits=beyond)
+        race_hits=race_hits, first_fail=first_fail, unexplained_rounds=unexplained, pages_beyond_hits=beyond,
+        stopped_at_fail=until_fail)
 
 
 def _interval(ci: tuple[float, float] | None, fmt: str) -> str:
@@ -156,11 +164,17 @@ def describe(s: RepeatStats) -> str:
     elif s.judged:
         lines.append(f"  no FAIL in {s.stress_minutes:.1f} min of stress")
     if s.race_hits and s.missed_rounds.count:
-        lines.append(f"  cross-check: {s.missed_rounds.count - len(s.pages_beyond_hits)} of {s.missed_rounds.count} "
-                     f"missed rounds counted at least as many race hits as they missed pages")
+        lines.append(f"  cross-check: {s.missed_rounds.count - len(s.unexplained_rounds)} of "
+                     f"{s.missed_rounds.count} missed rounds had race hits counted by then; rounds that missed more "
+                     f"pages than their race hits: {len(s.pages_beyond_hits)}")
+    if s.stopped_at_fail and s.first_fail:
+        lines.append("  (the series stopped at its first FAIL: the rates above lean high; quote the time to it)")
     if s.unexplained_rounds:
         lines.append(f"  WARNING: {len(s.unexplained_rounds)} missed rounds with no race hit counted up to then "
                      f"(run, round): {s.unexplained_rounds[:8]}")
+    if s.pages_beyond_hits:
+        lines.append(f"  WARNING: {len(s.pages_beyond_hits)} rounds missed more pages than they counted race hits "
+                     f"(run, round, pages, hits): {s.pages_beyond_hits[:8]}")
     return "\n".join(lines)
 
 

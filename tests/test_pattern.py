@@ -415,8 +415,10 @@ def test_writer_guest_mappings_and_workers_draw_the_same_bytes(writer, tmp_path,
     assert np.array_equal(pixel_bytes(raw, g), pixel_bytes(pattern.render(g, 9, 6, params=params), g))
 
 
-@pytest.mark.parametrize("mappings, workers", [(0, 1), (0, 3), (1, 4)])
-def test_writer_final_pass_draws_the_same_bytes(writer, tmp_path, mappings, workers):
+@pytest.mark.parametrize("mappings, workers, extra", [(0, 1, []), (0, 3, []), (1, 4, []),
+                                                      (0, 3, ["--worker-kind", "process"]),
+                                                      (0, 4, ["--lifecycle", "per-round"])])
+def test_writer_final_pass_draws_the_same_bytes(writer, tmp_path, mappings, workers, extra):
     """--final-gap-us changes when the last touches are made, never which bytes end up drawn; --mappings 0 maps
     each page on its own."""
     g = GEOMETRIES["333x201x16-565-padded"]
@@ -425,7 +427,7 @@ def test_writer_final_pass_draws_the_same_bytes(writer, tmp_path, mappings, work
     fb.write_bytes(b"\x5a" * (g.height * g.stride))
     commands = [protocol.format_go(r, 5) for r in range(3)] + [protocol.format_quit()]
     proc = subprocess.run([str(writer), "--fb", str(fb), "--geometry", geometry_arg(g), *params.writer_args(),
-                           "--mappings", str(mappings), "--workers", str(workers), "--final-gap-us", "1000"],
+                           "--mappings", str(mappings), "--workers", str(workers), "--final-gap-us", "1000", *extra],
                           input="".join(commands), capture_output=True, text=True, timeout=20)
     assert proc.returncode == 0, proc.stdout
     assert np.array_equal(pixel_bytes(fb.read_bytes(), g), pixel_bytes(pattern.render(g, 5, 3, params=params), g))
@@ -455,17 +457,26 @@ def watch_round(cmd: list[str], fb: Path, seed: int, pages: dict, timeout: float
     return seen
 
 
-def test_writer_final_pass_writes_every_other_page_last_one_at_a_time(writer, tmp_path):
-    """At 800x600x32 (stride 3200) the final pass takes the even pages: each gets its last colour only after every
-    other page has its own, in ascending order, a gap apart."""
-    g = RGB32
+def test_final_step_keeps_final_pages_off_each_others_rows():
+    for g in [*GEOMETRIES.values(), geom(1280, 64, 32, 5120, (16, 8), (8, 8), (0, 8))]:
+        step = pattern.final_step(g)
+        rows = lambda page: {r.y for r in pattern.page_rects(g, page)}  # noqa: E731
+        for page in range(0, pattern._npages(g) - step, step):
+            assert not rows(page) & rows(page + step), (g, page)
+    assert pattern.final_step(RGB32) == 2  # every other page at 800x600x32
+
+
+@pytest.mark.parametrize("g, seed", [(RGB32, 4), (geom(1280, 64, 32, 5120, (16, 8), (8, 8), (0, 8)), 2)],
+                         ids=["stride-3200", "stride-5120"])
+def test_writer_final_pass_writes_its_pages_last_one_at_a_time(writer, tmp_path, g, seed):
+    """The final pass's pages (pattern.final_step apart: every other page at 800x600x32, every third at a stride
+    of 5120) get their last colour only after every other page has its own, in ascending order, a gap apart."""
     params = pattern.WriterParams("sparse", 12, 2, "random")
-    seed = 4
     final = {}  # page -> its last colour's bytes, in drawing order: the last entry of a page wins
     for page, colours in pattern.sparse_entries(g, seed, 1, params):
         end = min((page + 1) * 4096, g.height * g.stride)
         final[page] = g.pack(*colours[-1]).to_bytes(4, "little") * ((end - page * 4096) // 4)
-    last_pass = sorted(p for p in final if p % 2 == 0)
+    last_pass = sorted(p for p in final if p % pattern.final_step(g) == 0)
     assert len(last_pass) >= 3 and len(final) > len(last_pass)  # seed 4 has both kinds
     fb = tmp_path / "fb"
     fb.write_bytes(bytes(g.height * g.stride))

@@ -308,6 +308,22 @@ def test_until_fail_stops_after_an_error_too(tmp_path, monkeypatch, events):
     assert scenarios(events) == ["out/run-001", "out/run-002"]
 
 
+def test_a_series_bounded_by_time_ends_after_errors_in_a_row(tmp_path, monkeypatch, events, clock):
+    """A broken guest or host fails fast: a --duration series must not fill its budget with ERROR runs."""
+    building(monkeypatch, events)
+    boom = raises(RuntimeError("xl create: guest did not boot"))
+    scripted(monkeypatch, events, outcomes={2: boom, 3: PASS, 4: boom, 5: boom, 6: boom}, clock=clock, run_s=1)
+    jobs = [Job(scenario(tmp_path, "a.yaml"), tmp_path / "a"), Job(scenario(tmp_path, "b.yaml"), tmp_path / "b")]
+    results = run_jobs(jobs, Cache(tmp_path / "cache"), tmp_path / "host", repeat=Repeat(count=None, budget_s=20))
+    assert [r.verdict for r in results[:5]] == [PASS, ERROR, PASS, ERROR, ERROR]  # one ERROR alone does not stop
+    assert scenarios(events)[:6] == ["a/run-001", "a/run-002", "a/run-003", "a/run-004", "a/run-005", "b/run-001"]
+    # a count is what the user asked for: it still runs every time
+    events.clear()
+    scripted(monkeypatch, events, outcomes={n: boom for n in range(1, 5)})
+    results = run_jobs(jobs[:1], Cache(tmp_path / "cache"), tmp_path / "host", repeat=Repeat(count=4))
+    assert [r.verdict for r in results] == [ERROR] * 4
+
+
 def test_a_failed_build_gets_one_error_and_is_not_repeated(tmp_path, monkeypatch, events):
     building(monkeypatch, events, broken=("a",))
     scripted(monkeypatch, events)

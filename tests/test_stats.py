@@ -95,8 +95,8 @@ def test_verdicts_and_stress_time_are_counted():
     s = repeat_stats(CONFIG, results)
     assert s.config == CONFIG and s.runs == 3
     assert s.verdicts == {PASS: 1, FAIL: 1, ERROR: 1}
-    assert s.stress_minutes == pytest.approx(3 * 120 / 60)
-    assert s.wall_minutes == pytest.approx(3 * 150 / 60)
+    assert s.stress_minutes == pytest.approx(2 * 120 / 60)  # the judged runs' rounds: an ERROR says nothing
+    assert s.wall_minutes == pytest.approx(3 * 150 / 60)  # every run's time
 
 
 def test_error_runs_are_left_out_of_the_detection_rate():
@@ -136,12 +136,15 @@ def test_misses_are_counted_per_minute_of_stress():
 
 
 def test_race_hits_per_minute_only_from_runs_that_counted_them():
-    results = [run_result(counters={"race_hits": 4}, rounds_s=60), run_result(counters={"race_hits": 2}, rounds_s=60),
+    # per-round counters are what the rounds counted; the run's own (end of run) also counts round 0 and before
+    results = [run_result(counters={"race_hits": 9}, round_counters={1: {"race_hits": 4}, 2: {"race_hits": 0}},
+                          rounds_s=60),
+               run_result(counters={"race_hits": 9}, round_counters={1: {"race_hits": 2}}, rounds_s=60),
                run_result(counters={}, rounds_s=60)]
     s = repeat_stats(CONFIG, results)
     assert s.race_hits is not None and s.race_hits.count == 6
-    assert s.race_hits.per_minute == pytest.approx(6 / 3)  # stress of all three runs
-    assert s.race_hits.ci95 == poisson_rate(6, 3.0)
+    assert s.race_hits.per_minute == pytest.approx(6 / 2)  # stress of the two runs that counted
+    assert s.race_hits.ci95 == poisson_rate(6, 2.0)
 
 
 def test_no_race_hit_rate_for_a_frontend_without_the_counter():
@@ -162,7 +165,7 @@ def test_first_fail_counts_time_of_earlier_runs_and_the_first_missed_round():
                run_result(missed={2: 25.0, 3: 40.0}, rounds_s=50, total_s=60),
                run_result(missed={1: 5.0}, rounds_s=50, total_s=60)]
     s = repeat_stats(CONFIG, results)
-    assert s.first_fail == {"run": 3, "wall_s": 150 + 130 + 60, "stress_s": 120 + 100 + 25}
+    assert s.first_fail == {"run": 3, "wall_s": 150 + 130 + 60, "stress_s": 120 + 25}  # not the ERROR run's
 
 
 def test_first_fail_in_the_first_run():
@@ -175,7 +178,7 @@ def test_first_fail_ignores_a_miss_in_an_error_run():
     broken = run_result(missed={1: 10.0}, rounds_s=40, total_s=50, error="guest crashed")
     assert broken.verdict == ERROR
     s = repeat_stats(CONFIG, [broken, run_result(missed={2: 12.0}, rounds_s=40, total_s=45)])
-    assert s.first_fail == {"run": 2, "wall_s": 95.0, "stress_s": 52.0}
+    assert s.first_fail == {"run": 2, "wall_s": 95.0, "stress_s": 12.0}
 
 
 def test_no_first_fail_when_every_run_passed():
@@ -234,7 +237,7 @@ def test_unexplained_misses_are_none_without_misses():
 
 def figures():
     return repeat_stats(CONFIG, [
-        run_result(rounds_s=120, total_s=150, counters={"race_hits": 1}),
+        run_result(rounds_s=120, total_s=150, counters={"race_hits": 1}, round_counters={1: {"race_hits": 1}}),
         run_result(missed={2: 25.0}, rounds_s=120, total_s=190, counters={"race_hits": 2},
                    round_counters={2: {"race_hits": 0}}),
         run_result(rounds_s=120, total_s=150, error="the host: gone", counters={"race_hits": 0})])
@@ -243,11 +246,11 @@ def figures():
 def test_describe_mentions_every_figure():
     text = describe(figures())
     assert text.startswith(CONFIG + ": 3 runs: 1 FAIL, 1 PASS, 1 ERROR")
-    assert "6.0 min of stress in 8.2 min" in text
+    assert "4.0 min of stress in 8.2 min" in text
     assert "detection rate: 1/2 = 50% (95% CI 9%-91%)" in text
-    assert "rounds with misses: 1, 0.167/min (95% CI" in text
-    assert "missed pages: 2, 0.333/min" in text
-    assert "race hits counted by the frontend: 3, 0.5/min" in text
+    assert "rounds with misses: 1, 0.25/min (95% CI" in text  # per minute of the judged runs' rounds
+    assert "missed pages: 2, 0.5/min" in text
+    assert "race hits counted by the frontend: 1, 0.25/min" in text  # the rounds' own counts
     assert "first FAIL: run 2, 5.7 min after the first run began, 2.4 min of stress" in text
     assert "WARNING: 1 missed rounds with no race hit" in text and "[(2, 2)]" in text
 
@@ -279,13 +282,44 @@ def test_write_summary_holds_every_scenario(tmp_path):
     assert first["detection"]["fail"] == 1 and first["detection"]["judged"] == 2
     assert first["detection"]["rate"] == 0.5
     assert first["detection"]["ci95"] == pytest.approx([0.0945, 0.9055], abs=1e-4)
-    assert first["stress_minutes"] == 6.0 and first["wall_minutes"] == pytest.approx(8.167, abs=1e-3)
-    assert first["missed_rounds"] == {"count": 1, "per_minute": pytest.approx(1 / 6),
-                                      "ci95": pytest.approx(list(poisson_rate(1, 6.0)))}
+    assert first["stress_minutes"] == 4.0 and first["wall_minutes"] == pytest.approx(8.167, abs=1e-3)
+    assert first["missed_rounds"] == {"count": 1, "per_minute": pytest.approx(1 / 4),
+                                      "ci95": pytest.approx(list(poisson_rate(1, 4.0)))}
     assert first["missed_pages"]["count"] == 2
-    assert first["race_hits"]["count"] == 3 and first["race_hits"]["per_minute"] == pytest.approx(0.5)
+    assert first["race_hits"]["count"] == 1 and first["race_hits"]["per_minute"] == pytest.approx(0.25)
+    assert first["stopped_at_first_fail"] is False and first["pages_beyond_hits"] == []
     assert first["first_fail"] == {"run": 2, "wall_s": 340.0, "stress_s": 145.0}
     assert first["unexplained_rounds"] == [{"run": 2, "round": 2}]
     assert second["config"] == "configs/default.yaml" and second["detection"]["rate"] == 0.0
     assert second["first_fail"] is None and second["race_hits"] is None
     assert path.read_text().endswith("}\n")
+
+
+def natural_run(pages: int, hits: int, **writer) -> Result:
+    """A FAIL run of round 1 missing `pages` pages with `hits` race hits counted in it, by a writer as given."""
+    res = run_result(missed={1: 10.0}, pages=pages, round_counters={1: {"race_hits": hits}})
+    res.effective_config = {"writer": {"mappings": 0, "lifecycle": "per-round", **writer}}
+    res.decide()
+    return res
+
+
+def test_more_missed_pages_than_race_hits_is_flagged_only_where_it_cannot_be():
+    assert natural_run(2, 2).pages_beyond_hits() == [] and natural_run(1, 5).pages_beyond_hits() == []
+    beyond = natural_run(3, 2)
+    assert beyond.pages_beyond_hits() == [(1, 3, 2)] and "more pages than the module" in beyond.reason
+    # one mapping (a zap untracks several PTEs) or a persistent writer (untracked pages outlive their round)
+    assert natural_run(3, 1, mappings=1).pages_beyond_hits() == []
+    assert natural_run(3, 1, lifecycle="persistent").pages_beyond_hits() == []
+    s = repeat_stats(CONFIG, [natural_run(2, 2), natural_run(3, 2)])
+    assert s.pages_beyond_hits == [(2, 1, 3, 2)]
+    text = describe(s)
+    assert "rounds that missed more pages than their race hits: 1" in text
+    assert "WARNING: 1 rounds missed more pages than they counted race hits" in text and "(2, 1, 3, 2)" in text
+    assert s.as_dict()["pages_beyond_hits"] == [{"run": 2, "round": 1, "missed_pages": 3, "race_hits": 2}]
+
+
+def test_a_series_stopped_at_its_first_fail_says_its_rates_lean_high():
+    results = [run_result(), run_result(missed={1: 10.0})]
+    assert "lean high" not in describe(repeat_stats(CONFIG, results))
+    s = repeat_stats(CONFIG, results, until_fail=True)
+    assert s.as_dict()["stopped_at_first_fail"] is True and "lean high" in describe(s)

@@ -251,6 +251,10 @@ static uint32_t colour_pixel(const struct geom *g, uint64_t c)
 
 static void sleep_us(uint64_t us)
 {
+#ifdef XFB_X11
+    if (dpy)
+        XFlush(dpy); /* what was drawn before the pause reaches the X server before it, not at the next XSync */
+#endif
     struct timespec ts = {.tv_sec = (time_t)(us / 1000000), .tv_nsec = (long)(us % 1000000) * 1000};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
@@ -361,7 +365,7 @@ static void draw_shares(struct share *shares, const struct params *pp)
  * last touches to it. Pages that far apart share no screen row (a full row lies between them), so while the
  * final pass writes one of them, no update of a neighbour repaints any of its rows.
  */
-static uint64_t final_step(const struct geom *g)
+static uint64_t final_step(const struct geom *g) /* pattern.final_step */
 {
     return 2 + (g->stride - 1) / FB_PAGE; /* 1 + ceil(stride / page): (step - 1) pages hold at least a row */
 }
@@ -815,7 +819,7 @@ static void draw_alone(const struct session *s, uint64_t round, uint64_t seed)
     open_display(s->display, &s->g);
     draw_round(NULL, &s->g, seed, round, s->pp);
     XSync(dpy, False);
-    XCloseDisplay(dpy);
+    XCloseDisplay(dpy), dpy = NULL;
 #else
     struct geom g; /* queried afresh, as a program of its own does before it maps */
     uint64_t smem;
@@ -967,7 +971,7 @@ static int guest_mode(struct session *s)
     close(fd); /* the X server maps the framebuffer, not us */
     open_display(s->display, &s->g);
     if (s->pp->lifecycle == LIFE_PER_ROUND)
-        XCloseDisplay(dpy); /* the screen is checked; each round's process connects anew */
+        XCloseDisplay(dpy), dpy = NULL; /* the screen is checked; each round's process connects anew */
 #else
     if (s->pp->lifecycle != LIFE_PER_ROUND)
         s->fb = map_chunks(fd, s->path, s->smem, s->pp->mappings);

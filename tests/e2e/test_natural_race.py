@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness import pattern
+from harness.geometry import Channel, Geometry
+
 from .conftest import ROOT, Run, run_cli
 
 pytestmark = pytest.mark.e2e
@@ -61,15 +64,19 @@ def test_the_natural_race_shows_on_screen(natural):
     res = json.loads((natural.dir / f"run-{scenario['runs']:03d}" / "result.json").read_text())
     assert res["verdict"] == "FAIL" and "WARNING" not in res["reason"]
     assert res["counters"]["race_window_ms"] == 0  # nothing widened
-    stride = res["geometry"]["stride"]
-    final_step = 2 + (stride - 1) // 4096  # the writer's final pass: pages this far apart share no row
+    g = res["geometry"]
+    step = pattern.final_step(Geometry(g["width"], g["height"], g["bpp"], g["stride"], Channel(*g["red"]),
+                                       Channel(*g["green"]), Channel(*g["blue"])))
+    missed = [r for r in res["rounds"] if r["missed_pixels"]]
     for r in res["rounds"]:
         assert r["guest_memory_ok"], "guest memory always holds what the writer drew"
-        if r["missed_pixels"]:
-            # Only a final-pass page can stay wrong, and each needs a race of its own in that round.
-            assert r["pages"] and all(p % final_step == 0 for p in r["pages"]), r["pages"]
-            assert len(r["pages"]) <= r["counters"]["race_hits"], r
-            assert (natural.dir / f"run-{scenario['runs']:03d}" / r["images"]["diff"]).is_file()
+    for r in missed:
+        # Each page missed needs a race of its own in its round (one mapping per page, mapped anew each round).
+        assert r["pages"] and len(r["pages"]) <= r["counters"]["race_hits"], r
+        assert (natural.dir / f"run-{scenario['runs']:03d}" / r["images"]["diff"]).is_file()
+    # What stays wrong is the final pass's pages (a burst's last write to another page could, rarely, too).
+    pages = [p for r in missed for p in r["pages"]]
+    assert sum(p % step == 0 for p in pages) > len(pages) / 2, pages
 
 
 def test_the_fix_under_the_same_stress_misses_nothing(fixed):
