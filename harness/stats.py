@@ -159,8 +159,8 @@ def describe(s: RepeatStats) -> str:
         lines.append(f"  race hits counted by the frontend: {_rate(s.race_hits)}")
     if s.first_fail:
         f = s.first_fail
-        lines.append(f"  first FAIL: run {f['run']}, {_minutes(f['wall_s'])} after the first run began, "
-                     f"{_minutes(f['stress_s'])} of stress")
+        lines.append(f"  first FAIL: run {f['run']}, its first missed round after {_minutes(f['stress_s'])} of stress "
+                     f"(the runs up to its end took {_minutes(f['wall_s'])})")
     elif s.judged:
         lines.append(f"  no FAIL in {s.stress_minutes:.1f} min of stress")
     if s.race_hits and s.missed_rounds.count:

@@ -228,7 +228,7 @@ def test_run_until_fail_with_a_time_runs_until_the_fail(tmp_path, monkeypatch, e
     assert [e[1] for e in events if e[0] == "scenario"] == ["out/run-001", "out/run-002", "out/run-003"]
     [figures] = json.loads((out / "summary.json").read_text())["scenarios"]
     assert figures["runs"] == 3 and figures["first_fail"] == {"run": 3, "wall_s": 1800.0, "stress_s": 1210.0}
-    assert "first FAIL: run 3, 30.0 min after the first run began, 20.2 min of stress" in capsys.readouterr().out
+    assert "first FAIL: run 3, its first missed round after 20.2 min of stress (the runs up to its end took 30.0 min)" in capsys.readouterr().out
 
 
 def test_run_once_writes_no_statistics(tmp_path, monkeypatch, events, capsys):

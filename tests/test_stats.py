@@ -251,7 +251,7 @@ def test_describe_mentions_every_figure():
     assert "rounds with misses: 1, 0.25/min (95% CI" in text  # per minute of the judged runs' rounds
     assert "missed pages: 2, 0.5/min" in text
     assert "race hits counted by the frontend: 1, 0.25/min" in text  # the rounds' own counts
-    assert "first FAIL: run 2, 5.7 min after the first run began, 2.4 min of stress" in text
+    assert "first FAIL: run 2, its first missed round after 2.4 min of stress (the runs up to its end took 5.7 min)" in text
     assert "WARNING: 1 missed rounds with no race hit" in text and "[(2, 2)]" in text
 
 
@@ -267,7 +267,7 @@ def test_describe_without_fails_or_judged_runs():
 
 def test_describe_says_seconds_for_a_quick_first_fail():
     text = describe(repeat_stats(CONFIG, [run_result(missed={1: 12.0}, rounds_s=30, total_s=45)]))
-    assert "first FAIL: run 1, 45 s after the first run began, 12 s of stress" in text
+    assert "first FAIL: run 1, its first missed round after 12 s of stress (the runs up to its end took 45 s)" in text
 
 
 def test_write_summary_holds_every_scenario(tmp_path):
