@@ -55,7 +55,7 @@ def cell(res: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--natural-rounds", type=int, default=3)  # about 25 s each
+    ap.add_argument("--natural-rounds", type=int, default=3)  # about 30 s each
     ap.add_argument("--kernels", default=",".join(KERNELS), help="a comma-separated subset of " + ", ".join(KERNELS))
     ap.add_argument("--host", default=None, help="a host.yaml (`host up`) to run on, instead of a nested host "
                     "booted for the table")

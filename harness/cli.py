@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import re
 import faulthandler
+import re
 import signal
 import sys
 import textwrap
@@ -341,7 +341,7 @@ def _repeat(args):
     if budget and args.duration is not None:
         print("xenfb-harness run: --duration and --until-fail TIME are two time budgets: give one", file=sys.stderr)
         raise SystemExit(EXIT_CODES[ERROR])  # a usage error, as argparse's own: never 1, which says FAIL
-    budget = budget if budget else args.duration
+    budget = budget or args.duration
     count = args.repeat if args.repeat is not None else (None if budget else 1)
     return Repeat(count=count, budget_s=budget, until_fail=args.until_fail is not None)
 

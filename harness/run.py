@@ -33,8 +33,8 @@ class Job:
     run_dir: Path
 
 
-HOST_BROKE = "the host: "
-ERRORS_IN_A_ROW = 2  # a series bounded only by time ends after this many: the host or the guest is broken  # how a result the host's failure kept from running begins its error
+HOST_BROKE = "the host: "  # how a result the host's failure kept from running begins its error
+ERRORS_IN_A_ROW = 2  # a series bounded only by time ends after this many: the host or the guest is broken
 
 
 def error_text(exc: BaseException) -> str:

@@ -111,7 +111,6 @@ def repeat_stats(config: str, results: list[Result], until_fail: bool = False) -
     an ERROR run's rounds say nothing about the frontend). `until_fail`: the series stopped at its first FAIL."""
     verdicts = {v: sum(r.verdict == v for r in results) for v in (PASS, FAIL, ERROR)}
     judged = [r for r in results if r.verdict in (PASS, FAIL)]
-    stress = sum(r.timings.get("rounds", 0.0) for r in judged) / 60
     missed = [rr for r in judged for rr in r.rounds if rr.missed]
     counted = [r for r in judged if any("race_hits" in rr.counters for rr in r.rounds)]
     race_hits = Rate(sum(rr.counters.get("race_hits", 0) for r in counted for rr in r.rounds),
@@ -127,6 +126,7 @@ def repeat_stats(config: str, results: list[Result], until_fail: bool = False) -
             first_missed = next(rr for rr in r.rounds if rr.missed)
             first_fail = {"run": n, "wall_s": round(wall_s, 1), "stress_s": round(stress_s + first_missed.at_s, 1)}
         stress_s += r.timings.get("rounds", 0.0)
+    stress = stress_s / 60  # the judged runs' rounds
     return RepeatStats(
         config=config, runs=len(results), verdicts=verdicts, stress_minutes=stress, wall_minutes=wall_s / 60,
         missed_rounds=Rate(len(missed), stress), missed_pages=Rate(sum(len(rr.pages) for rr in missed), stress),

@@ -32,6 +32,7 @@ GEOMETRIES = {
     "9x1x32-one-row-padded": geom(9, 1, 32, 40, (16, 8), (8, 8), (0, 8)),
 }
 TINY = "7x3x32-tiny"
+WIDE32 = geom(1280, 64, 32, 5120, (16, 8), (8, 8), (0, 8))  # a row longer than a page: final_step 3
 SEEDS = [0, 1, 0xDEADBEEF, 2**64 - 1]
 
 
@@ -458,7 +459,7 @@ def watch_round(cmd: list[str], fb: Path, seed: int, pages: dict, timeout: float
 
 
 def test_final_step_keeps_final_pages_off_each_others_rows():
-    for g in [*GEOMETRIES.values(), geom(1280, 64, 32, 5120, (16, 8), (8, 8), (0, 8))]:
+    for g in [*GEOMETRIES.values(), WIDE32]:
         step = pattern.final_step(g)
         rows = lambda page: {r.y for r in pattern.page_rects(g, page)}  # noqa: E731
         for page in range(0, pattern._npages(g) - step, step):
@@ -466,7 +467,7 @@ def test_final_step_keeps_final_pages_off_each_others_rows():
     assert pattern.final_step(RGB32) == 2  # every other page at 800x600x32
 
 
-@pytest.mark.parametrize("g, seed", [(RGB32, 4), (geom(1280, 64, 32, 5120, (16, 8), (8, 8), (0, 8)), 2)],
+@pytest.mark.parametrize("g, seed", [(RGB32, 4), (WIDE32, 2)],
                          ids=["stride-3200", "stride-5120"])
 def test_writer_final_pass_writes_its_pages_last_one_at_a_time(writer, tmp_path, g, seed):
     """The final pass's pages (pattern.final_step apart: every other page at 800x600x32, every third at a stride

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from harness import pattern
-from harness.geometry import Channel, Geometry
 
 from .conftest import ROOT, Run, run_cli
+from .test_default_run import geometry_of
 
 pytestmark = pytest.mark.e2e
 
@@ -64,9 +64,7 @@ def test_the_natural_race_shows_on_screen(natural):
     res = json.loads((natural.dir / f"run-{scenario['runs']:03d}" / "result.json").read_text())
     assert res["verdict"] == "FAIL" and "WARNING" not in res["reason"]
     assert res["counters"]["race_window_ms"] == 0  # nothing widened
-    g = res["geometry"]
-    step = pattern.final_step(Geometry(g["width"], g["height"], g["bpp"], g["stride"], Channel(*g["red"]),
-                                       Channel(*g["green"]), Channel(*g["blue"])))
+    step = pattern.final_step(geometry_of(res))
     missed = [r for r in res["rounds"] if r["missed_pixels"]]
     for r in res["rounds"]:
         assert r["guest_memory_ok"], "guest memory always holds what the writer drew"
