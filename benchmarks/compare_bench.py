@@ -1,4 +1,4 @@
-"""Time harness.compare.compare on 800x600 frames at 32 bpp. Prints figures only; there is no pass/fail.
+"""Time xenfb_harness.compare.compare on 800x600 frames at 32 bpp. Prints figures only; there is no pass/fail.
 
 Run from the repository root:  python benchmarks/compare_bench.py [runs]
 """
@@ -14,8 +14,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # so it runs without installing the package
 
-from harness.compare import compare  # noqa: E402
-from harness.geometry import Channel, Geometry  # noqa: E402
+from xenfb_harness.compare import compare  # noqa: E402
+from xenfb_harness.geometry import Channel, Geometry  # noqa: E402
 
 W, H = 800, 600
 GEOMETRY = Geometry(W, H, 32, W * 4, Channel(16, 8), Channel(8, 8), Channel(0, 8))

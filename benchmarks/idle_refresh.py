@@ -16,13 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import config, pattern
-from harness.artifacts.cache import Cache, default_cache_dir
-from harness.artifacts.payload import build_payload
-from harness.capture import Capture
-from harness.compare import compare
-from harness.guest import Guest, writer_params
-from harness.hosts import connect_ssh
+from xenfb_harness import config, pattern
+from xenfb_harness.artifacts.cache import Cache, default_cache_dir
+from xenfb_harness.artifacts.payload import build_payload
+from xenfb_harness.capture import Capture
+from xenfb_harness.compare import compare
+from xenfb_harness.guest import Guest, writer_params
+from xenfb_harness.hosts import connect_ssh
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness import config  # noqa: E402
-from harness.artifacts.cache import Cache  # noqa: E402
-from harness.artifacts.payload import guest_kernel  # noqa: E402
+from xenfb_harness import config  # noqa: E402
+from xenfb_harness.artifacts.cache import Cache  # noqa: E402
+from xenfb_harness.artifacts.payload import guest_kernel  # noqa: E402
 
 RELEASES = {
     "Debian 11 (5.10)": "configs/debian11-upstream.yaml",

@@ -21,7 +21,7 @@ out="runs/stats-$(date +%Y%m%d-%H%M%S)"
 paths=()
 for cfg in "${configs[@]}"; do paths+=("configs/$cfg.yaml"); done
 echo "== ${configs[*]}: $time_budget each, into $out (statistics at the end)"
-"$py" -m harness run "${paths[@]}" --duration "$time_budget" --output "$out"
+"$py" -m xenfb_harness run "${paths[@]}" --duration "$time_budget" --output "$out"
 for cfg in "${configs[@]}"; do
     dir=$out
     [ ${#configs[@]} -eq 1 ] || dir=$(ls -d "$out"/[0-9][0-9]-"$cfg" 2>/dev/null | head -1)

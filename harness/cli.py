@@ -1,4 +1,4 @@
-"""Command line: `xenfb-harness run|matrix|merge|bisect|build|keys|host|cache`. Also `python -m harness`."""
+"""Command line: `xenfb-harness run|matrix|merge|bisect|build|keys|host|cache`. Also `python -m xenfb_harness`."""
 from __future__ import annotations
 
 import argparse
@@ -412,7 +412,7 @@ def _matrix(args) -> int:
         run_group(matrix, host_groups(cells), args.group, out, cache, args.accept_new_host_key, report)
         return 0
     jobs = args.jobs or default_jobs()
-    child = [sys.executable, "-m", "harness", "matrix", str(args.matrix), "--output", str(out),
+    child = [sys.executable, "-m", "xenfb_harness", "matrix", str(args.matrix), "--output", str(out),
              *(["--shard", args.shard] if args.shard else []), *(["--times", str(args.times)] if args.times else []),
              *(["--host", str(args.host)] if args.host else []),
              *(["--accept-new-host-key"] if args.accept_new_host_key else []),

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from harness.geometry import Geometry, Rect
+from xenfb_harness.geometry import Geometry, Rect
 
 MAX_RECTS = 64
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)

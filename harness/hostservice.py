@@ -54,7 +54,7 @@ def up(cfg: Config, state: Path, cache: Cache) -> int:
     for name in (HOST_YAML, PID):
         (state / name).unlink(missing_ok=True)
     source = [] if cfg.source == "(defaults)" else [cfg.source]
-    cmd = [sys.executable, "-m", "harness", "host", "serve", *source, "--state", str(state),
+    cmd = [sys.executable, "-m", "xenfb_harness", "host", "serve", *source, "--state", str(state),
            "--cache-dir", str(cache.root)]
     with open(state / LOG, "w") as log:
         # A session of its own: the terminal's Ctrl-C or the caller's exit does not reach the host.

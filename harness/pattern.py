@@ -58,7 +58,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.geometry import PAGE_SIZE, Geometry, Rect
+from xenfb_harness.geometry import PAGE_SIZE, Geometry, Rect
 
 # The spec's numbers, once. xfb-writer.c has its own copies; the byte-for-byte test keeps them in step.
 MASK64 = (1 << 64) - 1

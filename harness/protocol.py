@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from harness.geometry import Channel, Geometry
+from xenfb_harness.geometry import Channel, Geometry
 
 PREFIX = "XFB "
 MAX_ROUND = 2**32 - 1  # the writer parses rounds as 32-bit unsigned

@@ -5,10 +5,10 @@
         assert result.verdict == "PASS", result.reason
 
 Fixtures:
-  xen_host   (session) the HostSession (harness.run) every test's guests run on: --xenfb-config's host, or
+  xen_host   (session) the HostSession (xenfb_harness.run) every test's guests run on: --xenfb-config's host, or
              --xenfb-host's; a nested host boots (or is restored) at the first run and is shut down when the
              session ends, whatever happens
-  xenfb_run  (function) xenfb_run(**overrides) -> harness.result.Result, with `run_dir` (a Path) set on it.
+  xenfb_run  (function) xenfb_run(**overrides) -> xenfb_harness.result.Result, with `run_dir` (a Path) set on it.
              Overrides are config keys laid over --xenfb-config: `writer__mode="sparse"` or
              `**{"writer.mode": "sparse"}`. A bad key raises ConfigError; host settings belong to the session.
 A test that uses either fixture is marked `xenfb`, so `-m "not xenfb"` leaves it out.
@@ -59,7 +59,7 @@ def pytest_collection_modifyitems(items):
 def _paths(config, tmp_path_factory) -> tuple[Path | None, Path | None, Path]:
     """--xenfb-config (or the CLI's default), --xenfb-host, --xenfb-output; relative to where pytest was started,
     whatever a test's chdir did."""
-    from harness.cli import DEFAULT_CONFIG
+    from xenfb_harness.cli import DEFAULT_CONFIG
     where = Path(config.invocation_params.dir)
     given = {name: config.getoption(name) for name in ("xenfb_config", "xenfb_host", "xenfb_output")}
     base = where / given["xenfb_config"] if given["xenfb_config"] else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file()
@@ -71,9 +71,9 @@ def _paths(config, tmp_path_factory) -> tuple[Path | None, Path | None, Path]:
 
 @pytest.fixture(scope="session")
 def xen_host(pytestconfig, tmp_path_factory):
-    from harness import config, signals
-    from harness.artifacts.cache import Cache, default_cache_dir
-    from harness.run import HostSession
+    from xenfb_harness import config, signals
+    from xenfb_harness.artifacts.cache import Cache, default_cache_dir
+    from xenfb_harness.run import HostSession
     base, host, output = _paths(pytestconfig, tmp_path_factory)
     try:
         cfg = config.load(base, host)
@@ -100,9 +100,9 @@ def xen_host(pytestconfig, tmp_path_factory):
 def xenfb_run(xen_host, request, tmp_path_factory):
     """xenfb_run(**overrides) -> Result: one scenario in a fresh guest on the session's host. Its directory
     (result.json, junit.xml, images, logs) is result.run_dir: <output>/<test id>-<n>."""
-    from harness import config, signals
-    from harness.result import summary
-    from harness.run import Job, run_jobs
+    from xenfb_harness import config, signals
+    from xenfb_harness.result import summary
+    from xenfb_harness.run import Job, run_jobs
     base, host, output = _paths(request.config, tmp_path_factory)
     source = f"xenfb_run() in {request.node.nodeid}"
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid).strip("_")[:120]

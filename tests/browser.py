@@ -69,7 +69,7 @@ def outline_red(r: int, g: int, b: int) -> bool:
 
 
 def magenta(r: int, g: int, b: int) -> bool:
-    """A diff image's missed pixels (harness.images.MAGENTA)."""
+    """A diff image's missed pixels (xenfb_harness.images.MAGENTA)."""
     return r >= 235 and g <= 40 and b >= 235
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.artifacts.apt import VERSIONS, Apt, _candidates
+from xenfb_harness.artifacts.apt import VERSIONS, Apt, _candidates
 
 # `apt-cache policy bash libc6 vim-common mail-transport-agent` on Debian 12, as printed: an installed package with
 # a newer candidate, one with several versions, one with an epoch, and a virtual package (no candidate).

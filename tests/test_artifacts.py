@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import config, frontends
-from harness.artifacts import host as host_recipe
-from harness.artifacts import payload as payload_recipe
-from harness.artifacts.cache import Cache, default_cache_dir
-from harness.artifacts.common import recipe_hash
-from harness.artifacts.host import HOST_KEYS, HostArtifacts, build_host, host_inputs
-from harness.artifacts.payload import Payload, build_payload
+from xenfb_harness import config, frontends
+from xenfb_harness.artifacts import host as host_recipe
+from xenfb_harness.artifacts import payload as payload_recipe
+from xenfb_harness.artifacts.cache import Cache, default_cache_dir
+from xenfb_harness.artifacts.common import recipe_hash
+from xenfb_harness.artifacts.host import HOST_KEYS, HostArtifacts, build_host, host_inputs
+from xenfb_harness.artifacts.payload import Payload, build_payload
 from tests.test_cpio import read_newc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,7 +257,7 @@ def test_editing_the_guest_recipe_rebuilds_no_host_entry(cache, tmp_path, monkey
 
 
 def test_one_apt_update_for_host_and_payload(cache, tmp_path, monkeypatch):
-    from harness.artifacts import apt as apt_module
+    from xenfb_harness.artifacts import apt as apt_module
     cfg = shipped("default")
     cached(build_host, cfg, cache, tmp_path)  # the first call in this process may update
     calls = []

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import config
-from harness.bisect import (BAD, GOOD, SKIP, Bisection, Step, bisect, check_base, next_step, report, step_config,
+from xenfb_harness import config
+from xenfb_harness.bisect import (BAD, GOOD, SKIP, Bisection, Step, bisect, check_base, next_step, report, step_config,
                             step_mark)
-from harness.config import ConfigError
-from harness.result import ERROR, FAIL, PASS, Result, RoundResult
-from harness.run import HOST_BROKE
-from harness.scenario import new_result
+from xenfb_harness.config import ConfigError
+from xenfb_harness.result import ERROR, FAIL, PASS, Result, RoundResult
+from xenfb_harness.run import HOST_BROKE
+from xenfb_harness.scenario import new_result
 
 
 def names(n: int) -> list[str]:
@@ -290,8 +290,8 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 def test_the_shipped_revert_config_is_step_2_of_the_shipped_series(tmp_path, monkeypatch):
     """configs/source-6.1-lastclose-revert.yaml says its kernel is the one `bisect` builds at step 2 of
     guest-kernels/fbdev-lastclose over source-6.1-upstream.yaml, so the two share a cache entry: same key."""
-    from harness.artifacts import payload
-    from harness.artifacts.kernel_build import patch_series
+    from xenfb_harness.artifacts import payload
+    from xenfb_harness.artifacts.kernel_build import patch_series
 
     class Apt:
         def version(self, package):

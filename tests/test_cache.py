@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.artifacts.cache import Cache, EntryInfo, disk_usage, format_entries, hash_files, human_size, key_of
-from harness.artifacts.mounts import mounts_under
+from xenfb_harness.artifacts.cache import Cache, EntryInfo, disk_usage, format_entries, hash_files, human_size, key_of
+from xenfb_harness.artifacts.mounts import mounts_under
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 
@@ -508,7 +508,7 @@ def test_saving_yields_none_while_another_run_holds_the_lock(tmp_path):
 
 def test_saving_yields_none_while_another_process_saves(tmp_path):
     """The other run is a real process, in its own saving() block until told to end it."""
-    script = ("import sys; from pathlib import Path; from harness.artifacts.cache import Cache\n"
+    script = ("import sys; from pathlib import Path; from xenfb_harness.artifacts.cache import Cache\n"
               "with Cache(Path(sys.argv[1])).saving('host-snapshot', {'k': 1}) as tmp:\n"
               "    print(tmp is not None, flush=True); sys.stdin.read(); (tmp / 'state.bin').write_text('theirs')\n")
     other = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdin=subprocess.PIPE,

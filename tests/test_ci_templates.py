@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import cli
-from harness.config import ConfigError
-from harness.matrix import load_matrix, parse_shard, shard, times_from
+from xenfb_harness import cli
+from xenfb_harness.config import ConfigError
+from xenfb_harness.matrix import load_matrix, parse_shard, shard, times_from
 
 ROOT = Path(__file__).resolve().parents[1]
 GITLAB, GITHUB = ROOT / "ci/gitlab-ci.yml", ROOT / "ci/github-actions.yml"
@@ -564,7 +564,7 @@ def test_a_matrix_base_left_out_of_the_cache_key_is_caught(monkeypatch):
 
 def test_merge_writes_what_the_checker_expects_and_the_summary_renders(tmp_path):
     """Two shard outputs as `matrix` leaves them (without running any cell), merged for real."""
-    from harness.matrix import cell_entry, merge, new_summary, write_reports
+    from xenfb_harness.matrix import cell_entry, merge, new_summary, write_reports
     m = load_matrix(ROOT / "configs/matrix.yaml")
     for i in (1, 2):
         cells = shard(m.cells, i, 2)

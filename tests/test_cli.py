@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli as harness_cli
-from harness.artifacts.cache import Cache
-from harness.result import FAIL, PASS
-from harness.run import Repeat
+from xenfb_harness import cli as harness_cli
+from xenfb_harness.artifacts.cache import Cache
+from xenfb_harness.result import FAIL, PASS
+from xenfb_harness.run import Repeat
 from tests.test_run import FakeDom0, building, clock, events, scenario, scripted  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "xenfb_harness", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=60)
 
 

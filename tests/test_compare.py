@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.compare import MAX_RECTS, compare
-from harness.geometry import PAGE_SIZE, Channel, Geometry, Rect
+from xenfb_harness.compare import MAX_RECTS, compare
+from xenfb_harness.geometry import PAGE_SIZE, Channel, Geometry, Rect
 
 W, H = 200, 100
 RGB888 = Geometry(W, H, 32, W * 4, Channel(16, 8), Channel(8, 8), Channel(0, 8))

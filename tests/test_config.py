@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import config
-from harness.config import SCHEMA, ConfigError, Field, defaults, describe, load, shipped
+from xenfb_harness import config
+from xenfb_harness.config import SCHEMA, ConfigError, Field, defaults, describe, load, shipped
 
 REPO = Path(__file__).resolve().parent.parent
 HOST_SOURCES = Path(SCHEMA["apt"]["sources"].default)

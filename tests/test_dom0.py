@@ -23,11 +23,11 @@ from typing import Iterator
 
 import pytest
 
-from harness.hosts import connect_ssh
-from harness.hosts.base import HostError
-from harness.hosts.dom0 import GUARD, GUARD_NAME, LEFTOVERS, PREFIX, REGISTER, Dom0, GuestSlot, Share, clean, leftovers
-from harness.hosts.nested import free_port
-from harness.hosts.ssh import SSHSession
+from xenfb_harness.hosts import connect_ssh
+from xenfb_harness.hosts.base import HostError
+from xenfb_harness.hosts.dom0 import GUARD, GUARD_NAME, LEFTOVERS, PREFIX, REGISTER, Dom0, GuestSlot, Share, clean, leftovers
+from xenfb_harness.hosts.nested import free_port
+from xenfb_harness.hosts.ssh import SSHSession
 from tests.sshd import SSHD, LocalSSHD, wait_for
 
 pytestmark = pytest.mark.skipif(not os.path.exists(SSHD), reason="openssh-server is missing (scripts/install)")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.artifacts.elf import closure, copy_closure, interpreter, is_elf, needed, read_elf, resolve
+from xenfb_harness.artifacts.elf import closure, copy_closure, interpreter, is_elf, needed, read_elf, resolve
 
 LOADER = "/lib64/ld-linux-x86-64.so.2"
 MULTIARCH = "usr/lib/x86_64-linux-gnu"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import ConfigError, load
-from harness.guest import Guest, GuestError, console_section, save_workload_log, xl_config
-from harness.protocol import Done, Stats, format_freeze, format_start, format_thaw
+from xenfb_harness.config import ConfigError, load
+from xenfb_harness.guest import Guest, GuestError, console_section, save_workload_log, xl_config
+from xenfb_harness.protocol import Done, Stats, format_freeze, format_start, format_thaw
 
 
 NAME = "xfb-harness-test-1"
@@ -70,7 +70,7 @@ def test_quotes_in_extra_cmdline_are_refused(tmp_path):
 
 
 def test_xorg_config_and_log_are_kept(tmp_path):
-    from harness.guest import save_xorg_config
+    from xenfb_harness.guest import save_xorg_config
     (tmp_path / "guest-console.log").write_text(
         "boot\r\nXFB-XORG-LOG-BEGIN\r\n[  1.0] (II) FBDEV(0): using /dev/fb0\r\n"
         '[  1.1] (**) FBDEV(0): Option "ShadowFB" "off"\r\nXFB-XORG-LOG-END\r\nXFB READY ...\r\n')
@@ -81,7 +81,7 @@ def test_xorg_config_and_log_are_kept(tmp_path):
 
 
 def test_xorg_log_missing_is_said_not_guessed(tmp_path):
-    from harness.guest import save_xorg_config
+    from xenfb_harness.guest import save_xorg_config
     (tmp_path / "guest-console.log").write_text("XFB-GUEST-FAIL the X server did not come up\n")
     assert save_xorg_config(tmp_path) == {"config": "xorg.conf"}
     assert not (tmp_path / "Xorg.0.log").exists()
@@ -146,7 +146,7 @@ def test_save_workload_log_without_one_saves_nothing(tmp_path):
 
 
 def test_the_x_log_is_found_after_a_workload_log_too(tmp_path):
-    from harness.guest import save_xorg_config
+    from xenfb_harness.guest import save_xorg_config
     console_log(tmp_path, "XFB-XORG-LOG-BEGIN\r\n(**) FBDEV(0): Option \"ShadowFB\" \"off\"\r\nXFB-XORG-LOG-END\r\n"
                           "XFB-WORKLOAD-LOG-BEGIN\r\nw\r\nXFB-WORKLOAD-LOG-END\r\n")
     assert save_xorg_config(tmp_path)["shadowfb"] == "off"
@@ -179,7 +179,7 @@ class FakeConsole:
 @pytest.fixture
 def guest(monkeypatch):
     """guest(lines) -> a Guest reading `lines` from a fake console (no host, no domain)."""
-    monkeypatch.setattr("harness.guest.time.sleep", lambda s: None)  # a panic's grace second
+    monkeypatch.setattr("xenfb_harness.guest.time.sleep", lambda s: None)  # a panic's grace second
 
     def make(lines: list[str]) -> Guest:
         g = Guest.__new__(Guest)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.images import MAGENTA, diff_image, load_png, load_ppm, save_png
+from xenfb_harness.images import MAGENTA, diff_image, load_png, load_ppm, save_png
 
 
 def frame(h: int = 5, w: int = 7) -> np.ndarray:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from harness.artifacts.cache import Cache, hash_tree
-from harness.artifacts.kernel_build import (FRAGMENT, KernelBuildError, SourceSpec, _apply_patches, _copy_source,
+from xenfb_harness.artifacts.cache import Cache, hash_tree
+from xenfb_harness.artifacts.kernel_build import (FRAGMENT, KernelBuildError, SourceSpec, _apply_patches, _copy_source,
                                             _make_progress, _module_build_files, build_tree_identity,
                                             compiler_errors, config_mismatches, image_kernel, parse_config,
                                             patch_series, source_identity, source_kernel)

@@ -10,7 +10,7 @@ import pytest
 
 import zstandard
 
-from harness.artifacts.kernel import GZIP_MAGIC, XZ_MAGIC, ZSTD_MAGIC, extract_vmlinux, kernel_version
+from xenfb_harness.artifacts.kernel import GZIP_MAGIC, XZ_MAGIC, ZSTD_MAGIC, extract_vmlinux, kernel_version
 
 
 def fake_elf(size: int = 200_000, seed: int = 1) -> bytes:

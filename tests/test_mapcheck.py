@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import protocol
+from xenfb_harness import protocol
 
 SRC = Path(__file__).resolve().parent.parent / "harness" / "writer" / "xfb-mapcheck.c"
 CHECKS = ["plain", "offset", "split", "fork", "mremap", "munmap-part", "munmap-pending"]

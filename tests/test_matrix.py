@@ -1,6 +1,6 @@
 """Matrices (harness/matrix.py): loading and checking a matrix file, cell names and directories, shards, host
 groups, summary.json and junit.xml from real result.json files, merging shard outputs, and the command line's
-`matrix --list` and `merge`. Nothing here boots anything: run directories are written by harness.result.write
+`matrix --list` and `merge`. Nothing here boots anything: run directories are written by xenfb_harness.result.write
 from Result objects, as a run would leave them."""
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from harness import cli
-from harness.config import SCHEMA, ConfigError, shipped
-from harness.matrix import (cell_entry, exit_code, host_groups, load_matrix, merge, new_summary, parse_shard,
+from xenfb_harness import cli
+from xenfb_harness.config import SCHEMA, ConfigError, shipped
+from xenfb_harness.matrix import (cell_entry, exit_code, host_groups, load_matrix, merge, new_summary, parse_shard,
                             run_matrix, shard, times_from, totals, write_junit, write_reports)
-from harness.result import ERROR, FAIL, PASS, Result, RoundResult, write
+from xenfb_harness.result import ERROR, FAIL, PASS, Result, RoundResult, write
 
 REPO = Path(__file__).resolve().parent.parent
 HOST_SOURCES = Path(SCHEMA["apt"]["sources"].default)
@@ -1234,7 +1234,7 @@ def test_merge_a_directory_without_summary(tmp_path, four_way, sharded):
 
 @pytest.fixture
 def main(monkeypatch):
-    """harness.cli.main in this process; the signal handlers it installs are put back afterwards."""
+    """xenfb_harness.cli.main in this process; the signal handlers it installs are put back afterwards."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     yield cli.main
     for s, handler in saved.items():

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from harness.artifacts.mounts import mounts_under, remove_tree, unmount_under
+from xenfb_harness.artifacts.mounts import mounts_under, remove_tree, unmount_under
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 
@@ -90,7 +90,7 @@ def test_remove_tree_raises_and_removes_nothing_if_unmounting_fails(tree):
     # In a new user namespace, mounts inherited from outside are locked: they cannot be unmounted from there.
     if not shutil.which("unshare"):
         pytest.skip("unshare is missing")
-    code = f"from harness.artifacts.mounts import remove_tree; remove_tree({str(tree)!r})"
+    code = f"from xenfb_harness.artifacts.mounts import remove_tree; remove_tree({str(tree)!r})"
     child = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c", code],
                            capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     if "unshare failed" in child.stderr:

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import config
-from harness.artifacts import payload as payload_recipe
-from harness.artifacts.cache import Cache, default_cache_dir
-from harness.artifacts.cache import hash_tree
-from harness.artifacts.payload import build_payload
-from harness.config import SCHEMA, ConfigError
-from harness.frontends import OUR_SOURCE as FRONTEND_SRC, legacy_source
+from xenfb_harness import config
+from xenfb_harness.artifacts import payload as payload_recipe
+from xenfb_harness.artifacts.cache import Cache, default_cache_dir
+from xenfb_harness.artifacts.cache import hash_tree
+from xenfb_harness.artifacts.payload import build_payload
+from xenfb_harness.config import SCHEMA, ConfigError
+from xenfb_harness.frontends import OUR_SOURCE as FRONTEND_SRC, legacy_source
 from tests.negative_controls import BREAKS, NAMES, SOURCE, config_fragment, make_variant
 from tests.test_cpio import read_newc
 
@@ -86,7 +86,7 @@ def test_legacy_source_is_listed_with_its_meaning():
 
 
 def test_legacy_source_shapes_no_host_artifact(tmp_path):
-    from harness.artifacts.host import host_inputs
+    from xenfb_harness.artifacts.host import host_inputs
     variant = make_variant(tmp_path, "unnotified-last")
     assert host_inputs(config.load(write(tmp_path, config_fragment(variant)))) == \
         host_inputs(config.load(write(tmp_path, {"frontend": "legacy-fixed"})))

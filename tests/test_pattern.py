@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import pattern, protocol
-from harness.geometry import Channel, Geometry
+from xenfb_harness import pattern, protocol
+from xenfb_harness.geometry import Channel, Geometry
 
 WRITER_SRC = Path(__file__).resolve().parent.parent / "harness" / "writer" / "xfb-writer.c"
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from harness.hosts.preflight import DEVICE_MODELS, PROBE, TOOLS, judge
+from xenfb_harness.hosts.preflight import DEVICE_MODELS, PROBE, TOOLS, judge
 
 WHERE = "ssh: root@xenhost:22"
 WORKDIR = "/var/tmp/xfb"

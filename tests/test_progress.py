@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import progress, signals
-from harness.progress import CommandError, run
+from xenfb_harness import progress, signals
+from xenfb_harness.progress import CommandError, run
 
 # Traps SIGTERM like mmdebstrap does to unmount what it mounted; $1 is a directory for its files.
 POLITE = """

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.geometry import Channel, Geometry
-from harness.protocol import (MAX_ROUND, Bye, Check, Done, ProtocolError, Ready, Stats, Unloaded, WriterError,
+from xenfb_harness.geometry import Channel, Geometry
+from xenfb_harness.protocol import (MAX_ROUND, Bye, Check, Done, ProtocolError, Ready, Stats, Unloaded, WriterError,
                               format_freeze, format_go, format_quit, format_start, format_stats, format_thaw,
                               parse_line, section_marker)
 
@@ -181,7 +181,7 @@ def test_format_start_is_plain_hex():
 
 def test_format_start_longest_command_fits_the_writers_line():
     # xfb-writer reads lines of up to 4095 characters (MAX_LINE, as the console tty's canonical mode).
-    from harness.config import MAX_COMMAND
+    from xenfb_harness.config import MAX_COMMAND
     assert len(format_start("\u00ff" * (MAX_COMMAND // 2))) - 1 <= 4095
     assert len(format_start("x" * MAX_COMMAND)) - 1 <= 4095
 

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-import harness.cli  # noqa: F401  pytester's inline runs put sys.modules back after each run, and numpy, which
-import harness.run  # noqa: F401  the fixtures import, cannot be imported twice in one process: import it first
+import xenfb_harness.cli  # noqa: F401  pytester's inline runs put sys.modules back after each run, and numpy, which
+import xenfb_harness.run  # noqa: F401  the fixtures import, cannot be imported twice in one process: import it first
 
 pytest_plugins = ["pytester"]
 
@@ -20,7 +20,7 @@ def test_a_run_without_the_fixtures_starts_nothing(pytester, monkeypatch):
         import sys
         def pytest_unconfigure(config):  # after every test and teardown: what the whole session imported
             with open("modules.txt", "w") as f:
-                f.write(" ".join(sorted(m for m in sys.modules if m.split(".")[0] == "harness")))
+                f.write(" ".join(sorted(m for m in sys.modules if m.split(".")[0] == "xenfb_harness")))
     """)
     pytester.makepyfile("""
         import signal
@@ -32,7 +32,7 @@ def test_a_run_without_the_fixtures_starts_nothing(pytester, monkeypatch):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     # The harness itself (config, hosts, QEMU) was never imported, so nothing of it can have started.
-    assert (pytester.path / "modules.txt").read_text().split() == ["harness", "harness.pytest_plugin"]
+    assert (pytester.path / "modules.txt").read_text().split() == ["xenfb_harness", "xenfb_harness.pytest_plugin"]
     assert not (pytester.path / "cache").exists()
     assert not list(pytester.path.rglob("xenfb"))  # no output directory
     assert "[xenfb-harness]" not in result.stdout.str() + result.stderr.str()  # the harness says nothing
@@ -102,7 +102,7 @@ def test_a_bad_override_names_the_test_and_key(pytester, monkeypatch):
     pytester.makefile(".yaml", host=SSH_HOST)
     pytester.makepyfile("""
         import pytest
-        from harness.config import ConfigError
+        from xenfb_harness.config import ConfigError
 
         def test_bad_value(xenfb_run):
             with pytest.raises(ConfigError, match=r"xenfb_run\\(\\) in .*::test_bad_value: writer.mode: expected"):
@@ -131,8 +131,8 @@ def fake_host(pytester, monkeypatch) -> list:
     with its own apt sources; the cache in pytester's directory."""
     import contextlib
 
-    from harness import run, signals
-    from harness.result import RoundResult
+    from xenfb_harness import run, signals
+    from xenfb_harness.result import RoundResult
     seen: list = []
 
     @contextlib.contextmanager
@@ -160,7 +160,7 @@ def fake_host(pytester, monkeypatch) -> list:
 def test_one_host_serves_the_session_and_closes_at_its_end(pytester, fake_host):
     pytester.makepyfile("""
         import signal
-        from harness import signals
+        from xenfb_harness import signals
 
         def test_two_runs(xenfb_run):
             assert signal.getsignal(signal.SIGTERM) is signals._handler  # the CLI's, while the host is up

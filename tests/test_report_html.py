@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness import report_html
-from harness.result import FAIL, PASS, Result, RoundResult, write
+from xenfb_harness import report_html
+from xenfb_harness.result import FAIL, PASS, Result, RoundResult, write
 
 W, H = 64, 48
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.result import ERROR, EXIT_CODES, FAIL, PASS, Result, RoundResult, summary, write, write_junit
+from xenfb_harness.result import ERROR, EXIT_CODES, FAIL, PASS, Result, RoundResult, summary, write, write_junit
 
 PIXELS = 640 * 480
 
@@ -389,7 +389,7 @@ def test_misses_without_the_modules_counters_are_no_warning():
 
 # --- git bisect run codes ---------------------------------------------------------------------------------------------
 
-from harness.result import git_bisect_code  # noqa: E402
+from xenfb_harness.result import git_bisect_code  # noqa: E402
 
 
 @pytest.mark.parametrize("verdicts, code", [

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from harness.rfb import (RFBClient, RFBError, apply_update, negotiate_version, read_server_message,
+from xenfb_harness.rfb import (RFBClient, RFBError, apply_update, negotiate_version, read_server_message,
                          RectUpdate, FramebufferUpdate)
 
 SERVER_PIXEL_FORMAT = struct.pack(">BBBBHHHBBB3x", 16, 16, 0, 1, 31, 63, 31, 11, 5, 0)

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from harness import config, progress, run, signals
-from harness.artifacts.cache import Cache
-from harness.result import ERROR, FAIL, PASS, RoundResult
-from harness.run import Job, Repeat, run_jobs
+from xenfb_harness import config, progress, run, signals
+from xenfb_harness.artifacts.cache import Cache
+from xenfb_harness.result import ERROR, FAIL, PASS, RoundResult
+from xenfb_harness.run import Job, Repeat, run_jobs
 
 
 def scenario(tmp_path: Path, name: str = "s.yaml", **data) -> config.Config:
@@ -131,7 +131,7 @@ def test_until_fail_stops_at_a_build_that_failed(tmp_path, monkeypatch, events):
 
 
 class Clock:
-    """time.monotonic for harness.run, moved on by the scenarios' stand-in only."""
+    """time.monotonic for xenfb_harness.run, moved on by the scenarios' stand-in only."""
 
     def __init__(self) -> None:
         self.now = 1000.0

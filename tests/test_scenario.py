@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import config, scenario
-from harness.capture import Settled
-from harness.geometry import Channel, Geometry
-from harness.protocol import Done
-from harness.result import ERROR, FAIL, PASS
-from harness.scenario import _command_rounds, freeze_intervals, new_result
+from xenfb_harness import config, scenario
+from xenfb_harness.capture import Settled
+from xenfb_harness.geometry import Channel, Geometry
+from xenfb_harness.protocol import Done
+from xenfb_harness.result import ERROR, FAIL, PASS
+from xenfb_harness.scenario import _command_rounds, freeze_intervals, new_result
 
 GEOMETRY = Geometry(8, 4, 32, 32, Channel(16, 8), Channel(8, 8), Channel(0, 8))
 

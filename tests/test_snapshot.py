@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.artifacts.host import HostArtifacts
-from harness.config import defaults
-from harness.hosts import snapshot
-from harness.hosts.snapshot import (ARTIFACTS, MACHINE_KEYS, META, STATE, age, facts_differ, parse_facts, saved_facts,
+from xenfb_harness.artifacts.host import HostArtifacts
+from xenfb_harness.config import defaults
+from xenfb_harness.hosts import snapshot
+from xenfb_harness.hosts.snapshot import (ARTIFACTS, MACHINE_KEYS, META, STATE, age, facts_differ, parse_facts, saved_facts,
                                     snapshot_inputs, unusable, write_meta)
 
 from .test_preflight import XL_INFO

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.hosts.base import HostError
-from harness.hosts.nested import free_port
-from harness.hosts.ssh import HostKeyError, SSHSession
+from xenfb_harness.hosts.base import HostError
+from xenfb_harness.hosts.nested import free_port
+from xenfb_harness.hosts.ssh import HostKeyError, SSHSession
 from tests.sshd import SSHD, LocalSSHD, fingerprint, keygen, wait_for
 
 pytestmark = pytest.mark.skipif(not os.path.exists(SSHD), reason="openssh-server is missing (scripts/install)")

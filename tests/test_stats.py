@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from harness.result import ERROR, FAIL, PASS, Result, RoundResult
-from harness.stats import CONFIDENCE, Rate, describe, poisson_rate, repeat_stats, wilson, write_summary
+from xenfb_harness.result import ERROR, FAIL, PASS, Result, RoundResult
+from xenfb_harness.stats import CONFIDENCE, Rate, describe, poisson_rate, repeat_stats, wilson, write_summary
 
 CONFIG = "configs/legacy-race.yaml"
 

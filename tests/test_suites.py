@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.artifacts.common import sources_for_suite
-from harness.artifacts.common import kernel_image
-from harness.artifacts.payload import kbuild_package
+from xenfb_harness.artifacts.common import sources_for_suite
+from xenfb_harness.artifacts.common import kernel_image
+from xenfb_harness.artifacts.payload import kbuild_package
 
 DEB822 = """Types: deb
 URIs: http://mirror.example/debian

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.artifacts.mounts import mounts_under
-from harness.tmpdirs import OWNER_FILE, private_tmpdir, prune_stale
+from xenfb_harness.artifacts.mounts import mounts_under
+from xenfb_harness.tmpdirs import OWNER_FILE, private_tmpdir, prune_stale
 
 PREFIX = "xfb-test-"
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OWNER = f"""
 import sys
 from pathlib import Path
-from harness.tmpdirs import private_tmpdir
+from xenfb_harness.tmpdirs import private_tmpdir
 print(private_tmpdir({PREFIX!r}, base=Path(sys.argv[1])), flush=True)
 sys.stdin.read()
 """

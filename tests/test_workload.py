@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import protocol
-from harness.config import MAX_COMMAND
-from harness.protocol import Bye, Done, Ready, Stats, WriterError, format_freeze, format_start, format_thaw, parse_line
+from xenfb_harness import protocol
+from xenfb_harness.config import MAX_COMMAND
+from xenfb_harness.protocol import Bye, Done, Ready, Stats, WriterError, format_freeze, format_start, format_thaw, parse_line
 
 from .test_pattern import RGB32, geometry_arg, writer  # noqa: F401 (writer: the fixture, built with -Werror)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import pattern, protocol
-from harness.geometry import Geometry
+from xenfb_harness import pattern, protocol
+from xenfb_harness.geometry import Geometry
 
 from .test_pattern import LIFECYCLES, WRITER_SRC, geom, geometry_arg, pixel_bytes
 

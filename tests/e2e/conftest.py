@@ -30,7 +30,7 @@ class Run:
 
 
 def harness_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "harness", *args]
+    return [sys.executable, "-m", "xenfb_harness", *args]
 
 
 def run_cli(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
@@ -57,8 +57,8 @@ def verdict_of(run: Run, verdict: str) -> dict:
 
 def dom0_sh(host_yaml: Path, script: str) -> str:
     """Run a shell script in the dom0 that host_yaml reaches, as a person would check it by hand."""
-    from harness import config
-    from harness.hosts import connect_ssh
+    from xenfb_harness import config
+    from xenfb_harness.hosts import connect_ssh
     dom0 = connect_ssh(config.load(None, host_yaml).data["host"])
     try:
         return dom0.exec(["sh", "-c", script], timeout=60, check=False).stdout

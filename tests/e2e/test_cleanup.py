@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from harness.artifacts.cache import default_cache_dir
-from harness.artifacts.mounts import mounts_under
+from xenfb_harness.artifacts.cache import default_cache_dir
+from xenfb_harness.artifacts.mounts import mounts_under
 
 from .conftest import ROOT, harness_cmd, nested_tmpdirs, pid_alive, run_cli
 

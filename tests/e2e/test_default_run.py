@@ -7,11 +7,11 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from harness import pattern
-from harness.compare import compare
-from harness.geometry import Channel, Geometry, Rect
-from harness.images import load_png
-from harness.result import Result, RoundResult
+from xenfb_harness import pattern
+from xenfb_harness.compare import compare
+from xenfb_harness.geometry import Channel, Geometry, Rect
+from xenfb_harness.images import load_png
+from xenfb_harness.result import Result, RoundResult
 
 pytestmark = pytest.mark.e2e
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness import pattern
-from harness.geometry import PAGE_SIZE
+from xenfb_harness import pattern
+from xenfb_harness.geometry import PAGE_SIZE
 
 from .conftest import Run, run_shipped
 from .test_default_run import geometry_of

@@ -45,8 +45,8 @@ def test_default_passes_and_legacy_race_fails_on_one_host(host_pair, shared_host
 
 def test_exec_never_lets_a_value_into_the_shell(shared_host):
     """The quoting that every config value goes through, against dom0's real shell and sshd."""
-    from harness import config
-    from harness.hosts import connect_ssh
+    from xenfb_harness import config
+    from xenfb_harness.hosts import connect_ssh
     evil = ["$(touch /tmp/PWNED)", "`touch /tmp/PWNED`", "a; touch /tmp/PWNED", "x && touch /tmp/PWNED",
             "'", '"', "*", "-n", "two words", "|", "\\"]
     dom0 = connect_ssh(config.load(None, shared_host).data["host"])

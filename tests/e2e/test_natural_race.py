@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import pattern
+from xenfb_harness import pattern
 
 from .conftest import ROOT, Run, run_cli
 from .test_default_run import geometry_of

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from harness.artifacts.cache import default_cache_dir
+from xenfb_harness.artifacts.cache import default_cache_dir
 
 pytestmark = pytest.mark.e2e
 pytest_plugins = ["pytester"]

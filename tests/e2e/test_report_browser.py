@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.report_html import write_matrix_page
+from xenfb_harness.report_html import write_matrix_page
 from tests import browser
 
 from .conftest import Run

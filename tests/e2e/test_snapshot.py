@@ -30,7 +30,7 @@ def quick(tmp_path_factory) -> Path:
 
 def started(run: Run) -> tuple[str, Path]:
     """How the run's host came up ('restored from' or 'booted, saved') and the snapshot entry it used."""
-    from harness.artifacts.cache import default_cache_dir
+    from xenfb_harness.artifacts.cache import default_cache_dir
     res = verdict_of(run, "PASS")
     match = STARTED.search(res["versions"]["host_start"])
     assert match, res["versions"]["host_start"]
@@ -86,7 +86,7 @@ def test_corrupt_snapshot_gives_a_boot(quick, tmp_path):
 def test_a_stream_qemu_cannot_load_gives_a_boot(quick, tmp_path):
     """Same size and a matching checksum, yet not a migration stream (as from another QEMU build under the same
     version string): QEMU refuses it, and the run boots instead of hanging."""
-    from harness.hosts.snapshot import sha256_file
+    from xenfb_harness.hosts.snapshot import sha256_file
     entry = good_snapshot(quick, tmp_path)
     state, meta_file = entry / "state.bin", entry / "snapshot.json"
     with open(state, "r+b") as f:

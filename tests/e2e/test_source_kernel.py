@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from harness.artifacts.cache import default_cache_dir
+from xenfb_harness.artifacts.cache import default_cache_dir
 
 from .conftest import ROOT, Run, run_cli, run_scenario, run_shipped, verdict_of
 
