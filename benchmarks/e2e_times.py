@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def one_run(config: str, cache: str, out: Path, host: Path | None = None) -> dict:
     env = dict(os.environ, XENFB_HARNESS_CACHE=cache)
-    cmd = [sys.executable, "-m", "harness", "run", config, "--output", str(out), *(["--host", str(host)] if host
+    cmd = [sys.executable, "-m", "xenfb_harness", "run", config, "--output", str(out), *(["--host", str(host)] if host
                                                                                      else [])]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

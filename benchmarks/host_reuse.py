@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def harness(*args: str) -> tuple[float, subprocess.CompletedProcess]:
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "harness", *args], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "xenfb_harness", *args], cwd=ROOT, capture_output=True, text=True)
     return time.monotonic() - start, proc
 
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def one(matrix: str, cache: str, out: Path) -> tuple[float, dict]:
     env = dict(os.environ, XENFB_HARNESS_CACHE=cache)
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "harness", "matrix", matrix, "--output", str(out)], cwd=ROOT, env=env,
+    subprocess.run([sys.executable, "-m", "xenfb_harness", "matrix", matrix, "--output", str(out)], cwd=ROOT, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.monotonic() - start, json.loads((out / "summary.json").read_text())
 

@@ -74,7 +74,7 @@ def main() -> None:
         out = Path(tmp) / "runs"
         start = time.monotonic()
         host = ["--host", args.host] if args.host else []
-        proc = subprocess.run([sys.executable, "-m", "harness", "run", *configs, "--output", str(out), *host],
+        proc = subprocess.run([sys.executable, "-m", "xenfb_harness", "run", *configs, "--output", str(out), *host],
                               cwd=ROOT, capture_output=True, text=True)
         took = time.monotonic() - start
         results = {}
