@@ -131,9 +131,11 @@ SCHEMA: dict[str, Any] = {
                                 "are checked where the frontend has them)"),
         "vcpus": Field(1, "int", "guest virtual CPUs; with 2 or more, the frontend's thread can run while a fault "
                        "is in flight on another CPU (the natural race needs that)", minimum=1, maximum=64),
-        "kernel_package": Field("linux-image-6.1.0-56-amd64", "str", "Debian package of the guest kernel; a "
-                                "metapackage such as linux-image-amd64 stands for the kernel it depends on (the "
-                                "archive keeps only each release's current kernels)"),
+        "kernel_package": Field("linux-image-amd64", "str", "Debian package of the guest kernel; a metapackage "
+                                "such as linux-image-amd64 (the default) stands for the kernel it depends on when "
+                                "the artifacts are built, and the run names it. A versioned one (e.g. "
+                                "linux-image-6.1.0-57-amd64) pins that ABI, until the archive drops it: Debian "
+                                "keeps only each release's current kernels"),
         "kernel_source": Field("", "kernel_source", "build the guest kernel from source instead of using "
                                "guest.kernel_package: a kernel tree (a directory; a git work tree is taken as git "
                                "sees it, uncommitted changes included; a directory named like the package is "
@@ -169,8 +171,9 @@ SCHEMA: dict[str, Any] = {
         "cpus": Field(2, "int", "nested: outer QEMU virtual CPUs", minimum=1),
         "dom0_memory_mb": Field(1024, "int", "nested: dom0 memory", minimum=256),
         "xen_package": Field("xen-hypervisor-4.17-amd64", "str", "nested: Debian package of the Xen hypervisor"),
-        "dom0_kernel_package": Field("linux-image-6.1.0-56-amd64", "str",
-                                     "nested: Debian package of the dom0 kernel"),
+        "dom0_kernel_package": Field("linux-image-amd64", "str",
+                                     "nested: Debian package of the dom0 kernel; a metapackage stands for the kernel "
+                                     "it depends on when the artifacts are built, as for guest.kernel_package"),
         "xen_cmdline": Field("", "str", "nested: appended to Xen's command line"),
         "boot_timeout": Field(600, "int", "nested: seconds for Xen and dom0 to boot to a ready SSH server",
                               minimum=1),

@@ -238,6 +238,10 @@ def render_run(res: dict, run_dir: Path) -> str:
                      f'style="max-width:420px;border:1px solid #888"></a>')
     parts.append("<h2>Frontend counters at the end</h2>" + _kv_table(_dict(res.get("counters"))))
     parts.append("<h2>Versions</h2>" + _kv_table(_dict(res.get("versions"))))
+    for side, packages in _dict(res.get("packages")).items():  # everything the run was built from
+        if _dict(packages):
+            parts.append(f"<details><summary>Debian packages of the {e(side)} ({len(packages)})</summary>"
+                         f"{_kv_table(_dict(packages))}</details>")
     for key in ("xorg", "effective_config"):
         if res.get(key):
             parts.append(f"<details><summary>{e(key)}</summary><pre>{e(json.dumps(res[key], indent=2))}</pre>"

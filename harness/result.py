@@ -69,6 +69,7 @@ class Result:
     rounds: list[RoundResult] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    packages: dict = field(default_factory=dict)  # what the run was built from: {"host"/"guest": {name: version}}
     host: str = ""
     geometry: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)  # the frontend module's counters at the end (legacy only)

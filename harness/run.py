@@ -69,6 +69,7 @@ def open_host(cfg: Config, cache: Cache, log_dir: Path, accept_new_host_key: boo
             nested = stack.enter_context(NestedHost(cfg.data["host"], artifacts, log_dir, cache))
             dom0 = stack.enter_context(nested.dom0())
             dom0.versions.update(artifacts.versions, qemu_outer=qemu_version(), host_start=nested.started_by)
+            dom0.packages = artifacts.packages
         dom0.open(need_memory_mb)
         yield dom0
 
@@ -234,6 +235,7 @@ def _prepare(job: Job, cache: Cache) -> tuple[Payload | None, dict, float, str |
 def _one(job: Job, payload: Payload, dom0: Dom0) -> tuple[Result, dict]:
     result = new_result(job.cfg)
     result.versions = dict(dom0.versions)
+    result.packages["host"] = dict(dom0.packages)
     timings = Timings()
     try:
         with timings.collecting():

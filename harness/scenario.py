@@ -32,6 +32,7 @@ def run_scenario(cfg: Config, host: Dom0, payload: Payload, run_dir: Path, resul
     run_dir.mkdir(parents=True, exist_ok=True)
     result.host = host.description
     result.versions.update(payload.versions)
+    result.packages["guest"] = dict(payload.packages)
     result.guest["payload"] = payload.key
     with step("upload guest payload"):
         kernel, initrd = host.upload(payload.kernel), host.upload(payload.initrd)

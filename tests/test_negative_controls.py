@@ -179,8 +179,15 @@ class RecordingCache:
 
 
 class FakeApt:
+    """The archive after a drift: the headers at the image's version, their build tools at a newer one."""
     def version(self, package):
         return "6.1.192-2"
+
+    def install_set(self, packages):
+        assert packages == ["linux-headers-6.1.0-56-amd64=6.1.192-2"]
+        return {"linux-headers-6.1.0-56-amd64": "6.1.192-2", "linux-headers-6.1.0-56-common": "6.1.192-2",
+                "linux-kbuild-6.1": "6.1.192-3", "linux-compiler-gcc-12-x86": "6.1.192-3", "gcc-12": "12.2.0-14",
+                "libc6": "2.36-9+deb12u14"}
 
 
 def test_modules_entry_is_keyed_by_the_tree(tmp_path):
@@ -196,7 +203,9 @@ def test_modules_entry_is_keyed_by_the_tree(tmp_path):
     assert len(set(sources)) == 3 and sources[0] == hash_tree(SOURCE)
     for _, inputs in cache.calls:  # ... and by the headers it builds against
         assert {k: inputs[k] for k in headers.key} == headers.key
-        assert inputs["kernel"] == "6.1.0-56-amd64" and inputs["version"] == "6.1.192-2"
+        assert inputs["kernel"] == "6.1.0-56-amd64"
+        assert inputs["packages"] == {"linux-headers-6.1.0-56-amd64": "6.1.192-2",  # what apt resolved, headers
+                                      "linux-headers-6.1.0-56-common": "6.1.192-2", "linux-kbuild-6.1": "6.1.192-3"}
 
 
 def test_modules_entry_is_keyed_by_the_headers(tmp_path):
@@ -223,7 +232,7 @@ def stub_payload_inputs(monkeypatch, tmp_path: Path, built: list[str]) -> list[P
     (kernel / "version").write_text("6.1.0-56-amd64")
     headers = payload_recipe.ModuleHeaders({"kernel": "6.1.0-56-amd64"},
                                            lambda scratch: pytest.fail("the modules' entry is stubbed"))
-    guest = payload_recipe.GuestKernel(kernel, {"guest_kernel": "6.1.0-56-amd64"}, headers)
+    guest = payload_recipe.GuestKernel(kernel, {"guest_kernel": "6.1.0-56-amd64"}, headers, {})
     seen: list[Path] = []
 
     def modules(cache, given, source, log):
@@ -265,7 +274,7 @@ def test_a_module_frontend_on_a_kernel_without_modules_is_a_clear_error(tmp_path
     kernel.mkdir()
     (kernel / "version").write_text("6.1.99-tiny")
     monkeypatch.setattr(payload_recipe, "guest_kernel", lambda *a: payload_recipe.GuestKernel(
-        kernel, {"guest_kernel": "6.1.99-tiny"}, None))
+        kernel, {"guest_kernel": "6.1.99-tiny"}, None, {}))
     monkeypatch.setattr(payload_recipe, "_frontend_modules", lambda *a: pytest.fail("no headers to build against"))
     path = write(tmp_path, {"frontend": "legacy"})
     with pytest.raises(FileNotFoundError) as info:

@@ -138,7 +138,7 @@ def fake_host(pytester, monkeypatch) -> list:
     @contextlib.contextmanager
     def open_host(cfg, cache, log_dir, accept_new_host_key, need_memory_mb):
         seen.append("open")
-        yield type("Dom0", (), {"versions": {}, "console_tail": lambda self: ""})()
+        yield type("Dom0", (), {"versions": {}, "packages": {}, "console_tail": lambda self: ""})()
         seen.append("close")
 
     def run_scenario(cfg, dom0, payload, run_dir, result):

@@ -27,6 +27,7 @@ def scenario(tmp_path: Path, name: str = "s.yaml", **data) -> config.Config:
 
 class FakeDom0:
     versions = {"xen": "4.17"}
+    packages = {"xen-hypervisor-4.17-amd64": "4.17.7"}
     description = "a stand-in"
 
     def console_tail(self) -> str:

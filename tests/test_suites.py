@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from xenfb_harness.artifacts.common import sources_for_suite
+from xenfb_harness.artifacts.apt import sources_for_suite
 from xenfb_harness.artifacts.common import kernel_image
-from xenfb_harness.artifacts.payload import kbuild_package
 
 DEB822 = """Types: deb
 URIs: http://mirror.example/debian
@@ -56,8 +55,13 @@ def test_sources_that_name_no_suite_are_refused():
 
 
 class FakeApt:
+    release = "bookworm"
+
     def __init__(self, depends: dict[str, list[str]]):
         self._depends = depends
+
+    def version(self, package: str) -> str:
+        return "1"
 
     def depends(self, package: str) -> list[str]:
         return self._depends[package]
@@ -78,20 +82,3 @@ def test_a_metapackage_without_one_image_is_refused():
     apt = FakeApt({"linux-image-amd64": []})
     with pytest.raises(LookupError, match="linux-image-amd64"):
         kernel_image(apt, "linux-image-amd64", "guest.kernel_package")
-
-
-class VersionsApt:
-    def __init__(self, known: set[str]):
-        self.known = known
-
-    def version(self, package: str) -> str:
-        if package not in self.known:
-            raise LookupError(package)
-        return "1"
-
-
-def test_kbuild_package_naming_by_release():
-    trixie = VersionsApt({"linux-kbuild-6.12.118+deb13", "linux-kbuild-6.12"})
-    assert kbuild_package(trixie, "6.12.118+deb13", "6.12") == "linux-kbuild-6.12.118+deb13"
-    bookworm = VersionsApt({"linux-kbuild-6.1"})
-    assert kbuild_package(bookworm, "6.1.0-56", "6.1") == "linux-kbuild-6.1"

@@ -19,6 +19,48 @@ LISTS_MAX_AGE = 6 * 3600  # refresh package lists at most this often, so warm ru
 VERSIONS = "versions.json"  # candidate versions already looked up, with the state of the lists they came from
 
 
+def _suite_of(token: str) -> str:
+    """The release codename of a suite name: bookworm-updates, bookworm-security, buster/updates -> the codename."""
+    return re.split(r"[-/]", token, maxsplit=1)[0]
+
+
+def sources_codename(text: str) -> str:
+    """The release an apt sources file (deb822 or one-line) is for: the codename of the first suite it names."""
+    for line in text.splitlines():
+        m = re.match(r"\s*Suites:\s*(\S+)", line, re.I) or re.match(
+            r"\s*deb(?:-src)?\s+(?:\[[^\]]*\]\s+)?\S+\s+(\S+)", line)
+        if m:
+            return _suite_of(m[1])
+    raise ValueError("the apt sources name no suite")
+
+
+def sources_for_suite(text: str, suite: str) -> str:
+    """An apt sources file (deb822 or one-line) with its release's codename replaced by `suite` in every suite name
+    (bookworm, bookworm-updates, bookworm-security -> bullseye, bullseye-updates, bullseye-security): the same
+    mirrors, another Debian release. The codename is the first suite the file names."""
+    if not re.fullmatch(r"[a-z][a-z0-9]*", suite):
+        raise ValueError(f"expected a Debian codename such as bullseye or trixie, got {suite!r}")
+    out, codename = [], None
+
+    def swap(token: str) -> str:
+        nonlocal codename
+        codename = codename or _suite_of(token)
+        return suite + token[len(codename):] if _suite_of(token) == codename else token
+
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\n")
+        m = re.match(r"(\s*Suites:\s*)(.*)", body, re.I)
+        one = re.match(r"(\s*deb(?:-src)?\s+(?:\[[^\]]*\]\s+)?\S+\s+)(\S+)(.*)", body)
+        if m:
+            line = m[1] + " ".join(swap(t) for t in m[2].split()) + line[len(body):]
+        elif one:
+            line = one[1] + swap(one[2]) + one[3] + line[len(body):]
+        out.append(line)
+    if codename is None:
+        raise ValueError("the apt sources name no suite")
+    return "".join(out)
+
+
 def _candidates(policy: str) -> dict[str, str]:
     """`apt-cache policy A B ...` output -> {package: candidate}; a section starts with "name:" at column 0."""
     found, current = {}, None
@@ -53,8 +95,10 @@ class Apt:
             "-o", "APT::Sandbox::User=root",
             "-o", "Debug::NoLocking=1",
         ]
+        self.release = sources_codename(self.sources.read_text())  # e.g. bookworm, for what we say
         self._versions: dict[str, str] = {}
-        self._lists_known = ""  # the state of the lists _versions came from
+        self._sets: dict[str, dict[str, str]] = {}  # install_set's answers, by request
+        self._lists_known = ""  # the state of the lists _versions and _sets came from
 
     def update(self) -> None:
         stamp = self.dir / "lists" / ".updated"
@@ -78,9 +122,7 @@ class Apt:
     def versions(self, packages: list[str]) -> dict[str, str]:
         """Candidate versions of several packages. One apt-cache call for those not known yet (each call costs
         about 0.3 s), and what is known is kept on disk for as long as the package lists stay the same."""
-        lists = self._lists_state()
-        if lists != self._lists_known:  # first use, or another process updated the lists meanwhile
-            self._versions, self._lists_known = self._load_known(lists), lists
+        lists = self._known_for_lists()
         missing = [p for p in dict.fromkeys(packages) if p not in self._versions]
         if missing:
             out = subprocess.run(["apt-cache", *self.opts, "policy", *missing], capture_output=True, text=True)
@@ -94,24 +136,32 @@ class Apt:
                 self._save_known(lists)
         return {p: self._versions[p] for p in packages}
 
+    def _known_for_lists(self) -> str:
+        """The lists' state, with what is known of them loaded (first use, or another process updated them)."""
+        lists = self._lists_state()
+        if lists != self._lists_known:
+            self._versions, self._sets = self._load_known(lists)
+            self._lists_known = lists
+        return lists
+
     def _lists_state(self) -> str:
         """Changes whenever the package lists do: names, sizes and times of the files apt reads."""
         lists = self.dir / "lists"
         return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(lists.iterdir())
                         if p.is_file())
 
-    def _load_known(self, lists: str) -> dict[str, str]:
+    def _load_known(self, lists: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
         try:
             known = json.loads((self.dir / VERSIONS).read_text())
             if known["lists"] == lists:
-                return dict(known["versions"])
-        except (OSError, ValueError, KeyError, TypeError):
+                return dict(known["versions"]), dict(known.get("sets", {}))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
-        return {}
+        return {}, {}
 
     def _save_known(self, lists: str) -> None:
         tmp = self.dir / f".{VERSIONS}.{os.getpid()}"
-        tmp.write_text(json.dumps({"lists": lists, "versions": self._versions}))
+        tmp.write_text(json.dumps({"lists": lists, "versions": self._versions, "sets": self._sets}))
         tmp.replace(self.dir / VERSIONS)
 
     def depends(self, package: str) -> list[str]:
@@ -133,19 +183,42 @@ class Apt:
         return self.download_all({package: version})[0]
 
     def install_set(self, packages: list[str]) -> dict[str, str]:
-        """Every package (name -> version) that installing `packages` with their dependencies onto an empty
-        system would bring, as apt resolves it (no recommends)."""
+        """Every package (name -> version) that installing `packages` (names, or name=version where only that
+        version will do) with their dependencies onto an empty system would bring, as apt resolves it (no
+        recommends). Remembered, like versions, for as long as the package lists stay the same."""
+        lists = self._known_for_lists()
+        request = " ".join(sorted(set(packages)))
+        if request in self._sets:
+            return dict(self._sets[request])
         out = subprocess.run(["apt-get", *self.opts, "-s", "install", "--no-install-recommends", *packages],
                              capture_output=True, text=True)
         if out.returncode != 0:
-            raise LookupError(f"apt cannot resolve {' '.join(packages)} from {self.sources}:\n{out.stdout}"
-                              f"{out.stderr}")
+            raise LookupError(self._unresolvable(packages, out.stdout + out.stderr))
         found = {}
         for line in out.stdout.splitlines():
             if line.startswith("Inst "):  # "Inst libc6 (2.36-9+deb12u14 Debian:12.15/oldstable [amd64])"
                 name, _, rest = line[5:].partition(" (")
                 found[name.split(":")[0]] = rest.split()[0]
-        return found
+        self._sets[request] = found
+        if self._lists_state() == lists:
+            self._save_known(lists)
+        return dict(found)
+
+    def _unresolvable(self, packages: list[str], apt_says: str) -> str:
+        """Why apt cannot install `packages`: for a name=version it no longer has, what it has now."""
+        for wanted in packages:
+            name, _, version = wanted.partition("=")
+            if version and f"'{version}' for '{name}' was not found" in apt_says:
+                have = self._available(name)
+                now = f"it has {', '.join(have)}" if have else "it has no version of it"
+                return (f"{name} {version} is not in {self.release}'s archive (apt sources {self.sources}); "
+                        f"{now}")
+        return f"apt cannot resolve {' '.join(packages)} from {self.sources}:\n{apt_says.strip()}"
+
+    def _available(self, package: str) -> list[str]:
+        """Every version of package the archive has now, newest first."""
+        out = subprocess.run(["apt-cache", *self.opts, "madison", package], capture_output=True, text=True)
+        return [line.split("|")[1].strip() for line in out.stdout.splitlines() if line.count("|") >= 2]
 
     def download_all(self, packages: dict[str, str]) -> list[Path]:
         """Download name=version for each package in one apt call (what is already here is not fetched

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from .apt import LISTS_MAX_AGE, Apt
+from .apt import LISTS_MAX_AGE, Apt, sources_codename, sources_for_suite
 from .cache import Cache, hash_files
 from .cpio import CpioWriter
 from .kernel import bzimage, extract_vmlinux, kernel_version, module_load_order
@@ -36,48 +36,6 @@ def recipe_hash(recipe: Path) -> str:
 # once. Reused for at most LISTS_MAX_AGE, after which update() may refresh the lists again.
 _APTS: dict[tuple[Path, str], tuple[tuple, float, Apt]] = {}
 _APTS_LOCK = threading.Lock()
-
-
-def _suite_of(token: str) -> str:
-    """The release codename of a suite name: bookworm-updates, bookworm-security, buster/updates -> the codename."""
-    return re.split(r"[-/]", token, maxsplit=1)[0]
-
-
-def sources_codename(text: str) -> str:
-    """The release an apt sources file (deb822 or one-line) is for: the codename of the first suite it names."""
-    for line in text.splitlines():
-        m = re.match(r"\s*Suites:\s*(\S+)", line, re.I) or re.match(
-            r"\s*deb(?:-src)?\s+(?:\[[^\]]*\]\s+)?\S+\s+(\S+)", line)
-        if m:
-            return _suite_of(m[1])
-    raise ValueError("the apt sources name no suite")
-
-
-def sources_for_suite(text: str, suite: str) -> str:
-    """An apt sources file (deb822 or one-line) with its release's codename replaced by `suite` in every suite name
-    (bookworm, bookworm-updates, bookworm-security -> bullseye, bullseye-updates, bullseye-security): the same
-    mirrors, another Debian release. The codename is the first suite the file names."""
-    if not re.fullmatch(r"[a-z][a-z0-9]*", suite):
-        raise ValueError(f"expected a Debian codename such as bullseye or trixie, got {suite!r}")
-    out, codename = [], None
-
-    def swap(token: str) -> str:
-        nonlocal codename
-        codename = codename or _suite_of(token)
-        return suite + token[len(codename):] if _suite_of(token) == codename else token
-
-    for line in text.splitlines(keepends=True):
-        body = line.rstrip("\n")
-        m = re.match(r"(\s*Suites:\s*)(.*)", body, re.I)
-        one = re.match(r"(\s*deb(?:-src)?\s+(?:\[[^\]]*\]\s+)?\S+\s+)(\S+)(.*)", body)
-        if m:
-            line = m[1] + " ".join(swap(t) for t in m[2].split()) + line[len(body):]
-        elif one:
-            line = one[1] + swap(one[2]) + one[3] + line[len(body):]
-        out.append(line)
-    if codename is None:
-        raise ValueError("the apt sources name no suite")
-    return "".join(out)
 
 
 def apt_for(cache: Cache, sources: str | Path, log: Path, suite: str = "") -> Apt:
@@ -146,18 +104,39 @@ def _binutils() -> str:
     return out.stdout.splitlines()[0] if out.stdout else "unknown"
 
 
+# A versioned kernel image has its version first (linux-image-6.1.0-56-amd64, linux-image-6.12.118+deb13-amd64); the
+# flavour after the ABI (amd64, rt-amd64, cloud-amd64) is also the name of the metapackage that follows it.
+VERSIONED_IMAGE = re.compile(r"linux-image-\d[\w.+~]*(?:-\d+)?-(?P<flavour>[a-z][\w-]*)")
+
+
 def kernel_image(apt: Apt, package: str, key: str) -> str:
     """The linux-image package that holds the kernel: `package` itself, or, for a metapackage (linux-image-amd64,
-    linux-image-rt-amd64...), the versioned image it depends on."""
+    linux-image-rt-amd64...), the versioned image it depends on now. A versioned image the archive no longer has
+    is an error that names the current one."""
     seen = [package]
-    while not re.match(r"linux-image-\d", package):  # versioned images have their version first
+    while not VERSIONED_IMAGE.fullmatch(package):
         images = [d for d in apt.depends(package) if d.startswith("linux-image-")]
         if len(images) != 1:
             raise LookupError(f"{key} {seen[0]!r}: expected a linux-image package or a metapackage "
                               f"that depends on one, but {package!r} depends on {images or 'no linux-image'}")
         package = images[0]
         seen.append(package)
+    try:
+        apt.version(package)
+    except LookupError:
+        raise LookupError(_gone(apt, package, key)) from None
     return package
+
+
+def _gone(apt: Apt, package: str, key: str) -> str:
+    """Debian keeps only each release's current kernel ABI: say so, and what the archive has now."""
+    text = f"{key}: {package} is no longer in {apt.release}'s archive (Debian keeps only its current kernels)"
+    metapackage = f"linux-image-{VERSIONED_IMAGE.fullmatch(package)['flavour']}"
+    try:
+        current = kernel_image(apt, metapackage, key)
+    except LookupError:
+        return text
+    return f"{text}; its current kernel is {current} ({metapackage} stands for it, and follows it)"
 
 
 def _kernel(cache: Cache, apt: Apt, package: str, modules: list[str], log: Path) -> Path:

@@ -7,10 +7,11 @@ booted host can run many guests, each with its own payload (payload.py) uploaded
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config
@@ -43,6 +44,8 @@ class HostArtifacts:
     ssh_client_key: Path  # private key root@dom0 accepts
     xen_version: str  # e.g. "4.17", for /usr/lib/xen-<version>
     versions: dict  # package -> version, and dom0_kernel -> release, for the report
+    packages: dict = field(default_factory=dict)  # every Debian package the host is made of (dom0's image as
+    #                                               installed): name -> version
 
 
 def host_inputs(cfg: Config) -> dict:
@@ -109,10 +112,16 @@ def _dom0_image(cache: Cache, apt: Apt, inp: dict, series: str, log: Path) -> Pa
         (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
         (root / "root/.ssh/authorized_keys").write_text(client_pub + "\n")
         (out / "host_key.pub").write_text(host_pub + "\n")
+        # What mmdebstrap installed, essential packages included: the image's own account of itself.
+        listing = subprocess.run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f=${Package}=${Version}\n"],
+                                 capture_output=True, text=True, check=True).stdout
+        (out / "packages.json").write_text(json.dumps(dict(line.split("=", 1) for line in listing.split()),
+                                                      indent=1, sort_keys=True) + "\n")
         with step("mkfs.ext4 dom0 disk"):
             _ext4_image(root, out / "dom0.img", "xfb-dom0", log)
         shutil.rmtree(root)
-    inputs = {"suite": suite, "packages": apt.versions(packages), "sources": sources.read_text(),
+    # Keyed by everything apt resolves those packages to, dependencies included: a new libc rebuilds the image.
+    inputs = {"suite": suite, "packages": apt.install_set(packages), "sources": sources.read_text(),
               "recipe": hash_files(FILES / "dom0-init", FILES / "sshd_config", HERE / "keys.py"), "build": RECIPE}
     return cache.entry("dom0-image", inputs, build)
 
@@ -125,13 +134,19 @@ def build_host(cfg: Config, cache: Cache, log: Path) -> HostArtifacts:
     apt = apt_for(cache, inp["apt.sources"], log, inp["apt.suite"])
     series = xen_series(inp["host.xen_package"])
     xen = _xen(cache, apt, inp["host.xen_package"], log)
-    dom0_kernel = _kernel(cache, apt, kernel_image(apt, inp["host.dom0_kernel_package"], "host.dom0_kernel_package"),
-                          DOM0_MODULES, log)
+    kernel_package = kernel_image(apt, inp["host.dom0_kernel_package"], "host.dom0_kernel_package")
+    dom0_kernel = _kernel(cache, apt, kernel_package, DOM0_MODULES, log)
     dom0_initrd = _dom0_initrd(cache, apt, dom0_kernel, log)
     dom0 = _dom0_image(cache, apt, inp, series, log)
-    versions = {p: apt.version(p) for p in (inp["host.xen_package"], inp["host.dom0_kernel_package"],
-                                            f"xen-utils-{series}", "qemu-system-xen")}
+    image = json.loads((dom0 / "packages.json").read_text())
+    versions = {p: apt.version(p) for p in (inp["host.xen_package"], kernel_package)}
+    versions.update({p: image[p] for p in (f"xen-utils-{series}", "qemu-system-xen")})  # as installed in dom0
+    if kernel_package != inp["host.dom0_kernel_package"]:  # a metapackage: which kernel it stood for
+        versions["host.dom0_kernel_package"] = f"{inp['host.dom0_kernel_package']} -> {kernel_package}"
     versions["dom0_kernel"] = (dom0_kernel / "version").read_text()
+    packages = {**image, inp["host.xen_package"]: versions[inp["host.xen_package"]],
+                kernel_package: versions[kernel_package], BUSYBOX: apt.version(BUSYBOX)}
     return HostArtifacts(xen=xen, dom0_kernel=dom0_kernel / "vmlinuz", dom0_initrd=dom0_initrd,
                          dom0_image=dom0 / "dom0.img", ssh_host_key_pub=(dom0 / "host_key.pub").read_text().strip(),
-                         ssh_client_key=dom0 / "client_key", xen_version=series, versions=versions)
+                         ssh_client_key=dom0 / "client_key", xen_version=series, versions=versions,
+                         packages=dict(sorted(packages.items())))

@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -55,6 +55,7 @@ class Payload:
     key: str  # short content key of this payload (its cache entry's key): equal keys, equal files
     sizes: dict  # file name -> bytes ("vmlinux", "initrd.cpio")
     versions: dict  # guest kernel package -> version, guest_kernel -> release, for the report
+    packages: dict  # every Debian package the payload is made of: name -> version
 
 
 def _guest_tools(cache: Cache, log: Path) -> Path:
@@ -86,11 +87,12 @@ def _user_files(deb: Path) -> tuple[list[str], list[str]]:
     return programs, rest
 
 
-def _guest_root(cache: Cache, apt: Apt, xorg: bool, packages: list[str], log: Path) -> Path:
+def _guest_root(cache: Cache, apt: Apt, xorg: bool, packages: list[str], log: Path) -> tuple[Path, dict]:
     """What the guest runs besides busybox and our static tools, as a tree for its initramfs: with `xorg`, Xorg with
     the fbdev driver, xkbcomp, keymaps and our X client (xfb-xwriter, linked against the guest's libX11); and every
     file of the given Debian `packages` (command.packages). Of their ~100 dependencies, only the shared libraries
-    the programs load come along (harness/artifacts/elf.py)."""
+    the programs load come along (harness/artifacts/elf.py). Returns the tree and the packages it came from, as
+    apt resolved them (name -> version)."""
     wanted = (XORG_PACKAGES if xorg else []) + list(packages)
     resolved = apt.install_set(wanted)
 
@@ -130,7 +132,7 @@ def _guest_root(cache: Cache, apt: Apt, xorg: bool, packages: list[str], log: Pa
         shutil.rmtree(tree)
     inputs = {"packages": resolved, "xorg": xorg, "own": sorted(packages),
               "source": hash_files(WRITER_SRC, FILES / "xorg.conf", HERE / "elf.py"), "gcc": _gcc(), "build": RECIPE}
-    return cache.entry("guest-root", inputs, build) / "root"
+    return cache.entry("guest-root", inputs, build) / "root", resolved
 
 
 # Building a release's modules with this machine's gcc (Debian 12's): every release's headers name the compiler
@@ -143,7 +145,8 @@ KBUILD_VARS = ("CC=gcc", "CONFIG_CC_HAS_MIN_FUNCTION_ALIGNMENT=", "CONFIG_DEBUG_
 def _own_libc_for_tools(apt: Apt, kbuild: str, headers: Path, runtime: Path, log: Path) -> None:
     """If the kernel's release has a newer C library than this machine (Debian 13's build tools need glibc 2.38),
     make its build tools (modpost, objtool, fixdep...) run on their own release's, through its loader. --argv0
-    keeps each tool's own name: Debian's modpost picks the real modpost.real-<endianness>-<bits> by its name."""
+    keeps each tool's own name: Debian's modpost picks the real modpost.real-<endianness>-<bits> by its name.
+    `kbuild` is the build tools' package as name=version."""
     host_libc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libc6"], capture_output=True, text=True,
                                check=True).stdout
     if subprocess.run(["dpkg", "--compare-versions", apt.version("libc6"), "gt", host_libc]).returncode != 0:
@@ -161,14 +164,10 @@ def _own_libc_for_tools(apt: Apt, kbuild: str, headers: Path, runtime: Path, log
             tool.chmod(0o755)
 
 
-def kbuild_package(apt: Apt, abi: str, series: str) -> str:
-    """The package of the kernel's build tools: linux-kbuild-<abi> from Debian 13 on (linux-kbuild-6.12.118+deb13),
-    linux-kbuild-<series> before (linux-kbuild-6.1, linux-kbuild-5.10)."""
-    try:
-        apt.version(f"linux-kbuild-{abi}")
-        return f"linux-kbuild-{abi}"
-    except LookupError:
-        return f"linux-kbuild-{series}"
+# What a module build takes from the headers' dependencies as apt resolves them: the headers (the image's own and
+# the common ones they include) and the build tools, all built from Debian's linux source package. The rest of
+# what apt would install with them (the compiler, the C library) is this machine's.
+KERNEL_BUILD_PACKAGES = ("linux-headers-", "linux-kbuild-")
 
 
 @dataclass(frozen=True)
@@ -176,26 +175,37 @@ class ModuleHeaders:
     """Where out-of-tree modules for a guest kernel build: `make -C <dir> M=<module tree> <vars> modules`."""
     key: dict  # what identifies that directory, for the key of the modules built against it
     prepare: Callable[[Path], tuple[Path, tuple[str, ...]]]  # (a scratch directory) -> (the directory, make vars)
+    packages: dict = field(default_factory=dict)  # the Debian packages it is made of: name -> version
 
 
-def _debian_headers(apt: Apt, image_package: str, version: str, log: Path) -> ModuleHeaders:
+def debian_header_packages(apt: Apt, image_package: str, release: str) -> dict[str, str]:
+    """The packages a module build for one Debian kernel image needs, name -> version. Exact is only what must be:
+    the image's own headers at the image's version. Everything else is what apt resolves from their dependencies,
+    whatever versions the archive's relations allow (linux-kbuild-6.1 (>= 6.1.192-2) may well be 6.1.192-3)."""
+    wanted = f"linux-headers-{release}={apt.version(image_package)}"
+    resolved = apt.install_set([wanted])
+    packages = {n: v for n, v in sorted(resolved.items()) if n.startswith(KERNEL_BUILD_PACKAGES)}
+    if not any(n.startswith("linux-kbuild-") for n in packages):
+        raise LookupError(f"{wanted} depends on no linux-kbuild package, as apt resolves it: {sorted(resolved)}")
+    return packages
+
+
+def _debian_headers(apt: Apt, image_package: str, release: str, log: Path) -> ModuleHeaders:
     """The exact guest kernel's headers from Debian's packages, and this machine's gcc."""
-    abi = version.rsplit("-", 1)[0]  # 6.1.0-56-amd64 -> 6.1.0-56
-    series = ".".join(version.split(".")[:2])  # 6.1
-    source_version = apt.version(image_package)  # headers and kbuild must match the image exactly
-    packages = [f"linux-headers-{version}", f"linux-headers-{abi}-common", kbuild_package(apt, abi, series)]
+    packages = debian_header_packages(apt, image_package, release)
 
     def prepare(scratch: Path) -> tuple[Path, tuple[str, ...]]:
         root = scratch / "headers"
-        for package in packages:
-            apt.extract(package, root, source_version)
-        kdir = root / "usr/src" / f"linux-headers-{version}"
+        for deb in apt.download_all(packages):
+            run(["dpkg-deb", "-x", str(deb), str(root)], log)
+        kdir = root / "usr/src" / f"linux-headers-{release}"
         # The arch headers include the common ones by absolute path; point it into our tree.
         makefile = kdir / "Makefile"
         makefile.write_text(makefile.read_text().replace("/usr/src/", f"{root}/usr/src/"))
-        _own_libc_for_tools(apt, packages[2], root, scratch / "runtime", log)
+        kbuild = next(f"{n}={v}" for n, v in packages.items() if n.startswith("linux-kbuild-"))
+        _own_libc_for_tools(apt, kbuild, root, scratch / "runtime", log)
         return kdir, KBUILD_VARS
-    return ModuleHeaders({"kernel": version, "version": source_version, "packages": packages}, prepare)
+    return ModuleHeaders({"kernel": release, "packages": packages}, prepare, packages)
 
 
 def _frontend_modules(cache: Cache, headers: ModuleHeaders, source: Path, log: Path) -> Path:
@@ -225,12 +235,14 @@ def _frontend_modules(cache: Cache, headers: ModuleHeaders, source: Path, log: P
 class GuestKernel:
     entry: Path  # a cache entry with vmlinux and version (the release, e.g. 6.1.0-56-amd64)
     versions: dict  # what the report says of it
-    headers: ModuleHeaders | None  # what frontend modules build against; None: a kernel built without modules
+    headers: ModuleHeaders | None  # what frontend modules build against; None: none needed, or no module support
+    packages: dict  # the Debian packages it is made of, headers included: name -> version
 
 
 def guest_kernel(cfg: Config, cache: Cache, log: Path) -> GuestKernel:
     """The guest kernel a config asks for: built from source, the user's own image, or a Debian package."""
     kernel_apt = apt_for(cache, cfg["apt.sources"], log, cfg["guest.kernel_suite"])  # the same Apt when suite is ''
+    packages = {}
     if cfg["guest.kernel_source"]:
         spec = kernel_build.SourceSpec(cfg["guest.kernel_source"], cfg["guest.kernel_config"],
                                        tuple(cfg["guest.kernel_patches"]))
@@ -239,7 +251,7 @@ def guest_kernel(cfg: Config, cache: Cache, log: Path) -> GuestKernel:
         headers = ModuleHeaders({"kernel_build": entry.name}, lambda scratch: (built, ())) if built.is_dir() else None
         versions = {"kernel_source": spec.describe()}
         if spec.package:
-            versions[spec.package] = kernel_apt.version(spec.package)
+            packages[spec.package] = versions[spec.package] = kernel_apt.version(spec.package)
     elif cfg["guest.kernel_image"]:
         entry = kernel_build.image_kernel(cache, Path(cfg["guest.kernel_image"]), log)
         tree = Path(cfg["guest.kernel_build_tree"]) if cfg["guest.kernel_build_tree"] else None
@@ -248,11 +260,17 @@ def guest_kernel(cfg: Config, cache: Cache, log: Path) -> GuestKernel:
                                  lambda scratch: (tree, ())) if tree else None)
         versions = {"kernel_image": cfg["guest.kernel_image"]}
     else:
-        package = kernel_image(kernel_apt, cfg["guest.kernel_package"], "guest.kernel_package")
+        asked = cfg["guest.kernel_package"]
+        package = kernel_image(kernel_apt, asked, "guest.kernel_package")
         entry = _kernel(cache, kernel_apt, package, [], log)  # the guest loads no module of the kernel's own
-        headers = _debian_headers(kernel_apt, package, (entry / "version").read_text(), log)
-        versions = {package: kernel_apt.version(package)}
-    return GuestKernel(entry, {**versions, "guest_kernel": (entry / "version").read_text()}, headers)
+        # Only a module frontend needs headers: a kernel whose headers are gone still runs the others.
+        headers = (_debian_headers(kernel_apt, package, (entry / "version").read_text(), log)
+                   if frontends.module_frontend(cfg) else None)
+        packages = {package: kernel_apt.version(package), **(headers.packages if headers else {})}
+        versions = {package: packages[package]}
+        if asked != package:  # a metapackage: which kernel it stood for at build time
+            versions["guest.kernel_package"] = f"{asked} -> {package}"
+    return GuestKernel(entry, {**versions, "guest_kernel": (entry / "version").read_text()}, headers, packages)
 
 
 def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, module: Path | None, root: Path | None,
@@ -316,7 +334,8 @@ def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
                 f"{cfg['frontend']!r} loads; it built: {', '.join(found)}")
     xorg = runs_x_server(cfg)
     packages = cfg["command.packages"] if cfg["writer.kind"] == "command" else []
-    root = _guest_root(cache, apt, xorg, packages, log) if xorg or packages else None
+    root, userspace = _guest_root(cache, apt, xorg, packages, log) if xorg or packages else (None, {})
     entry = _payload(cache, apt, kernel.entry, tools, module, root, log)
     return Payload(kernel=entry / "vmlinux", initrd=entry / "initrd.cpio", key=entry.name.rsplit("-", 1)[1],
-                   sizes=json.loads((entry / "sizes.json").read_text()), versions=kernel.versions)
+                   sizes=json.loads((entry / "sizes.json").read_text()), versions=kernel.versions,
+                   packages={**kernel.packages, BUSYBOX: apt.version(BUSYBOX), **userspace})

@@ -106,6 +106,7 @@ class Dom0:
         self.guard = None
         self.preflight: Preflight | None = None
         self.versions: dict = {}  # for the report: Xen and dom0 kernel as the host says, artifacts of a nested one
+        self.packages: dict = {}  # a nested one's Debian packages (name -> version); what a real host runs is its own
         self._numbers = itertools.count(1)
         self._uploads: dict[str, str] = {}  # content hash -> remote path, so a host uploads each payload once
 
