@@ -24,7 +24,7 @@ from .hosts.dom0 import Dom0
 from .hosts.nested import NestedHost, qemu_version
 from .progress import Timings, say
 from .result import ERROR, Result, write
-from .scenario import new_result, run_scenario
+from .scenario import built_from, new_result, run_scenario
 
 
 @dataclass(frozen=True)
@@ -152,12 +152,14 @@ def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key:
         own.run_dir.mkdir(parents=True, exist_ok=True)
         return own
 
+    payloads: dict[int, Payload] = {}  # each built job's payload, by its config
     with contextlib.ExitStack() as own:
         if session is None:
             need = max(j.cfg["guest.memory_mb"] for j in jobs)
             session = own.enter_context(HostSession(jobs[0].cfg, cache, host_dir, accept_new_host_key, need))
         try:
             prepared = _prepare_all(jobs, cache)
+            payloads = {id(job.cfg): p[0] for job, p in zip(jobs, prepared) if p[0] is not None}
             started = time.monotonic()
             for job, (payload, build_steps, took, broken) in zip(jobs, prepared):
                 began, k, errors = None, 0, 0
@@ -194,6 +196,8 @@ def run_jobs(jobs: list[Job], cache: Cache, host_dir: Path, accept_new_host_key:
                 for job in ([current] if current else []) + [run_dir(j, 0) for j in waiting]:
                     result = new_result(job.cfg)
                     result.error = f"{HOST_BROKE}{error_text(e)}"
+                    if id(job.cfg) in payloads:  # built: the result still says what from
+                        built_from(result, payloads[id(job.cfg)])
                     job.run_dir.mkdir(parents=True, exist_ok=True)
                     done(result, job, dict(session.timings))
     return results

@@ -27,12 +27,17 @@ def new_result(cfg: Config) -> Result:
                   effective_config=cfg.effective())
 
 
+def built_from(result: Result, payload: Payload) -> None:
+    """What the guest's side of a run was built from: its kernel, and every Debian package."""
+    result.versions.update(payload.versions)
+    result.packages["guest"] = dict(payload.packages)
+
+
 def run_scenario(cfg: Config, host: Dom0, payload: Payload, run_dir: Path, result: Result) -> Result:
     """Fill `result` with what one fresh guest on `host` showed; every exit path removes the guest."""
     run_dir.mkdir(parents=True, exist_ok=True)
     result.host = host.description
-    result.versions.update(payload.versions)
-    result.packages["guest"] = dict(payload.packages)
+    built_from(result, payload)
     result.guest["payload"] = payload.key
     with step("upload guest payload"):
         kernel, initrd = host.upload(payload.kernel), host.upload(payload.initrd)

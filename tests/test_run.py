@@ -25,6 +25,12 @@ def scenario(tmp_path: Path, name: str = "s.yaml", **data) -> config.Config:
     return config.load(path)
 
 
+class FakePayload(str):
+    """build_payload's stand-in: a name, and what a payload says it was built from."""
+    versions = {"linux-image-6.1.0-57-amd64": "6.1.192-3", "guest_kernel": "6.1.0-57-amd64"}
+    packages = {"linux-image-6.1.0-57-amd64": "6.1.192-3", "busybox-static": "1:1.35.0-4+b3"}
+
+
 class FakeDom0:
     versions = {"xen": "4.17"}
     packages = {"xen-hypervisor-4.17-amd64": "4.17.7"}
@@ -86,7 +92,7 @@ def test_payloads_are_built_before_the_host_opens_and_a_failed_one_needs_none(tm
         events.append(("build", log.parent.name))
         if log.parent.name == "run-1":
             raise FileNotFoundError("patch 2 of 3 does not apply")
-        return f"payload of {log.parent.name}"
+        return FakePayload(f"payload of {log.parent.name}")
     monkeypatch.setattr(run, "build_payload", build_payload)
     small, big = scenario(tmp_path, "a.yaml"), scenario(tmp_path, "b.yaml", guest={"memory_mb": 512})
     jobs = [Job(small, tmp_path / "run-0"), Job(big, tmp_path / "run-1"), Job(small, tmp_path / "run-2")]
@@ -108,14 +114,17 @@ def test_a_host_that_fails_to_open_gives_every_remaining_job_an_error(tmp_path, 
         raise ConnectionRefusedError("no dom0 there")
         yield
     monkeypatch.setattr(run, "open_host", open_host)
-    monkeypatch.setattr(run, "build_payload", lambda cfg, cache, log: "payload")
+    monkeypatch.setattr(run, "build_payload", lambda cfg, cache, log: FakePayload("payload"))
     cfg = scenario(tmp_path)
     jobs = [Job(cfg, tmp_path / f"run-{i}") for i in range(2)]
     results = run_jobs(jobs, Cache(tmp_path / "cache"), tmp_path / "host")
     assert events == [("open_host",)]
     assert [r.error for r in results] == ["the host: ConnectionRefusedError: no dom0 there"] * 2
     for job in jobs:
-        assert json.loads((job.run_dir / "result.json").read_text())["verdict"] == ERROR
+        saved = json.loads((job.run_dir / "result.json").read_text())
+        assert saved["verdict"] == ERROR
+        # The payload was built: the result still names what from.
+        assert saved["versions"] == FakePayload.versions and saved["packages"] == {"guest": FakePayload.packages}
     assert "no dom0 there" in (tmp_path / "host" / "error.txt").read_text()
 
 
@@ -155,7 +164,7 @@ def building(monkeypatch, events, broken: tuple = ()) -> None:
         progress.record("guest payload", 3.0)
         if log.parent.name in broken:
             raise RuntimeError("patch 1 of 1 does not apply")
-        return "payload"
+        return FakePayload("payload")
     monkeypatch.setattr(run, "build_payload", build_payload)
 
 
