@@ -200,6 +200,10 @@ SCHEMA: dict[str, Any] = {
         "sources": Field("/etc/apt/sources.list.d/debian.sources", "path",
                          "apt sources file (one-line or deb822) used for every package; defaults to the host's"),
         "suite": Field("bookworm", "str", "Debian suite of the dom0 root filesystem"),
+        "snapshot": Field("", "str", "with `--lock FILE`: the base URL of an archive snapshot service laid out as "
+                          "Debian's own snapshot archive (BASE/mr/binary/NAME/VERSION/binfiles, BASE/file/HASH), "
+                          "where a locked package version the archive no longer has is fetched from; '' makes such "
+                          "a version an ERROR that names it"),
     },
     "capture": {
         "quiet_ms": Field(3500, "int", "after a round's DONE nothing in the guest draws; the round is judged as "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import shutil
 import subprocess
 import tempfile
@@ -93,9 +94,39 @@ class LocalArchive:
         return sources
 
 
+def snapshot_service(root: Path, debs: list[Path]) -> str:
+    """A directory laid out as Debian's snapshot archive serves these .debs (BASE/mr/binary/NAME/VERSION/binfiles
+    names each file's SHA-1, BASE/file/SHA1 is the file); returns its base URL."""
+    for deb in debs:
+        fields = dict(line.split(": ", 1) for line in subprocess.run(
+            ["dpkg-deb", "-f", str(deb), "Package", "Version", "Architecture"], capture_output=True, text=True,
+            check=True).stdout.splitlines())
+        digest = hashlib.sha1(deb.read_bytes()).hexdigest()
+        answer = root / "mr" / "binary" / fields["Package"] / fields["Version"] / "binfiles"
+        answer.parent.mkdir(parents=True, exist_ok=True)
+        answer.write_text(json.dumps({"result": [{"architecture": fields["Architecture"], "hash": digest}]}))
+        (root / "file").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(deb, root / "file" / digest)
+    return f"file://{root}"
+
+
 def kernel_files(release: str) -> dict[str, bytes]:
     """What a linux-image package holds for our kernel recipe: a bzImage whose payload is a gzip-compressed ELF
     (extract_vmlinux looks for it), and the release's modules directory. It never boots."""
     elf = b"\x7fELF\x02\x01\x01" + bytes(57) + f"not a kernel, release {release}".encode()
     return {f"boot/vmlinuz-{release}": b"MZ bzImage setup\0" + gzip.compress(elf, mtime=0),
             f"lib/modules/{release}/modules.order": b""}
+
+
+# busybox's part in a payload: `busybox --list` names the applets to link; the guest never runs this one.
+BUSYBOX = {"bin/busybox": b"#!/bin/sh\necho sh\n"}
+
+
+def headers_of(archive: LocalArchive, abi: str, version: str) -> None:
+    """A kernel image with its headers as Debian's linux source package makes them: the arch headers depend on
+    their common headers at exactly their version, and on the build tools at that version or newer."""
+    archive.add(f"linux-image-{abi}", version, files=kernel_files(abi))
+    common_abi = abi.removesuffix("-amd64")
+    archive.add(f"linux-headers-{abi}", version, depends=f"linux-headers-{common_abi}-common (= {version}), "
+                f"linux-kbuild-6.1 (>= {version}), linux-compiler-gcc-12-x86")
+    archive.add(f"linux-headers-{common_abi}-common", version)

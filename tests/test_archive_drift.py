@@ -19,23 +19,9 @@ from xenfb_harness.artifacts.payload import build_payload, debian_header_package
 from xenfb_harness.result import ERROR
 from xenfb_harness.run import Job, run_jobs
 
-from .local_archive import LocalArchive, kernel_files
+from .local_archive import BUSYBOX, LocalArchive, headers_of
 
 ABI56, ABI57, ABI58 = "6.1.0-56-amd64", "6.1.0-57-amd64", "6.1.0-58-amd64"
-# busybox's part in a payload: `busybox --list` names the applets to link; the guest never runs this one.
-BUSYBOX = {"bin/busybox": b"#!/bin/sh\necho sh\n"}
-
-
-def headers_of(archive: LocalArchive, abi: str, version: str, kbuild: str = "") -> None:
-    """A kernel image with its headers as Debian's linux source package makes them: the arch headers depend on
-    their common headers at exactly their version, and on the build tools at that version or newer."""
-    archive.add(f"linux-image-{abi}", version, files=kernel_files(abi))
-    common_abi = abi.removesuffix("-amd64")
-    archive.add(f"linux-headers-{abi}", version, depends=f"linux-headers-{common_abi}-common (= {version}), "
-                f"linux-kbuild-6.1 (>= {version}), linux-compiler-gcc-12-x86")
-    archive.add(f"linux-headers-{common_abi}-common", version)
-
-
 @pytest.fixture
 def archive(tmp_path) -> LocalArchive:
     """bookworm as the issue found it: the image and headers at 6.1.192-2, their build tools only at 6.1.192-3

@@ -50,7 +50,7 @@ def load(tmp_path: Path, text: str = "", name: str = "c.yaml") -> config.Config:
 def test_host_inputs_are_exactly_the_host_keys(tmp_path):
     inputs = host_inputs(load(tmp_path))
     assert list(inputs) == list(HOST_KEYS) == ["host.xen_package", "host.dom0_kernel_package", "apt.sources",
-                                               "apt.suite"]
+                                               "apt.suite", "apt.snapshot"]
     assert inputs["host.xen_package"] == "xen-hypervisor-4.17-amd64"
 
 

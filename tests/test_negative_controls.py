@@ -239,7 +239,7 @@ def stub_payload_inputs(monkeypatch, tmp_path: Path, built: list[str]) -> list[P
         assert given is headers
         seen.append(source)
         return entry
-    monkeypatch.setattr(payload_recipe, "apt_for", lambda *a: FakeApt())
+    monkeypatch.setattr(payload_recipe, "apt_for", lambda *a, **kw: FakeApt())
     monkeypatch.setattr(payload_recipe, "guest_kernel", lambda *a: guest)
     monkeypatch.setattr(payload_recipe, "_guest_tools", lambda *a: tmp_path)
     monkeypatch.setattr(payload_recipe, "_frontend_modules", modules)

@@ -11,9 +11,13 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from ..progress import run, say, step
+from . import lock as locks
+from .lock import LockError, ReleaseLock, sha256
 
 LISTS_MAX_AGE = 6 * 3600  # refresh package lists at most this often, so warm runs stay fast
 VERSIONS = "versions.json"  # candidate versions already looked up, with the state of the lists they came from
@@ -73,10 +77,15 @@ def _candidates(policy: str) -> dict[str, str]:
 
 
 class Apt:
-    def __init__(self, state_dir: Path, sources: Path, log: Path):
+    """A Debian release's packages through one sources file. While a lock is active (lock.py), its answers come
+    from the lock (`using`) or go into it (`recording`)."""
+
+    def __init__(self, state_dir: Path, sources: Path, log: Path, snapshot: str = ""):
         self.dir = Path(state_dir)
         self.sources = Path(sources)
         self.log = log
+        self.snapshot = snapshot  # base URL of an archive snapshot service, for locked versions the archive lost
+        self.lock = locks.active()
         parts = self.dir / "sources.list.d"
         parts.mkdir(parents=True, exist_ok=True)
         for old in parts.iterdir():
@@ -100,6 +109,14 @@ class Apt:
         self._sets: dict[str, dict[str, str]] = {}  # install_set's answers, by request
         self._lists_known = ""  # the state of the lists _versions and _sets came from
 
+    def _locked(self) -> ReleaseLock | None:
+        """This release's part of the lock a locked run uses; None when none is used."""
+        return self.lock.release(self.release) if self.lock and not self.lock.recording else None
+
+    def _recorded(self) -> ReleaseLock | None:
+        """This release's part of a lock being recorded; None when none is."""
+        return self.lock.release(self.release) if self.lock and self.lock.recording else None
+
     def update(self) -> None:
         stamp = self.dir / "lists" / ".updated"
         same_sources = stamp.exists() and stamp.read_text() == self.sources.read_text()
@@ -122,6 +139,16 @@ class Apt:
     def versions(self, packages: list[str]) -> dict[str, str]:
         """Candidate versions of several packages. One apt-cache call for those not known yet (each call costs
         about 0.3 s), and what is known is kept on disk for as long as the package lists stay the same."""
+        if (locked := self._locked()) is not None:
+            if missing := [p for p in packages if p not in locked.candidates]:
+                raise self.lock.missing(f"the version of {', '.join(missing)} in Debian {self.release}")
+            return {p: locked.candidates[p] for p in packages}
+        if (recorded := self._recorded()) is not None:
+            recorded.candidates.update(answer := self._versions_from_apt(packages))
+            return answer
+        return self._versions_from_apt(packages)
+
+    def _versions_from_apt(self, packages: list[str]) -> dict[str, str]:
         lists = self._known_for_lists()
         missing = [p for p in dict.fromkeys(packages) if p not in self._versions]
         if missing:
@@ -166,12 +193,32 @@ class Apt:
 
     def depends(self, package: str) -> list[str]:
         """The packages the candidate of `package` depends on (Depends and Pre-Depends), by name."""
+        if (locked := self._locked()) is not None:
+            if package not in locked.depends:
+                raise self.lock.missing(f"what {package} depends on in Debian {self.release}")
+            return list(locked.depends[package])
         self.version(package)  # a clear error if it does not exist
         out = subprocess.run(["apt-cache", *self.opts, "depends", "--no-recommends", "--no-suggests",
                               "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", package],
                              capture_output=True, text=True, check=True)
         found = [m[1] for m in re.finditer(r"^\s*(?:Pre)?Depends:\s*(\S+)", out.stdout, re.M)]
-        return [name for name in found if not name.startswith("<")]  # <virtual> names have no package
+        names = [name for name in found if not name.startswith("<")]  # <virtual> names have no package
+        if (recorded := self._recorded()) is not None:
+            recorded.depends[package] = names
+        return names
+
+    def uses(self, packages: dict[str, str]) -> None:
+        """Say that an artifact is made of these packages (name -> version): a lock being recorded takes each with
+        its .deb's SHA-256 (fetched for it if need be); a lock in use must hold each at that version."""
+        if (recorded := self._recorded()) is not None:
+            packages = {n: v for n, v in packages.items() if recorded.packages.get(n, {}).get("version") != v}
+            for (name, version), deb in zip(sorted(packages.items()), self.download_all(packages)):
+                recorded.packages[name] = {"version": version, "sha256": sha256(deb)}
+        elif (locked := self._locked()) is not None:
+            if wrong := [f"{n} {v} (the lock has {locked.packages[n]['version'] if n in locked.packages else 'none'})"
+                         for n, v in sorted(packages.items()) if locked.packages.get(n, {}).get("version") != v]:
+                raise LockError(f"{self.lock.source}: an artifact is made of packages the lock does not hold at "
+                                f"those versions: {', '.join(wrong)}")
 
     def _downloaded(self, package: str, version: str) -> Path | None:
         """The .deb of package=version if we have it (apt writes an epoch's ':' as '%3a' in file names)."""
@@ -186,8 +233,18 @@ class Apt:
         """Every package (name -> version) that installing `packages` (names, or name=version where only that
         version will do) with their dependencies onto an empty system would bring, as apt resolves it (no
         recommends). Remembered, like versions, for as long as the package lists stay the same."""
-        lists = self._known_for_lists()
         request = " ".join(sorted(set(packages)))
+        if (locked := self._locked()) is not None:
+            if request not in locked.sets:
+                raise self.lock.missing(f"what installing {request} brings in Debian {self.release}")
+            return dict(locked.sets[request])
+        answer = self._install_set_from_apt(packages, request)
+        if (recorded := self._recorded()) is not None:
+            recorded.sets[request] = dict(answer)
+        return answer
+
+    def _install_set_from_apt(self, packages: list[str], request: str) -> dict[str, str]:
+        lists = self._known_for_lists()
         if request in self._sets:
             return dict(self._sets[request])
         out = subprocess.run(["apt-get", *self.opts, "-s", "install", "--no-install-recommends", *packages],
@@ -222,17 +279,66 @@ class Apt:
 
     def download_all(self, packages: dict[str, str]) -> list[Path]:
         """Download name=version for each package in one apt call (what is already here is not fetched
-        again) and return the .deb paths."""
-        missing = [f"{n}={v}" for n, v in sorted(packages.items()) if not self._downloaded(n, v)]
+        again) and return the .deb paths. With a lock in use, only locked versions, each checked against its
+        SHA-256, and a version the archive lost comes from the snapshot service."""
+        locked = self._locked()
+        if locked is not None:
+            self._only_locked(locked, packages)
+        missing = {n: v for n, v in sorted(packages.items()) if not self._downloaded(n, v)}
+        if locked is not None:
+            for name, version in list(missing.items()):
+                if version not in self._available(name):
+                    self._from_snapshot(name, version)
+                    del missing[name]
         if missing:
-            run(["apt-get", *self.opts, "download", *missing], self.log, cwd=self.dir / "debs")
+            run(["apt-get", *self.opts, "download", *(f"{n}={v}" for n, v in missing.items())], self.log,
+                cwd=self.dir / "debs")
         paths = []
         for name, version in sorted(packages.items()):
             found = self._downloaded(name, version)
             if found is None:
                 raise LookupError(f"apt-get download {name}={version} produced no .deb in {self.dir / 'debs'}")
+            if locked is not None and (got := sha256(found)) != locked.packages[name]["sha256"]:
+                found.unlink()  # never used again, in this run or another
+                raise LockError(f"{name} {version}: its .deb has SHA-256 {got}, but the lock {self.lock.source} "
+                                f"says {locked.packages[name]['sha256']}")
             paths.append(found)
         return paths
+
+    def _only_locked(self, locked: ReleaseLock, packages: dict[str, str]) -> None:
+        for name, version in sorted(packages.items()):
+            have = locked.packages.get(name)
+            if have is None or have["version"] != version:
+                raise LockError(f"{self.lock.source}: {name} {version} is not in the lock"
+                                + (f" (it locks {have['version']})" if have else ""))
+
+    def _from_snapshot(self, name: str, version: str) -> Path:
+        """A locked version the archive no longer has, from the snapshot service (laid out as Debian's own:
+        /mr/binary/NAME/VERSION/binfiles names the file's hash, /file/HASH is the file)."""
+        if not self.snapshot:
+            have = self._available(name)
+            raise LockError(f"{name} {version} (locked in {self.lock.source}) is no longer in {self.release}'s "
+                            f"archive, which has {', '.join(have) if have else 'no version of it'}; set "
+                            f"apt.snapshot to an archive snapshot service's base URL to fetch it from there")
+        base = self.snapshot.rstrip("/")
+        where = f"{base}/mr/binary/{urllib.parse.quote(name)}/{urllib.parse.quote(version)}/binfiles"
+        partial = self.dir / "debs" / f".{name}_{os.getpid()}.partial"
+        with step(f"fetch {name} {version} from the snapshot service"):
+            try:
+                with urllib.request.urlopen(where, timeout=60) as answer:
+                    files = json.load(answer)["result"]
+                arch, digest = next((f["architecture"], f["hash"]) for f in files
+                                    if f.get("architecture") in ("amd64", "all"))
+                with urllib.request.urlopen(f"{base}/file/{digest}", timeout=600) as src, open(partial, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (OSError, ValueError, KeyError, StopIteration) as e:
+                partial.unlink(missing_ok=True)
+                raise LockError(f"{name} {version} (locked in {self.lock.source}) is not in {self.release}'s "
+                                f"archive, and the snapshot service at {base} does not give it: "
+                                f"{type(e).__name__}: {e}") from None
+            deb = self.dir / "debs" / f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
+            partial.replace(deb)  # checked against the lock's hash by download_all, like any other
+        return deb
 
     def extract(self, package: str, dest: Path, version: str | None = None) -> Path:
         deb = self.download(package, version)

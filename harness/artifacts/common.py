@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from . import lock as locks
+from .lock import LockError
 from .apt import LISTS_MAX_AGE, Apt, sources_codename, sources_for_suite
 from .cache import Cache, hash_files
 from .cpio import CpioWriter
@@ -38,18 +40,20 @@ _APTS: dict[tuple[Path, str], tuple[tuple, float, Apt]] = {}
 _APTS_LOCK = threading.Lock()
 
 
-def apt_for(cache: Cache, sources: str | Path, log: Path, suite: str = "") -> Apt:
+def apt_for(cache: Cache, sources: str | Path, log: Path, suite: str = "", snapshot: str = "") -> Apt:
     """The Apt for this cache and sources file (with `suite` other than the file's own release, the same sources
     for that Debian release instead, with apt state of its own), updated; the first call per cache also prunes
-    stale temporary directories. Its output goes to `log` (the latest caller's)."""
+    stale temporary directories. Its output goes to `log` (the latest caller's). `snapshot`: apt.snapshot, where
+    a locked run fetches versions the archive no longer has."""
     sources = Path(sources).resolve()
     root = cache.root.resolve()
-    ident = (str(sources), sources.read_text())
+    ident = (str(sources), sources.read_text(), snapshot)
     if suite and suite == sources_codename(ident[1]):
         suite = ""  # the file's own release: the same Apt as without one
     with _APTS_LOCK:
         known = _APTS.get((root, suite))
-        if known and known[0] == ident and time.monotonic() - known[1] < LISTS_MAX_AGE:
+        if (known and known[0] == ident and known[2].lock is locks.active()
+                and time.monotonic() - known[1] < LISTS_MAX_AGE):
             known[2].log = log
             return known[2]
         if not any(r == root for r, _ in _APTS):
@@ -64,7 +68,7 @@ def apt_for(cache: Cache, sources: str | Path, log: Path, suite: str = "") -> Ap
                 rewritten = state / ("harness.sources" if sources.name.endswith(".sources") else "harness.list")
                 rewritten.write_text(sources_for_suite(ident[1], suite))
                 sources = rewritten
-            apt = Apt(state, sources, log)
+            apt = Apt(state, sources, log, snapshot)
             apt.update()
         _APTS[(root, suite)] = (ident, time.monotonic(), apt)
         return apt
@@ -123,6 +127,8 @@ def kernel_image(apt: Apt, package: str, key: str) -> str:
         seen.append(package)
     try:
         apt.version(package)
+    except LockError:
+        raise  # the lock's own word, not the archive's
     except LookupError:
         raise LookupError(_gone(apt, package, key)) from None
     return package

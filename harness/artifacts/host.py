@@ -31,7 +31,7 @@ DOM0_EXTRA_PACKAGES = ["xenstore-utils", "qemu-system-xen", "kmod", "iproute2", 
 # This file and common.py are the recipe of every entry below but the kernel (common.py's own).
 RECIPE = recipe_hash(Path(__file__))
 # The config keys the host is made of; nothing else in the config reaches this recipe.
-HOST_KEYS = ("host.xen_package", "host.dom0_kernel_package", "apt.sources", "apt.suite")
+HOST_KEYS = ("host.xen_package", "host.dom0_kernel_package", "apt.sources", "apt.suite", "apt.snapshot")
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,9 @@ def _dom0_image(cache: Cache, apt: Apt, inp: dict, series: str, log: Path) -> Pa
         # What mmdebstrap installed, essential packages included: the image's own account of itself.
         listing = subprocess.run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f=${Package}=${Version}\n"],
                                  capture_output=True, text=True, check=True).stdout
-        (out / "packages.json").write_text(json.dumps(dict(line.split("=", 1) for line in listing.split()),
-                                                      indent=1, sort_keys=True) + "\n")
+        installed = dict(line.split("=", 1) for line in listing.split())
+        apt.uses(installed)  # a locked run: mmdebstrap took what the archive has now, and it must be the lock's
+        (out / "packages.json").write_text(json.dumps(installed, indent=1, sort_keys=True) + "\n")
         with step("mkfs.ext4 dom0 disk"):
             _ext4_image(root, out / "dom0.img", "xfb-dom0", log)
         shutil.rmtree(root)
@@ -131,7 +132,7 @@ def build_host(cfg: Config, cache: Cache, log: Path) -> HostArtifacts:
     inp = host_inputs(cfg)
     # apt.suite is the host's Debian release, Xen's with it (bookworm 4.17, trixie 4.20, bullseye 4.14): the
     # sources file's own release, or the same mirrors for another one.
-    apt = apt_for(cache, inp["apt.sources"], log, inp["apt.suite"])
+    apt = apt_for(cache, inp["apt.sources"], log, inp["apt.suite"], inp["apt.snapshot"])
     series = xen_series(inp["host.xen_package"])
     xen = _xen(cache, apt, inp["host.xen_package"], log)
     kernel_package = kernel_image(apt, inp["host.dom0_kernel_package"], "host.dom0_kernel_package")
@@ -146,6 +147,7 @@ def build_host(cfg: Config, cache: Cache, log: Path) -> HostArtifacts:
     versions["dom0_kernel"] = (dom0_kernel / "version").read_text()
     packages = {**image, inp["host.xen_package"]: versions[inp["host.xen_package"]],
                 kernel_package: versions[kernel_package], BUSYBOX: apt.version(BUSYBOX)}
+    apt.uses(packages)
     return HostArtifacts(xen=xen, dom0_kernel=dom0_kernel / "vmlinuz", dom0_initrd=dom0_initrd,
                          dom0_image=dom0 / "dom0.img", ssh_host_key_pub=(dom0 / "host_key.pub").read_text().strip(),
                          ssh_client_key=dom0 / "client_key", xen_version=series, versions=versions,

@@ -241,7 +241,8 @@ class GuestKernel:
 
 def guest_kernel(cfg: Config, cache: Cache, log: Path) -> GuestKernel:
     """The guest kernel a config asks for: built from source, the user's own image, or a Debian package."""
-    kernel_apt = apt_for(cache, cfg["apt.sources"], log, cfg["guest.kernel_suite"])  # the same Apt when suite is ''
+    # The same Apt as the guest's userspace when the suite is ''.
+    kernel_apt = apt_for(cache, cfg["apt.sources"], log, cfg["guest.kernel_suite"], cfg["apt.snapshot"])
     packages = {}
     if cfg["guest.kernel_source"]:
         spec = kernel_build.SourceSpec(cfg["guest.kernel_source"], cfg["guest.kernel_config"],
@@ -270,6 +271,7 @@ def guest_kernel(cfg: Config, cache: Cache, log: Path) -> GuestKernel:
         versions = {package: packages[package]}
         if asked != package:  # a metapackage: which kernel it stood for at build time
             versions["guest.kernel_package"] = f"{asked} -> {package}"
+    kernel_apt.uses(packages)
     return GuestKernel(entry, {**versions, "guest_kernel": (entry / "version").read_text()}, headers, packages)
 
 
@@ -314,7 +316,7 @@ def _payload(cache: Cache, apt: Apt, kernel: Path, tools: Path, module: Path | N
 
 def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
     """Build (or find in the cache) what a host boots one guest with."""
-    apt = apt_for(cache, cfg["apt.sources"], log)  # the guest's userspace
+    apt = apt_for(cache, cfg["apt.sources"], log, snapshot=cfg["apt.snapshot"])  # the guest's userspace
     kernel = guest_kernel(cfg, cache, log)
     tools = _guest_tools(cache, log)
     module = None
@@ -336,6 +338,8 @@ def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
     packages = cfg["command.packages"] if cfg["writer.kind"] == "command" else []
     root, userspace = _guest_root(cache, apt, xorg, packages, log) if xorg or packages else (None, {})
     entry = _payload(cache, apt, kernel.entry, tools, module, root, log)
+    userspace = {BUSYBOX: apt.version(BUSYBOX), **userspace}
+    apt.uses(userspace)
     return Payload(kernel=entry / "vmlinux", initrd=entry / "initrd.cpio", key=entry.name.rsplit("-", 1)[1],
                    sizes=json.loads((entry / "sizes.json").read_text()), versions=kernel.versions,
-                   packages={**kernel.packages, BUSYBOX: apt.version(BUSYBOX), **userspace})
+                   packages={**kernel.packages, **userspace})
