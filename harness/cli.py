@@ -1,7 +1,9 @@
-"""Command line: `xenfb-harness run|matrix|merge|bisect|build|keys|host|cache`. Also `python -m xenfb_harness`."""
+"""Command line: `xenfb-harness run|matrix|merge|bisect|build|lock|configs|keys|host|cache`. Also
+`python -m xenfb_harness`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import re
 import signal
@@ -10,7 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from . import config, signals
+from . import config, resources, signals
 from .artifacts.cache import Cache, default_cache_dir
 from .result import ERROR, EXIT_CODES, FAIL, git_bisect_code
 
@@ -26,6 +28,9 @@ every scenario of a run, each in a fresh guest.
 Stages: config -> artifacts (Debian packages, dom0 image, guest payload; cached) -> host -> guest (payload
 uploaded, xl create) -> writer rounds -> capture (VNC, plus a QMP screendump of guest memory) -> compare ->
 result.json, junit.xml.
+
+A CONFIG is a scenario file (YAML), or the name of a shipped scenario: `xenfb-harness run legacy-race` runs the
+shipped legacy-race.yaml from any directory, and `xenfb-harness configs` lists them all.
 """
 
 RUN_EPILOG = """\
@@ -37,12 +42,14 @@ verdicts and exit codes (with several scenarios or --repeat: the worst of them):
            the frontend. The reason and the last console lines are printed.
 
 examples:
-  xenfb-harness run                                    # configs/default.yaml on a nested host booted for it
-  xenfb-harness run configs/default.yaml configs/legacy-race.yaml   # both on one nested host
-  xenfb-harness run configs/default.yaml --repeat 5    # five fresh guests, one host
+  xenfb-harness run                                    # the shipped default scenario, on a nested host booted for it
+  xenfb-harness configs                                # the shipped scenarios, which run takes by name
+  xenfb-harness run default legacy-race                # two shipped scenarios by name, on one nested host
+  xenfb-harness run my-scenario.yaml --repeat 5        # a file of your own; five fresh guests, one host
+  xenfb-harness run legacy-race --lock my.lock         # the same packages as when `xenfb-harness lock` wrote it
   xenfb-harness host up --state /tmp/h                 # keep a nested host running, then:
-  xenfb-harness run configs/default.yaml --host /tmp/h/host.yaml
-  xenfb-harness run configs/default.yaml --host my-xen.yaml   # a real dom0: see README "Hosts"
+  xenfb-harness run default --host /tmp/h/host.yaml
+  xenfb-harness run default --host my-xen.yaml         # a real dom0: see README "Hosts"
   git bisect run xenfb-harness run my-kernel.yaml --repeat 3 --git-bisect-codes   # see README "Bisect"
   xenfb-harness bisect configs/source-6.1-upstream.yaml --patches guest-kernels/fbdev-lastclose
 
@@ -51,8 +58,8 @@ Afterwards each scenario's statistics are printed and written to OUTPUT/summary.
 detection rate (FAIL among PASS and FAIL runs) with its 95% Wilson interval; rounds with misses, missed pages and
 the frontend's race hits per minute of stress (the time the rounds took), with exact 95% Poisson intervals; the
 time to the first FAIL; and a cross-check of every missed round against the module's race-hit counter.
-  xenfb-harness run configs/legacy-natural.yaml --duration 30m    # how often the natural race shows
-  xenfb-harness run configs/legacy-natural.yaml --until-fail 20m  # the first natural FAIL, or 20 minutes
+  xenfb-harness run legacy-natural --duration 30m     # how often the natural race shows
+  xenfb-harness run legacy-natural --until-fail 20m   # the first natural FAIL, or 20 minutes
 
 Output: with one scenario, OUTPUT holds its result.json, junit.xml, images and logs; with several, each gets
 OUTPUT/NN-<config name>; repeated runs go to [OUTPUT/NN-<config name>]/run-NNN. OUTPUT/host holds the host's
@@ -114,12 +121,31 @@ computes the same parts from the same matrix (and the same --times file, if any)
   xenfb-harness merge --output all shard-1 shard-2      # one summary, junit.xml and report.html
 
 examples:
+  xenfb-harness matrix matrix                                      # the shipped configs/matrix.yaml, by name
   xenfb-harness matrix configs/matrix.yaml
   xenfb-harness matrix configs/matrix.yaml --list --shard 1/2     # which cells shard 1 of 2 runs
   xenfb-harness matrix configs/matrix.yaml --shard 2/2 --times last/summary.json --output shard-2
 """
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+LOCK_DESCRIPTION = """\
+Build (or find in the cache) the artifacts of the given configs, host and guest, and write a lock: every Debian
+package = version they are made of, with the SHA-256 of its .deb, and every answer apt gave on the way (candidate
+versions, dependency sets, the kernel a metapackage stood for), per Debian release. `run --lock FILE` and
+`matrix --lock FILE` then use exactly those, on any machine and any day: a version the archive no longer has is
+fetched from apt.snapshot (a snapshot service laid out as Debian's own snapshot archive), and anything else that
+differs is an ERROR that names it. Fetching every package of the dom0 image to hash it takes a minute or two.
+
+example:
+  xenfb-harness lock default legacy-race --output ci/xenfb.lock
+  xenfb-harness run default legacy-race --lock ci/xenfb.lock
+"""
+
+DEFAULT_CONFIG = resources.CONFIGS / "default.yaml"  # the shipped default scenario
+
+
+def _lock_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lock", type=Path, default=None, metavar="FILE",
+                   help="build only from the packages of a lock made by `xenfb-harness lock` (see its --help)")
 
 
 def _cache_arg(p: argparse.ArgumentParser) -> None:
@@ -150,8 +176,8 @@ def duration(text: str) -> float:
 
 def _config_arg(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument("config", nargs="*" if many else "?", default=None,
-                   help=f"scenario YAML (default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)} "
-                        "when it exists, else built-in defaults)")
+                   help="scenario YAML, or a shipped scenario's name such as legacy-race (`xenfb-harness configs` "
+                        f"lists them; default: {DEFAULT_CONFIG.stem})")
     _cache_arg(p)
 
 
@@ -181,13 +207,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--until-fail", nargs="?", type=duration, const=0.0, default=None, metavar="TIME",
                      help="stop at the first run that does not PASS (nothing more runs, of any scenario); with TIME "
                           "(e.g. 30m), run each scenario again and again until it fails or TIME has passed")
+    _lock_arg(run)
     run.add_argument("--git-bisect-codes", action="store_true",
                      help="exit as `git bisect run` expects: 0 when every run PASSed, 1 when any FAILed, 125 (skip) "
                           "otherwise, e.g. an ERROR such as a kernel that did not build or boot")
     matrix = sub.add_parser("matrix", help="run every cell of a matrix and check each against its expected verdict",
                             description=MATRIX_DESCRIPTION, epilog=MATRIX_EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    matrix.add_argument("matrix", type=Path, help="matrix YAML, e.g. configs/matrix.yaml")
+    matrix.add_argument("matrix", type=Path, help="matrix YAML, or a shipped matrix's name, e.g. configs/matrix.yaml "
+                        "or matrix (`xenfb-harness configs` lists them)")
     matrix.add_argument("--shard", default=None, metavar="I/N", help="run only the I-th of N parts (1-based)")
     matrix.add_argument("--times", type=Path, default=None, metavar="SUMMARY",
                         help="an earlier summary.json whose cell times balance the shards (default: equal counts)")
@@ -199,6 +227,7 @@ def parser() -> argparse.ArgumentParser:
     matrix.add_argument("--output", type=Path, default=None, help="output directory (see below)")
     matrix.add_argument("--host", type=Path, default=None, metavar="FILE", help="as for run: every cell on it")
     matrix.add_argument("--accept-new-host-key", action="store_true", help="as for run")
+    _lock_arg(matrix)
     _cache_arg(matrix)
     merge = sub.add_parser("merge", help="merge the outputs of a matrix's shards into one summary and report")
     merge.add_argument("dirs", nargs="+", type=Path, metavar="SHARD_DIR", help="output directories of `matrix`")
@@ -206,8 +235,8 @@ def parser() -> argparse.ArgumentParser:
     bisect = sub.add_parser("bisect", help="find the first patch of a series that turns PASS into FAIL",
                             description=BISECT_DESCRIPTION, epilog=BISECT_EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    bisect.add_argument("config", help="scenario YAML whose guest kernel is built from source "
-                        "(guest.kernel_source); its own guest.kernel_patches stay under the series")
+    bisect.add_argument("config", help="scenario YAML (or a shipped scenario's name) whose guest kernel is built "
+                        "from source (guest.kernel_source); its own guest.kernel_patches stay under the series")
     _cache_arg(bisect)
     bisect.add_argument("--patches", type=Path, required=True, metavar="DIR",
                         help="the ordered series: a directory of patches (its quilt `series` file's order, else "
@@ -221,6 +250,12 @@ def parser() -> argparse.ArgumentParser:
     bisect.add_argument("--accept-new-host-key", action="store_true", help="as for run")
     build = sub.add_parser("build", help="build the artifacts into the cache and print where they are")
     _config_arg(build)
+    lock = sub.add_parser("lock", help="write every package = version (with its SHA-256) that configs' artifacts "
+                          "use, for `run --lock`", description=LOCK_DESCRIPTION,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_arg(lock, many=True)
+    lock.add_argument("--output", type=Path, required=True, metavar="FILE", help="the lock file to write")
+    sub.add_parser("configs", help="list the shipped scenarios and matrices, which run and matrix take by name")
     sub.add_parser("keys", help="list every config key with its default and meaning")
     host = sub.add_parser("host", help="keep a nested host running (up, down), or clean up a host",
                           epilog=HOST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -245,16 +280,15 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _load(path: str | None, host_file: Path | None = None) -> config.Config:
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = str(DEFAULT_CONFIG)
-    return config.load(path, host_file)
+def _load(given: str | None, host_file: Path | None = None) -> config.Config:
+    """A config as the command line names it: a file, a shipped scenario's name, or nothing (the shipped default)."""
+    return config.load(str(DEFAULT_CONFIG) if given is None else resources.config_file(given), host_file)
 
 
 def _shipped_configs() -> list[config.Config]:
     """Every shipped scenario and every cell of every shipped matrix: what `cache prune` keeps by default."""
     from .matrix import load_matrix
-    scenarios, matrices = config.shipped(DEFAULT_CONFIG.parent)
+    scenarios, matrices = config.shipped(resources.CONFIGS)
     return [config.load(p) for p in scenarios] + [c.cfg for m in matrices for c in load_matrix(m).cells]
 
 
@@ -281,6 +315,9 @@ def _main(args) -> int:
     if args.command == "keys":
         print("Config keys (YAML, nested by the dots):\n" + config.describe())
         return 0
+    if args.command == "configs":
+        print(resources.listing())
+        return 0
     signals.install()
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack: for hangs
     try:
@@ -290,7 +327,8 @@ def _main(args) -> int:
         if args.command == "merge":
             return _merge(args)
         if args.command == "matrix":
-            return _matrix(args)
+            with _using_lock(args):
+                return _matrix(args)
         if args.command == "host" and args.host_command == "clean":
             return _clean(_load(None, args.host), args.accept_new_host_key)
         given = getattr(args, "config", None)  # `cache list` takes none
@@ -310,12 +348,48 @@ def _main(args) -> int:
         return _cache(cache, args, cfgs)
     if args.command == "build":
         return _build(cfgs[0], cache)
+    if args.command == "lock":
+        return _lock(args, cfgs, cache)
     if args.command == "host":
         from . import hostservice
         if args.host_command == "up":
             return hostservice.up(cfgs[0], args.state, cache)
         return hostservice.serve(cfgs[0], args.state, cache)
-    return _run(args, cfgs, cache)
+    with _using_lock(args):
+        return _run(args, cfgs, cache)
+
+
+def _using_lock(args) -> contextlib.AbstractContextManager:
+    """--lock FILE: the lock every build of this command takes its packages from (a bad file: exit 2)."""
+    from .artifacts import lock as locks
+    if getattr(args, "lock", None) is None:
+        return contextlib.nullcontext()
+    try:
+        return locks.using(args.lock)
+    except locks.LockError as e:
+        print(f"xenfb-harness: --lock: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_CODES[ERROR]) from None
+
+
+def _lock(args, cfgs: list[config.Config], cache: Cache) -> int:
+    from .artifacts import lock as locks
+    from .artifacts.host import build_host
+    from .artifacts.payload import build_payload
+    try:
+        with locks.recording() as lock:
+            for cfg in cfgs:
+                build_payload(cfg, cache, cache.root / "build.log")
+                if cfg["host.kind"] == "nested":
+                    build_host(cfg, cache, cache.root / "build.log")
+    except (LookupError, OSError, RuntimeError) as e:
+        print(f"xenfb-harness: lock: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_CODES[ERROR]
+    lock.configs = [cfg.source for cfg in cfgs]
+    args.output.write_text(lock.dump())
+    for name, release in sorted(lock.releases.items()):
+        print(f"{name}: {len(release.packages)} packages")
+    print(f"lock: {args.output}")
+    return 0
 
 
 def _build(cfg: config.Config, cache: Cache) -> int:
@@ -384,6 +458,7 @@ def _run(args, cfgs: list[config.Config], cache: Cache) -> int:
 def _matrix(args) -> int:
     from .matrix import default_jobs, exit_code, host_groups, load_matrix, parse_shard, run_group, run_matrix, shard, \
         times_from
+    args.matrix = Path(resources.config_file(str(args.matrix), matrix=True))  # a shipped matrix's name: its file
     matrix = load_matrix(args.matrix, args.host)  # a ConfigError: exit 2 with the file, key and what was expected
     cells, label = matrix.cells, None
     if args.shard:
@@ -416,6 +491,7 @@ def _matrix(args) -> int:
              *(["--shard", args.shard] if args.shard else []), *(["--times", str(args.times)] if args.times else []),
              *(["--host", str(args.host)] if args.host else []),
              *(["--accept-new-host-key"] if args.accept_new_host_key else []),
+             *(["--lock", str(args.lock)] if args.lock else []),
              *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else [])]
     summary = run_matrix(matrix, cells, out, cache, args.accept_new_host_key, label, report, jobs, child)
     t = summary["totals"]

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .resources import GUEST_KERNELS
+
 # The built-in xen-fbfront registers with this initcall; blacklisting it keeps the driver off the device so an
 # out-of-tree module can bind it instead (the symbol exists once in 5.10's, 6.1's and 6.12's System.map).
 BUILTIN_OFF = "initcall_blacklist=xenfb_init"
 # Our old-design frontend's module tree (both builds: xenfb-legacy.ko and xenfb-legacy-fixed.ko).
-OUR_SOURCE = Path(__file__).resolve().parent.parent / "guest-kernels" / "xenfb-legacy"
+OUR_SOURCE = GUEST_KERNELS / "xenfb-legacy"
 
 
 @dataclass(frozen=True)

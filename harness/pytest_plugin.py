@@ -31,8 +31,8 @@ import pytest
 def pytest_addoption(parser):
     group = parser.getgroup("xenfb", "xenfb-harness (fixtures xen_host, xenfb_run)")
     group.addoption("--xenfb-config", metavar="FILE", default=None,
-                    help="base scenario YAML for xenfb_run (default: the harness's configs/default.yaml, else the "
-                         "built-in defaults)")
+                    help="base scenario YAML for xenfb_run, or a shipped scenario's name such as legacy-race "
+                         "(`xenfb-harness configs` lists them; default: the shipped default)")
     group.addoption("--xenfb-host", metavar="FILE", default=None,
                     help="host config fragment with only a host: section, e.g. DIR/host.yaml of `xenfb-harness "
                          "host up`, or your dom0's host.kind: ssh settings (default: a nested host booted for the "
@@ -56,14 +56,16 @@ def pytest_collection_modifyitems(items):
             item.add_marker("xenfb")
 
 
-def _paths(config, tmp_path_factory) -> tuple[Path | None, Path | None, Path]:
+def _paths(config, tmp_path_factory) -> tuple[Path, Path | None, Path]:
     """--xenfb-config (or the CLI's default), --xenfb-host, --xenfb-output; relative to where pytest was started,
-    whatever a test's chdir did."""
+    whatever a test's chdir did. --xenfb-config may also name a shipped scenario (ConfigError if none has the name)."""
+    from xenfb_harness import resources
     from xenfb_harness.cli import DEFAULT_CONFIG
     where = Path(config.invocation_params.dir)
     given = {name: config.getoption(name) for name in ("xenfb_config", "xenfb_host", "xenfb_output")}
-    base = where / given["xenfb_config"] if given["xenfb_config"] else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file()
-                                                                        else None)
+    name = given["xenfb_config"]
+    base = (DEFAULT_CONFIG if not name else
+            where / name if (where / name).is_file() or resources.is_path(name) else Path(resources.config_file(name)))
     host = where / given["xenfb_host"] if given["xenfb_host"] else None
     output = where / given["xenfb_output"] if given["xenfb_output"] else tmp_path_factory.getbasetemp() / "xenfb"
     return base, host, output
@@ -74,8 +76,8 @@ def xen_host(pytestconfig, tmp_path_factory):
     from xenfb_harness import config, signals
     from xenfb_harness.artifacts.cache import Cache, default_cache_dir
     from xenfb_harness.run import HostSession
-    base, host, output = _paths(pytestconfig, tmp_path_factory)
     try:
+        base, host, output = _paths(pytestconfig, tmp_path_factory)
         cfg = config.load(base, host)
     except config.ConfigError as e:
         raise pytest.fail.Exception(f"xenfb-harness: bad config: {e}", pytrace=False) from None

@@ -297,6 +297,9 @@ def test_the_shipped_revert_config_is_step_2_of_the_shipped_series(tmp_path, mon
         def version(self, package):
             return {"linux-source-6.1": "6.1.192-2"}[package]
 
+        def uses(self, packages):  # no lock here: nothing to record or check
+            assert packages == {"linux-source-6.1": "6.1.192-2"}
+
     entry = tmp_path / "kernel-source-0000000000000000"
     entry.mkdir()
     (entry / "version").write_text("6.1.192")

@@ -5,6 +5,8 @@ own (tests/local_archive.py), driven by the real apt."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,27 @@ def test_a_file_that_is_not_a_lock_is_an_error_naming_it(tmp_path, text):
     path.write_text(text)
     with pytest.raises(LockError, match=str(path)):
         locks.load(path)
+
+
+def test_the_lock_command_and_a_locked_run(archive, tmp_path):
+    """`xenfb-harness lock` and `run --lock`, as typed: the run's host is one nobody listens for, so it builds its
+    payload under the lock, then ERRORs without booting anything; its result names the lock and the locked kernel."""
+    from .test_archive_drift import unreachable_host
+
+    def harness(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "xenfb_harness", *args, "--cache-dir", str(tmp_path / "cache")],
+                              capture_output=True, text=True, cwd=tmp_path)
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump({"apt": {"sources": str(archive.root / "bookworm.list")},
+                                    "host": unreachable_host(tmp_path)}))
+    made = harness("lock", str(path), "--output", "my.lock")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.splitlines() == ["bookworm: 2 packages", "lock: my.lock"]
+    locked = harness("run", str(path), "--lock", "my.lock", "--output", "run")
+    assert locked.returncode == 2, locked.stderr
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["error"].startswith("the host: ")  # the payload was built, as locked; then the host broke
+    assert result["versions"]["lock"] == "my.lock"
+    assert result["versions"]["guest.kernel_package"] == f"linux-image-amd64 -> linux-image-{ABI57}"
+    bad = harness("run", str(path), "--lock", "nope.lock")
+    assert bad.returncode == 2 and "--lock: nope.lock: cannot read the lock" in bad.stderr

@@ -38,6 +38,33 @@ def test_a_run_without_the_fixtures_starts_nothing(pytester, monkeypatch):
     assert "[xenfb-harness]" not in result.stdout.str() + result.stderr.str()  # the harness says nothing
 
 
+def test_a_project_with_its_own_harness_package_still_gets_the_plugin(pytester):
+    """`python -m pytest` puts the current directory first on sys.path (runpytest_subprocess runs just that, in
+    pytester's directory), so a user's own `harness` package there hides any other of that name. Our entry point
+    names xenfb_harness.pytest_plugin, which it cannot hide: the plugin loads, its fixtures are known, and the
+    user's `harness` is still theirs."""
+    pytester.mkpydir("harness")
+    pytester.path.joinpath("harness", "__init__.py").write_text("MINE = True\n")
+    pytester.path.joinpath("harness", "pytest_plugin.py").write_text(  # what a plugin named harness.* would load
+        "raise RuntimeError('the project\\'s own harness.pytest_plugin was loaded as the plugin')\n")
+    pytester.makepyfile("""
+        from pathlib import Path
+
+        import harness
+
+        def test_both(request):
+            assert harness.MINE and Path(harness.__file__).parent == Path.cwd() / "harness"  # the project's own
+            plugin = request.config.pluginmanager.get_plugin("xenfb_harness")  # loaded, through its entry point
+            assert plugin is not None and plugin.__name__ == "xenfb_harness.pytest_plugin"
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    fixtures = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fixtures")
+    assert fixtures.ret == 0, fixtures.stderr.str()
+    fixtures.stdout.fnmatch_lines(["*fixtures defined from xenfb_harness.pytest_plugin*", "xenfb_run -- *"])
+    fixtures.stdout.fnmatch_lines(["xen_host [[]session scope[]] -- *"])
+
+
 def test_options_are_in_help(pytester):
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(["*xenfb-harness*", "*--xenfb-config=FILE*", "*--xenfb-host=FILE*",

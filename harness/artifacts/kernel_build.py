@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..progress import CommandError, run, step
+from ..resources import GUEST_KERNELS
 from .apt import Apt
 from .cache import Cache, hash_files, hash_tree
 from .common import HERE, _binutils, _gcc
 from .kernel import extract_vmlinux
 
-FRAGMENT = HERE.parent.parent / "guest-kernels" / "xen-pv-guest.config"
+FRAGMENT = GUEST_KERNELS / "xen-pv-guest.config"
 RECIPE = hash_files(Path(__file__), HERE / "kernel.py", HERE / "common.py")
 # Variables kbuild reads from the environment that change what it builds: never taken from the caller's.
 KBUILD_ENVIRONMENT = ("ARCH", "CROSS_COMPILE", "LLVM", "LLVM_IAS", "CC", "LD", "KCFLAGS", "KCPPFLAGS", "KAFLAGS",

@@ -21,6 +21,7 @@ from typing import Callable
 
 from .. import frontends
 from . import kernel_build
+from . import lock as locks
 from ..config import Config, runs_x_server
 from ..progress import run, step
 from .apt import Apt
@@ -340,6 +341,8 @@ def build_payload(cfg: Config, cache: Cache, log: Path) -> Payload:
     entry = _payload(cache, apt, kernel.entry, tools, module, root, log)
     userspace = {BUSYBOX: apt.version(BUSYBOX), **userspace}
     apt.uses(userspace)
+    lock = locks.active()
+    locked = {"lock": lock.source} if lock and not lock.recording else {}  # the run says it was locked
     return Payload(kernel=entry / "vmlinux", initrd=entry / "initrd.cpio", key=entry.name.rsplit("-", 1)[1],
-                   sizes=json.loads((entry / "sizes.json").read_text()), versions=kernel.versions,
+                   sizes=json.loads((entry / "sizes.json").read_text()), versions={**kernel.versions, **locked},
                    packages={**kernel.packages, **userspace})

@@ -1,0 +1,1 @@
+"""Our guest-side sources, as package data (the harness's resources.py says why this file is here)."""
