@@ -571,12 +571,15 @@ def _cache(cache: Cache, args, cfgs: list[config.Config]) -> int:
         return 0
     from .artifacts.host import build_host
     from .artifacts.payload import build_payload
+    from .hosts import accel
     from .hosts.nested import qemu_version
     from .hosts.snapshot import saved_for
     for cfg in cfgs:  # resolving an entry's key needs what it is built from, so missing ones get built
         build_payload(cfg, cache, cache.root / "build.log")
         if cfg["host.kind"] == "nested":
-            saved_for(cache, cfg.data["host"], build_host(cfg, cache, cache.root / "build.log"), qemu_version())
+            art = build_host(cfg, cache, cache.root / "build.log")
+            saved_for(cache, cfg.data["host"], art, qemu_version())
+            cache.find(accel.ENTRY, accel.inputs_here(art.xen, qemu_version()))  # this machine's KVM answer
     removed = cache.prune(cache.used, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     print(format_entries(removed) if removed else "nothing to prune")
