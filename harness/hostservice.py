@@ -36,10 +36,18 @@ def _alive_server(state: Path) -> int | None:
     """The pid of the `host serve` process of this state dir, if it is running."""
     try:
         pid = int((state / PID).read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+    except (FileNotFoundError, ValueError):
         return None
-    return pid if b"serve" in cmdline and str(state.resolve()).encode() in cmdline else None
+    return pid if _is_server(pid, state) else None
+
+
+def _is_server(pid: int, state: Path) -> bool:
+    """Whether pid is still the `host serve` process of this state dir (a zombie's cmdline is empty)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return b"serve" in cmdline and str(state.resolve()).encode() in cmdline
 
 
 def up(cfg: Config, state: Path, cache: Cache) -> int:
@@ -134,13 +142,15 @@ def down(state: Path) -> int:
         say(f"no host is up in {state}")
         return 0
     os.kill(pid, signal.SIGTERM)
+    # Until the process itself is gone, not only its pid file: it removes that file before Python exits.
     deadline = time.monotonic() + 90
-    while _alive_server(state) == pid and time.monotonic() < deadline:
+    while _is_server(pid, state) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _alive_server(state) == pid:
+    if _is_server(pid, state):
         say(f"the host process {pid} did not stop in 90 s: killing it (QEMU dies with it)")
         os.kill(pid, signal.SIGKILL)
-        time.sleep(1)
+        while _is_server(pid, state):
+            time.sleep(0.1)
         (state / PID).unlink(missing_ok=True)
     say(f"host in {state} is down")
     return 0
