@@ -399,13 +399,18 @@ def _build(cfg: config.Config, cache: Cache) -> int:
         art = build_payload(cfg, cache, cache.root / "build.log")
         if cfg["host.kind"] == "nested":
             for name, value in vars(build_host(cfg, cache, cache.root / "build.log")).items():
-                print(f"host {name}: {value}")
+                print(f"host {name}: {_shown(name, value)}")
     except KeyboardInterrupt:
         print("xenfb-harness: interrupted; the cache holds only complete entries", file=sys.stderr)
         return EXIT_CODES[ERROR]
     for name, value in vars(art).items():
-        print(f"payload {name}: {value}")
+        print(f"payload {name}: {_shown(name, value)}")
     return 0
+
+
+def _shown(name: str, value) -> object:
+    """A field of the built artifacts as `build` prints it: a package list (a dom0 image has ~160) as a count."""
+    return f"{len(value)} Debian packages (`xenfb-harness lock` lists them)" if name == "packages" else value
 
 
 def _repeat(args):

@@ -181,7 +181,7 @@ class RecordingCache:
 class FakeApt:
     """The archive after a drift: the headers at the image's version, their build tools at a newer one."""
     def version(self, package):
-        return "6.1.192-2"
+        return "2.36-9+deb12u14" if package == "libc6" else "6.1.192-2"  # the release's C library is this one's
 
     def install_set(self, packages):
         assert packages == ["linux-headers-6.1.0-56-amd64=6.1.192-2"]

@@ -143,16 +143,25 @@ def _guest_root(cache: Cache, apt: Apt, xorg: bool, packages: list[str], log: Pa
 KBUILD_VARS = ("CC=gcc", "CONFIG_CC_HAS_MIN_FUNCTION_ALIGNMENT=", "CONFIG_DEBUG_INFO_BTF_MODULES=")
 
 
-def _own_libc_for_tools(apt: Apt, kbuild: str, headers: Path, runtime: Path, log: Path) -> None:
-    """If the kernel's release has a newer C library than this machine (Debian 13's build tools need glibc 2.38),
-    make its build tools (modpost, objtool, fixdep...) run on their own release's, through its loader. --argv0
-    keeps each tool's own name: Debian's modpost picks the real modpost.real-<endianness>-<bits> by its name.
-    `kbuild` is the build tools' package as name=version."""
+def _tools_runtime(apt: Apt, kbuild: str) -> dict[str, str]:
+    """What the kernel's build tools need to run here, name -> version: nothing if this machine's C library is as
+    new as their release's; else (Debian 13's tools need glibc 2.38) their own release's libraries, as apt
+    resolves kbuild's dependencies. `kbuild` is the build tools' package as name=version."""
     host_libc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libc6"], capture_output=True, text=True,
                                check=True).stdout
     if subprocess.run(["dpkg", "--compare-versions", apt.version("libc6"), "gt", host_libc]).returncode != 0:
+        return {}
+    return apt.install_set([kbuild])
+
+
+def _own_libc_for_tools(apt: Apt, runtime_packages: dict[str, str], headers: Path, runtime: Path,
+                        log: Path) -> None:
+    """Make the build tools (modpost, objtool, fixdep...) run on their own release's C library, through its
+    loader, when they need it (_tools_runtime). --argv0 keeps each tool's own name: Debian's modpost picks the real
+    modpost.real-<endianness>-<bits> by its name."""
+    if not runtime_packages:
         return  # the tools run here as they are
-    for deb in apt.download_all(apt.install_set([kbuild])):
+    for deb in apt.download_all(runtime_packages):
         run(["dpkg-deb", "-x", str(deb), str(runtime)], log)
     loader = next(p for p in (runtime / "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
                               runtime / "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2") if p.exists())
@@ -194,6 +203,8 @@ def debian_header_packages(apt: Apt, image_package: str, release: str) -> dict[s
 def _debian_headers(apt: Apt, image_package: str, release: str, log: Path) -> ModuleHeaders:
     """The exact guest kernel's headers from Debian's packages, and this machine's gcc."""
     packages = debian_header_packages(apt, image_package, release)
+    kbuild = next(f"{n}={v}" for n, v in packages.items() if n.startswith("linux-kbuild-"))
+    runtime = _tools_runtime(apt, kbuild)  # known before the build: part of the key, and of what a lock holds
 
     def prepare(scratch: Path) -> tuple[Path, tuple[str, ...]]:
         root = scratch / "headers"
@@ -203,10 +214,10 @@ def _debian_headers(apt: Apt, image_package: str, release: str, log: Path) -> Mo
         # The arch headers include the common ones by absolute path; point it into our tree.
         makefile = kdir / "Makefile"
         makefile.write_text(makefile.read_text().replace("/usr/src/", f"{root}/usr/src/"))
-        kbuild = next(f"{n}={v}" for n, v in packages.items() if n.startswith("linux-kbuild-"))
-        _own_libc_for_tools(apt, kbuild, root, scratch / "runtime", log)
+        _own_libc_for_tools(apt, runtime, root, scratch / "runtime", log)
         return kdir, KBUILD_VARS
-    return ModuleHeaders({"kernel": release, "packages": packages}, prepare, packages)
+    return ModuleHeaders({"kernel": release, "packages": packages, "tools_runtime": runtime}, prepare,
+                         {**runtime, **packages})
 
 
 def _frontend_modules(cache: Cache, headers: ModuleHeaders, source: Path, log: Path) -> Path:
