@@ -133,7 +133,9 @@ package = version they are made of, with the SHA-256 of its .deb, and every answ
 versions, dependency sets, the kernel a metapackage stood for), per Debian release. `run --lock FILE` and
 `matrix --lock FILE` then use exactly those, on any machine and any day: a version the archive no longer has is
 fetched from apt.snapshot (a snapshot service laid out as Debian's own snapshot archive), and anything else that
-differs is an ERROR that names it. Fetching every package of the dom0 image to hash it takes a minute or two.
+differs is an ERROR that names it. One limit: a dom0 image that is not in the cache is made by mmdebstrap from
+the archive as it is today, and under a lock it must come out as locked, else ERROR. A matrix is locked through
+the scenarios its cells use (each cell's cells/<cell>/scenario.yaml, or the same configs).
 
 example:
   xenfb-harness lock default legacy-race --output ci/xenfb.lock
@@ -381,11 +383,13 @@ def _lock(args, cfgs: list[config.Config], cache: Cache) -> int:
                 build_payload(cfg, cache, cache.root / "build.log")
                 if cfg["host.kind"] == "nested":
                     build_host(cfg, cache, cache.root / "build.log")
-    except (LookupError, OSError, RuntimeError) as e:
-        print(f"xenfb-harness: lock: {type(e).__name__}: {e}", file=sys.stderr)
+        lock.configs = [cfg.source for cfg in cfgs]
+        partial = args.output.with_name(f".{args.output.name}.partial")
+        partial.write_text(lock.dump())
+        partial.replace(args.output)  # whole or not at all
+    except (KeyboardInterrupt, Exception) as e:
+        print(f"xenfb-harness: lock: {type(e).__name__}: {e}; no lock written", file=sys.stderr)
         return EXIT_CODES[ERROR]
-    lock.configs = [cfg.source for cfg in cfgs]
-    args.output.write_text(lock.dump())
     for name, release in sorted(lock.releases.items()):
         print(f"{name}: {len(release.packages)} packages")
     print(f"lock: {args.output}")

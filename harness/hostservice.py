@@ -10,6 +10,7 @@ State directory (the user's; we write only these names):
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -135,22 +136,29 @@ def _wait_while_used(nested: NestedHost, idle_s: float) -> None:
         watcher.ssh.close()
 
 
+def _gone(pid: int, state: Path, within_s: float) -> bool:
+    """Wait up to within_s for the host process to be gone; whether it is."""
+    deadline = time.monotonic() + within_s
+    while _is_server(pid, state) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not _is_server(pid, state)
+
+
 def down(state: Path) -> int:
     state = state.resolve()
     pid = _alive_server(state)
     if pid is None:
         say(f"no host is up in {state}")
         return 0
-    os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):  # it may have ended by itself meanwhile
+        os.kill(pid, signal.SIGTERM)
     # Until the process itself is gone, not only its pid file: it removes that file before Python exits.
-    deadline = time.monotonic() + 90
-    while _is_server(pid, state) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _is_server(pid, state):
+    if not _gone(pid, state, 90):
         say(f"the host process {pid} did not stop in 90 s: killing it (QEMU dies with it)")
-        os.kill(pid, signal.SIGKILL)
-        while _is_server(pid, state):
-            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if not _gone(pid, state, 10):
+            say(f"the host process {pid} is still there 10 s after SIGKILL")
         (state / PID).unlink(missing_ok=True)
     say(f"host in {state} is down")
     return 0

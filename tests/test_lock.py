@@ -127,7 +127,9 @@ def test_a_question_the_lock_has_no_answer_for_is_an_error(archive, tmp_path):
         build_payload(config.load(path), Cache(tmp_path / "locked"), tmp_path / "locked.log")
 
 
-@pytest.mark.parametrize("text", ["{not json", '{"lock_version": 99, "releases": {}}', '{"lock_version": 1}'])
+@pytest.mark.parametrize("text", ["{not json", '{"lock_version": 99, "releases": {}}', '{"lock_version": 1}',
+                                  '{"lock_version": 1, "releases": {"bookworm": {"packages": {"bash": {"version": '
+                                  '"5.2"}}}}}'])
 def test_a_file_that_is_not_a_lock_is_an_error_naming_it(tmp_path, text):
     path = tmp_path / "lock.json"
     path.write_text(text)

@@ -121,8 +121,9 @@ def _dom0_image(cache: Cache, apt: Apt, inp: dict, series: str, log: Path) -> Pa
         with step("mkfs.ext4 dom0 disk"):
             _ext4_image(root, out / "dom0.img", "xfb-dom0", log)
         shutil.rmtree(root)
-    # Keyed by everything apt resolves those packages to, dependencies included: a new libc rebuilds the image.
-    inputs = {"suite": suite, "packages": apt.install_set(packages), "sources": sources.read_text(),
+    # Keyed by everything apt resolves those packages to, with their dependencies and the essential packages
+    # mmdebstrap's essential variant adds (apt's ?essential pattern): a new libc or bash rebuilds the image.
+    inputs = {"suite": suite, "packages": apt.install_set(["?essential", *packages]), "sources": sources.read_text(),
               "recipe": hash_files(FILES / "dom0-init", FILES / "sshd_config", HERE / "keys.py"), "build": RECIPE}
     return cache.entry("dom0-image", inputs, build)
 

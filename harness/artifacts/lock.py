@@ -64,6 +64,12 @@ def load(path: str | Path) -> Lock:
         if data.get("lock_version") != LOCK_VERSION:
             raise LockError(f"{source}: lock_version: expected {LOCK_VERSION}, got {data.get('lock_version')!r}")
         releases = {name: ReleaseLock(**{k: dict(v) for k, v in r.items()}) for name, r in data["releases"].items()}
+        for name, release in releases.items():
+            for package, held in release.packages.items():
+                if not (isinstance(held, dict) and isinstance(held.get("version"), str)
+                        and isinstance(held.get("sha256"), str)):
+                    raise LockError(f"{source}: releases.{name}.packages.{package}: expected a version and a sha256, "
+                                    f"got {held!r}")
         return Lock(source, releases, list(data.get("configs", [])))
     except OSError as e:
         raise LockError(f"{source}: cannot read the lock: {e.strerror}") from None

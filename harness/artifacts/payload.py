@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -149,9 +150,13 @@ def _tools_runtime(apt: Apt, kbuild: str) -> dict[str, str]:
     resolves kbuild's dependencies. `kbuild` is the build tools' package as name=version."""
     host_libc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libc6"], capture_output=True, text=True,
                                check=True).stdout
-    if subprocess.run(["dpkg", "--compare-versions", apt.version("libc6"), "gt", host_libc]).returncode != 0:
-        return {}
-    return apt.install_set([kbuild])
+    needed = subprocess.run(["dpkg", "--compare-versions", apt.version("libc6"), "gt", host_libc]).returncode == 0
+    lock = locks.active()
+    if needed or (lock and lock.recording):  # a lock made here may be used on an older machine, which needs them
+        runtime = apt.install_set([kbuild])
+        apt.uses(runtime)
+        return runtime if needed else {}
+    return {}
 
 
 def _own_libc_for_tools(apt: Apt, runtime_packages: dict[str, str], headers: Path, runtime: Path,
@@ -170,7 +175,8 @@ def _own_libc_for_tools(apt: Apt, runtime_packages: dict[str, str], headers: Pat
         if tool.is_file() and not tool.is_symlink() and os.access(tool, os.X_OK) and is_elf(tool):
             real = tool.with_name(f"{tool.name}.xfb-real")
             tool.rename(real)
-            tool.write_text(f'#!/bin/sh\nexec "{loader}" --argv0 "$0" --library-path "{libraries}" "{real}" "$@"\n')
+            tool.write_text(f'#!/bin/sh\nexec {shlex.quote(str(loader))} --argv0 "$0" --library-path '
+                            f'{shlex.quote(libraries)} {shlex.quote(str(real))} "$@"\n')
             tool.chmod(0o755)
 
 
