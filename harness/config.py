@@ -133,9 +133,9 @@ SCHEMA: dict[str, Any] = {
                        "is in flight on another CPU (the natural race needs that)", minimum=1, maximum=64),
         "kernel_package": Field("linux-image-amd64", "str", "Debian package of the guest kernel; a metapackage "
                                 "such as linux-image-amd64 (the default) stands for the kernel it depends on when "
-                                "the artifacts are built, and the run names it. A versioned one (e.g. "
-                                "linux-image-6.1.0-57-amd64) pins that ABI, until the archive drops it: Debian "
-                                "keeps only each release's current kernels"),
+                                "the artifacts are built, and the run names it. A versioned one "
+                                "(linux-image-<ABI>-amd64, as a run names it) pins that ABI until the archive drops "
+                                "it, which Debian does at its next ABI: it keeps only each release's current kernels"),
         "kernel_source": Field("", "kernel_source", "build the guest kernel from source instead of using "
                                "guest.kernel_package: a kernel tree (a directory; a git work tree is taken as git "
                                "sees it, uncommitted changes included; a directory named like the package is "

@@ -76,6 +76,17 @@ def _candidates(policy: str) -> dict[str, str]:
     return found
 
 
+def _listed(versions: list[str]) -> str:
+    """The versions the archive has of a package, as an error says them."""
+    return ", ".join(versions) if versions else "no version of it"
+
+
+def _unlocked(locked: ReleaseLock, packages: dict[str, str]) -> list[str]:
+    """Each package (name -> version) the lock does not hold at that version, with what it holds instead."""
+    return [f"{n} {v} (the lock has {locked.packages[n]['version'] if n in locked.packages else 'none'})"
+            for n, v in sorted(packages.items()) if locked.packages.get(n, {}).get("version") != v]
+
+
 class Apt:
     """A Debian release's packages through one sources file. While a lock is active (lock.py), its answers come
     from the lock (`using`) or go into it (`recording`)."""
@@ -214,11 +225,9 @@ class Apt:
             packages = {n: v for n, v in packages.items() if recorded.packages.get(n, {}).get("version") != v}
             for (name, version), deb in zip(sorted(packages.items()), self.download_all(packages)):
                 recorded.packages[name] = {"version": version, "sha256": sha256(deb)}
-        elif (locked := self._locked()) is not None:
-            if wrong := [f"{n} {v} (the lock has {locked.packages[n]['version'] if n in locked.packages else 'none'})"
-                         for n, v in sorted(packages.items()) if locked.packages.get(n, {}).get("version") != v]:
-                raise LockError(f"{self.lock.source}: an artifact is made of packages the lock does not hold at "
-                                f"those versions: {', '.join(wrong)}")
+        elif (locked := self._locked()) is not None and (wrong := _unlocked(locked, packages)):
+            raise LockError(f"{self.lock.source}: an artifact is made of packages the lock does not hold at those "
+                            f"versions: {', '.join(wrong)}")
 
     def _downloaded(self, package: str, version: str) -> Path | None:
         """The .deb of package=version if we have it (apt writes an epoch's ':' as '%3a' in file names)."""
@@ -266,10 +275,8 @@ class Apt:
         for wanted in packages:
             name, _, version = wanted.partition("=")
             if version and f"'{version}' for '{name}' was not found" in apt_says:
-                have = self._available(name)
-                now = f"it has {', '.join(have)}" if have else "it has no version of it"
                 return (f"{name} {version} is not in {self.release}'s archive (apt sources {self.sources}); "
-                        f"{now}")
+                        f"it has {_listed(self._available(name))}")
         return f"apt cannot resolve {' '.join(packages)} from {self.sources}:\n{apt_says.strip()}"
 
     def _available(self, package: str) -> list[str]:
@@ -282,13 +289,13 @@ class Apt:
         again) and return the .deb paths. With a lock in use, only locked versions, each checked against its
         SHA-256, and a version the archive lost comes from the snapshot service."""
         locked = self._locked()
-        if locked is not None:
-            self._only_locked(locked, packages)
+        if locked is not None and (wrong := _unlocked(locked, packages)):
+            raise LockError(f"{self.lock.source}: not in the lock at these versions: {', '.join(wrong)}")
         missing = {n: v for n, v in sorted(packages.items()) if not self._downloaded(n, v)}
         if locked is not None:
             for name, version in list(missing.items()):
-                if version not in self._available(name):
-                    self._from_snapshot(name, version)
+                if version not in (have := self._available(name)):
+                    self._from_snapshot(name, version, have)
                     del missing[name]
         if missing:
             run(["apt-get", *self.opts, "download", *(f"{n}={v}" for n, v in missing.items())], self.log,
@@ -305,21 +312,13 @@ class Apt:
             paths.append(found)
         return paths
 
-    def _only_locked(self, locked: ReleaseLock, packages: dict[str, str]) -> None:
-        for name, version in sorted(packages.items()):
-            have = locked.packages.get(name)
-            if have is None or have["version"] != version:
-                raise LockError(f"{self.lock.source}: {name} {version} is not in the lock"
-                                + (f" (it locks {have['version']})" if have else ""))
-
-    def _from_snapshot(self, name: str, version: str) -> Path:
-        """A locked version the archive no longer has, from the snapshot service (laid out as Debian's own:
-        /mr/binary/NAME/VERSION/binfiles names the file's hash, /file/HASH is the file)."""
+    def _from_snapshot(self, name: str, version: str, have: list[str]) -> Path:
+        """A locked version the archive no longer has (it has `have`), from the snapshot service (laid out as
+        Debian's own: /mr/binary/NAME/VERSION/binfiles names the file's hash, /file/HASH is the file)."""
         if not self.snapshot:
-            have = self._available(name)
             raise LockError(f"{name} {version} (locked in {self.lock.source}) is no longer in {self.release}'s "
-                            f"archive, which has {', '.join(have) if have else 'no version of it'}; set "
-                            f"apt.snapshot to an archive snapshot service's base URL to fetch it from there")
+                            f"archive, which has {_listed(have)}; set apt.snapshot to an archive snapshot "
+                            f"service's base URL to fetch it from there")
         base = self.snapshot.rstrip("/")
         where = f"{base}/mr/binary/{urllib.parse.quote(name)}/{urllib.parse.quote(version)}/binfiles"
         partial = self.dir / "debs" / f".{name}_{os.getpid()}.partial"

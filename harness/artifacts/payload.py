@@ -152,10 +152,10 @@ def _tools_runtime(apt: Apt, kbuild: str) -> dict[str, str]:
                                check=True).stdout
     needed = subprocess.run(["dpkg", "--compare-versions", apt.version("libc6"), "gt", host_libc]).returncode == 0
     lock = locks.active()
-    if needed or (lock and lock.recording):  # a lock made here may be used on an older machine, which needs them
-        runtime = apt.install_set([kbuild])
-        apt.uses(runtime)
-        return runtime if needed else {}
+    if needed:
+        return apt.install_set([kbuild])  # guest_kernel says the payload uses them, with the headers
+    if lock and lock.recording:  # a lock made here may be used on an older machine, which needs them
+        apt.uses(apt.install_set([kbuild]))
     return {}
 
 
